@@ -1,0 +1,29 @@
+"""Pair selection: which image pairs get matched.
+
+Every strategy is registered in :data:`PAIR_STRATEGIES` with its typed options and is called as
+``strategy(names, conf, context) -> list[(name0, name1)]``; the pipeline deduplicates and writes
+``pairs.txt``. ``context`` (:class:`PairsContext`) gives what strategies that look at image content
+need: the image folder, ``features.h5`` when local features exist, the device and the seed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..stages import StageRegistry
+
+PAIR_STRATEGIES = StageRegistry("pairs")
+
+
+@dataclass
+class PairsContext:
+    image_dir: Path
+    output_dir: Path
+    features_path: Path | None = None
+    device: torch.device = torch.device("cpu")
+    seed: int = 0
+
+
+from . import basic  # noqa: E402,F401  (registers exhaustive, sequential, from_file)

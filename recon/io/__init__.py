@@ -1,0 +1,1 @@
+"""Reading images and the hloc file formats (features.h5, matches.h5, pairs files)."""
