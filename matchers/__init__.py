@@ -60,6 +60,11 @@ def names() -> list[str]:
     return sorted(_MODELS)
 
 
+def has_official_weights(name: str) -> bool:
+    """Whether ``weights="official"`` means a checkpoint for this model (classical ones have none)."""
+    return _spec(name).default_weights is not None
+
+
 def model_class(name: str) -> type[BaseModel]:
     spec = _spec(name)
     return getattr(importlib.import_module(spec.module, __name__), spec.cls)
@@ -106,4 +111,4 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 from . import registry as _registry  # noqa: E402,F401  (fills _MODELS)
 
 __all__ = ["BaseModel", "ConfigError", "WeightsNotFoundError", "load", "names", "register",
-           "resolve_device", "model_class"]
+           "resolve_device", "model_class", "has_official_weights"]

@@ -19,10 +19,11 @@ are kept and reported by :func:`list_names` so interrupted stages resume.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import h5py
 import numpy as np
@@ -142,9 +143,19 @@ def list_names(path: PathLike) -> list[str]:
     return sorted(set(names))
 
 
-def read_keypoints(path: PathLike, name: str, return_uncertainty: bool = False):
+@contextlib.contextmanager
+def opened(source: PathLike | h5py.File) -> Iterator[h5py.File]:
+    """Use an already open file as is (loops over many entries open it once), else open it."""
+    if isinstance(source, h5py.File):
+        yield source
+    else:
+        with h5py.File(source, "r", libver="latest") as f:
+            yield f
+
+
+def read_keypoints(path: PathLike | h5py.File, name: str, return_uncertainty: bool = False):
     """(N, 2) float keypoints of ``name`` (hloc's ``get_keypoints``)."""
-    with h5py.File(path, "r", libver="latest") as f:
+    with opened(path) as f:
         dataset = f[name]["keypoints"]
         keypoints = dataset[()].astype(np.float32)
         uncertainty = dataset.attrs.get("uncertainty")
@@ -162,9 +173,9 @@ def read_features(path: PathLike, name: str) -> dict[str, np.ndarray]:
     return out
 
 
-def read_matches(path: PathLike, name0: str, name1: str) -> tuple[np.ndarray, np.ndarray]:
+def read_matches(path: PathLike | h5py.File, name0: str, name1: str) -> tuple[np.ndarray, np.ndarray]:
     """(M, 2) index pairs into (name0, name1) keypoints and (M,) scores (hloc's ``get_matches``)."""
-    with h5py.File(path, "r", libver="latest") as f:
+    with opened(path) as f:
         key, reverse = find_pair(f, name0, name1)
         matches0 = f[key]["matches0"][()]
         scores0 = f[key]["matching_scores0"][()] if "matching_scores0" in f[key] else np.ones(len(matches0))

@@ -1,7 +1,7 @@
 """Mappers: a COLMAP database (cameras, keypoints, verified matches) in, a model out.
 
 Every mapper is registered in :data:`MAPPERS` with its typed options and is called as
-``mapper(database_path, image_dir, output_dir, conf, device) -> pycolmap.Reconstruction`` (the
+``mapper(database_path, image_dir, output_dir, conf, device, seed) -> pycolmap.Reconstruction`` (the
 largest model). COLMAP's incremental and global mappers are the references; recon's own global
 mapper (``recon_global``) plugs in the same way.
 """

@@ -1,0 +1,159 @@
+"""Pipeline configuration: YAML presets in ``configs/`` plus ``--set stage.key=value`` overrides.
+
+A config names one choice per stage - ``features``, ``matcher``, ``pairs``, ``priors``,
+``mapper`` - each as ``{name: <choice>, <option>: <value>, ...}``, plus the ``database`` options
+(cameras and geometric verification) and the run-wide ``device`` and ``seed``. Every option has
+a typed default in code, next to the code that uses it (a model's ``default_conf``, a stage
+choice's registered defaults, :data:`DATABASE_DEFAULTS`); a preset or ``--set`` only overrides
+them, and an unknown stage, choice or option is an error that names it.
+
+When ``--set stage.name=X`` switches a stage to another choice than the preset's, the preset's
+options for that stage are dropped (they belonged to the other choice).
+"""
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+import matchers
+from matchers.base import ConfigError, merge_conf
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+STAGES = ("features", "matcher", "pairs", "priors", "mapper", "database")
+RUN_DEFAULTS: dict[str, Any] = {"device": "auto", "seed": 0}
+
+# Cameras and two-view verification, i.e. everything that goes into database.db.
+DATABASE_DEFAULTS: dict[str, Any] = {
+    "camera_mode": "auto",      # auto | single | per_folder | per_image
+    "camera_model": "SIMPLE_RADIAL",
+    "camera_params": "",        # "f,cx,cy,k" etc. to fix known intrinsics (COLMAP's order)
+    "max_error": 4.0,           # RANSAC threshold in pixels
+    "confidence": 0.999,
+    "min_num_inliers": 15,
+    "min_inlier_ratio": 0.25,
+}
+
+# Options every extractor / matcher stage has besides its model's own ``default_conf``.
+FEATURES_EXTRA: dict[str, Any] = {"resize_max": 1600, "weights": "official"}
+MATCHER_EXTRA: dict[str, Any] = {"weights": "official", "batch_size": 16}
+
+
+def stage_defaults(stage: str, name: str) -> dict[str, Any]:
+    """Typed defaults of choice ``name`` of ``stage`` (without the ``name`` key)."""
+    if stage == "database":
+        return dict(DATABASE_DEFAULTS)
+    if stage in ("features", "matcher"):
+        if stage == "features" and name == "none":
+            return {}
+        cls = _model_class(stage, name)
+        extra = FEATURES_EXTRA if stage == "features" else MATCHER_EXTRA
+        return {**cls.default_conf, **extra}
+    return dict(_registry(stage).get(name).defaults)
+
+
+def _model_class(stage: str, name: str):
+    kinds = ("extractor",) if stage == "features" else ("matcher", "dense_matcher")
+    try:
+        cls = matchers.model_class(name)
+    except KeyError as error:
+        raise ConfigError(f"{stage}: {error.args[0]}") from None
+    if cls.kind not in kinds:
+        raise ConfigError(f"{stage}: '{name}' is a {cls.kind}, not a {' or '.join(kinds)}")
+    return cls
+
+
+def _registry(stage: str):
+    if stage == "pairs":
+        from .graph import PAIR_STRATEGIES
+        return PAIR_STRATEGIES
+    if stage == "mapper":
+        from .mapping import MAPPERS
+        return MAPPERS
+    if stage == "priors":
+        from .priors import PRIORS
+        return PRIORS
+    raise ConfigError(f"unknown stage '{stage}' (stages: {', '.join(STAGES)})")
+
+
+def preset_path(preset: str | os.PathLike) -> Path:
+    """A preset name (``default``, ``aliked_lightglue``) or a path to a YAML file."""
+    path = Path(preset)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return path
+    candidate = CONFIG_DIR / f"{preset}.yaml"
+    if candidate.is_file():
+        return candidate
+    known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+    raise ConfigError(f"config '{preset}' is neither a YAML file nor a preset in {CONFIG_DIR} ({known})")
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """``stage.key=value`` -> (stage, key, value); the value is parsed as YAML (numbers, bools)."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects stage.key=value, got '{text}'")
+    path, raw = text.split("=", 1)
+    if path in RUN_DEFAULTS:
+        return "", path, yaml.safe_load(raw) if raw else raw
+    if "." not in path:
+        raise ConfigError(f"--set expects stage.key=value, got '{text}'")
+    stage, key = path.split(".", 1)
+    value = yaml.safe_load(raw) if raw != "" else ""
+    return stage, key, value
+
+
+def load_config(preset: str | os.PathLike | None = "default", overrides: list[str] = (),
+                **run: Any) -> dict[str, Any]:
+    """Read a preset, apply ``--set`` overrides and ``run`` keywords, validate every key.
+
+    Returns ``{"features": {"name": ..., **options}, ..., "device": ..., "seed": ...}`` with
+    every option filled from its typed default.
+    """
+    raw: dict[str, Any] = {}
+    if preset is not None:
+        path = preset_path(preset)
+        raw = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping of stages")
+    raw = copy.deepcopy(raw)
+    for text in overrides:
+        stage, key, value = parse_override(text)
+        if not stage:
+            raw[key] = value
+            continue
+        section = raw.setdefault(stage, {})
+        if not isinstance(section, dict):
+            raise ConfigError(f"{stage}: expected a mapping, got {section!r}")
+        if key == "name" and section.get("name") not in (None, value):
+            section.clear()
+        section[key] = value
+    raw.update({k: v for k, v in run.items() if v is not None})
+    return validate_config(raw)
+
+
+def default_choice(stage: str) -> str:
+    return {"features": "sift", "matcher": "nearest_neighbor", "pairs": "exhaustive",
+            "priors": "exif", "mapper": "colmap_incremental"}[stage]
+
+
+def validate_config(raw: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(raw) - set(STAGES) - set(RUN_DEFAULTS))
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {unknown} (stages: {', '.join(STAGES)}; run keys: "
+                          f"{', '.join(RUN_DEFAULTS)})")
+    config: dict[str, Any] = merge_conf(RUN_DEFAULTS, {k: raw[k] for k in RUN_DEFAULTS if k in raw}, "config")
+    for stage in STAGES:
+        section = dict(raw.get(stage) or {})
+        if stage == "database":
+            config[stage] = merge_conf(DATABASE_DEFAULTS, section, "database")
+            continue
+        name = str(section.pop("name", default_choice(stage)))
+        config[stage] = {"name": name, **merge_conf(stage_defaults(stage, name), section, f"{stage}.{name}")}
+    return config
+
+
+def dump_config(config: dict[str, Any]) -> str:
+    return yaml.safe_dump(config, sort_keys=False)

@@ -1,0 +1,17 @@
+"""Fingerprints of stage configurations, so a stage's output is reused only for the same inputs.
+
+Each output file records the fingerprint of the configuration that produced it (an HDF5 root
+attribute, or a JSON sidecar). A resumed run with the same fingerprint continues where it
+stopped; a different one starts that stage (and everything after it) afresh.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+
+def fingerprint(*parts: Any) -> str:
+    """Stable short hash of JSON-serialisable parts (dict key order does not matter)."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]

@@ -1,0 +1,201 @@
+"""Running extractors and matchers over images and pairs, into hloc's files, resumably.
+
+``extract_features`` writes ``features.h5`` (one group per image) and ``match_pairs`` writes
+``matches.h5`` (one group per pair). Both skip entries already in their file when the file was
+made with the same configuration (its fingerprint attribute), publish progress atomically every
+few seconds, and so resume after a kill without redoing finished images or pairs.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Iterator
+
+import h5py
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import matchers
+from ..fingerprint import fingerprint
+from ..io import h5
+from ..io.images import read_image, resize_max
+
+logger = logging.getLogger(__name__)
+FLUSH_SECONDS = 5.0
+STAGE_OPTIONS = ("name", "resize_max", "weights", "batch_size")
+
+
+def model_conf(conf: dict[str, Any]) -> dict[str, Any]:
+    """A stage's options minus the pipeline's own (what the model's constructor takes)."""
+    return {k: v for k, v in conf.items() if k not in STAGE_OPTIONS}
+
+
+def load_model(conf: dict[str, Any], device: torch.device) -> matchers.BaseModel:
+    """Build the stage's model; ``weights: official`` means none for classical models (SIFT, NN)."""
+    weights = conf.get("weights") or None
+    if weights == "official" and not matchers.has_official_weights(conf["name"]):
+        weights = None
+    return matchers.load(conf["name"], weights=weights, device=device, **model_conf(conf))
+
+
+def open_resumable(path: Path, stamp: str) -> h5.H5Writer:
+    """Open ``path`` for appending if it was made with fingerprint ``stamp``, else start afresh."""
+    if path.exists():
+        with h5py.File(path, "r") as f:
+            same = f.attrs.get("recon_fingerprint") == stamp
+        if not same:
+            logger.info("%s was made with another configuration: recomputing it", path.name)
+            path.unlink()
+    writer = h5.H5Writer(path)
+    writer.file.attrs["recon_fingerprint"] = stamp
+    return writer
+
+
+def to_original_pixels(keypoints: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """hloc's rescaling of keypoints found on a resized image: ``(kp + 0.5) * scale - 0.5``."""
+    return (keypoints + 0.5) * scale[None] - 0.5
+
+
+def extract_features(image_dir: Path, names: list[str], conf: dict[str, Any], features_path: Path,
+                     device: torch.device) -> Path:
+    """Extract local features for every image not yet in ``features_path``."""
+    stamp = fingerprint("features", conf)
+    with open_resumable(features_path, stamp) as writer:
+        todo = [name for name in names if name not in writer]
+        if not todo:
+            return features_path
+        model = load_model(conf, device)
+        grayscale = getattr(model, "grayscale", False)
+        uncertainty = getattr(model, "detection_noise", 1.0)
+        last_flush = time.time()
+        loader = _prefetch(image_dir, todo, grayscale, conf["resize_max"])
+        for name, image, scale, size in tqdm(loader, total=len(todo), desc="features", unit="img"):
+            tensor = torch.from_numpy(image).float().div_(255.0).to(device)
+            tensor = tensor[None, None] if tensor.ndim == 2 else tensor.permute(2, 0, 1)[None]
+            with torch.inference_mode():
+                pred = model({"image": tensor})
+            keypoints = to_original_pixels(pred["keypoints"][0].cpu().numpy(), scale)
+            h5.write_features(writer, name, keypoints, pred["descriptors"][0].cpu().numpy().T,
+                              pred["scores"][0].cpu().numpy(), size, uncertainty * float(scale.mean()))
+            if time.time() - last_flush > FLUSH_SECONDS:
+                writer.flush()
+                last_flush = time.time()
+    return features_path
+
+
+def _prefetch(image_dir: Path, names: list[str], grayscale: bool, max_size: int) -> Iterator[tuple]:
+    """Decode and resize the next image on a thread while the model runs on this one."""
+    def load(name: str):
+        image = read_image(image_dir / name, grayscale=grayscale)
+        size = (image.shape[1], image.shape[0])
+        resized, scale = resize_max(image, max_size)
+        return name, resized, scale, size
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = [pool.submit(load, n) for n in names[:2]]
+        for index in range(len(names)):
+            result = pending[index].result()
+            if index + 2 < len(names):
+                pending.append(pool.submit(load, names[index + 2]))
+            pending[index] = None
+            yield result
+
+
+class FeatureCache:
+    """The last few images' features as tensors on the device (pairs revisit the same images)."""
+
+    def __init__(self, path: Path, device: torch.device, size: int = 64) -> None:
+        self.file = h5py.File(path, "r")
+        self.device = device
+        self.size = size
+        self._items: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
+
+    def __getitem__(self, name: str) -> dict[str, torch.Tensor]:
+        if name in self._items:
+            self._items.move_to_end(name)
+            return self._items[name]
+        group = self.file[name]
+        item = {
+            "keypoints": torch.from_numpy(group["keypoints"][()].astype(np.float32)),
+            "descriptors": torch.from_numpy(group["descriptors"][()].astype(np.float32).T.copy()),
+            "scores": torch.from_numpy(group["scores"][()].astype(np.float32)),
+            "image_size": torch.from_numpy(group["image_size"][()].astype(np.float32)),
+        }
+        item = {k: v.to(self.device) for k, v in item.items()}
+        self._items[name] = item
+        if len(self._items) > self.size:
+            self._items.popitem(last=False)
+        return item
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def collate_pairs(items: list[tuple[dict, dict]]) -> dict[str, torch.Tensor]:
+    """Stack pairs into one batch, padding keypoints to the longest with ``mask0/1``."""
+    batch: dict[str, torch.Tensor] = {}
+    for side in ("0", "1"):
+        feats = [pair[int(side)] for pair in items]
+        length = max(f["keypoints"].shape[0] for f in feats)
+        for key in ("keypoints", "descriptors", "scores"):
+            batch[key + side] = torch.stack([_pad(f[key], length) for f in feats])
+        batch["mask" + side] = torch.stack([
+            torch.arange(length, device=f["keypoints"].device) < f["keypoints"].shape[0] for f in feats])
+        batch["image_size" + side] = torch.stack([f["image_size"] for f in feats])
+    return batch
+
+
+def _pad(tensor: torch.Tensor, length: int) -> torch.Tensor:
+    pad = length - tensor.shape[0]
+    if pad == 0:
+        return tensor
+    return torch.cat([tensor, tensor.new_zeros((pad, *tensor.shape[1:]))])
+
+
+def match_pairs(pairs: list[tuple[str, str]], features_path: Path, conf: dict[str, Any],
+                matches_path: Path, device: torch.device, features_stamp: str = "") -> Path:
+    """Match every pair not yet in ``matches_path`` with the configured sparse matcher."""
+    stamp = fingerprint("matches", conf, features_stamp or _file_stamp(features_path))
+    with open_resumable(matches_path, stamp) as writer:
+        todo = [(a, b) for a, b in pairs if not _has_pair(writer.file, a, b)]
+        if not todo:
+            return matches_path
+        model = load_model(conf, device)
+        batch_size = conf["batch_size"] if getattr(model, "supports_padding", False) else 1
+        cache = FeatureCache(features_path, device)
+        last_flush = time.time()
+        try:
+            with tqdm(total=len(todo), desc="matches", unit="pair") as progress:
+                for start in range(0, len(todo), batch_size):
+                    chunk = todo[start:start + batch_size]
+                    batch = collate_pairs([(cache[a], cache[b]) for a, b in chunk])
+                    with torch.inference_mode():
+                        pred = model(batch)
+                    for index, (a, b) in enumerate(chunk):
+                        count = cache[a]["keypoints"].shape[0]
+                        h5.write_matches(writer, a, b, pred["matches0"][index, :count].cpu().numpy(),
+                                         pred["matching_scores0"][index, :count].cpu().numpy())
+                    progress.update(len(chunk))
+                    if time.time() - last_flush > FLUSH_SECONDS:
+                        writer.flush()
+                        last_flush = time.time()
+        finally:
+            cache.close()
+    return matches_path
+
+
+def _has_pair(file: h5py.File, a: str, b: str) -> bool:
+    try:
+        h5.find_pair(file, a, b)
+        return True
+    except KeyError:
+        return False
+
+
+def _file_stamp(path: Path) -> str:
+    with h5py.File(path, "r") as f:
+        return str(f.attrs.get("recon_fingerprint", ""))

@@ -1,0 +1,217 @@
+"""The reconstruction pipeline: images -> priors -> features -> pairs -> matches -> database ->
+mapper -> model, each stage reading the previous stage's files in the output folder.
+
+Output folder layout (hloc's names): ``features.h5``, ``pairs.txt``, ``matches.h5``,
+``database.db``, ``sparse/0/`` (COLMAP binary; ``text=True`` adds text), ``points.ply``,
+``report.json``, ``cameras.png`` (a top view of cameras and points). A stage whose output exists and
+was made from the same inputs and configuration is skipped; features and matches resume per image
+and per pair.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pycolmap
+
+import matchers
+from .colmap.database import build_database
+from .fingerprint import fingerprint
+from .graph import PAIR_STRATEGIES, PairsContext
+from .io.images import ImageInfo, usable_images
+from .io.pairs import read_pairs, unique_pairs, write_pairs
+from .mapping import MAPPERS
+from .match import extract_features, match_pairs
+from .priors import PRIORS
+
+logger = logging.getLogger(__name__)
+STATE_FILE = ".recon-state.json"
+
+
+@dataclass
+class Pipeline:
+    """One run over ``image_dir`` into ``output_dir`` with a validated ``config``."""
+
+    image_dir: Path
+    output_dir: Path
+    config: dict[str, Any]
+    text: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+    infos: list[ImageInfo] = field(default_factory=list)
+    priors: dict[str, tuple[float, str]] = field(default_factory=dict)
+    pairs: list[tuple[str, str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.image_dir = Path(self.image_dir)
+        self.output_dir = Path(self.output_dir)
+        self.device = matchers.resolve_device(self.config["device"])
+        self.seed = int(self.config["seed"])
+
+    # Paths of every stage's output.
+    @property
+    def features_path(self) -> Path:
+        return self.output_dir / "features.h5"
+
+    @property
+    def matches_path(self) -> Path:
+        return self.output_dir / "matches.h5"
+
+    @property
+    def pairs_path(self) -> Path:
+        return self.output_dir / "pairs.txt"
+
+    @property
+    def database_path(self) -> Path:
+        return self.output_dir / "database.db"
+
+    @property
+    def model_path(self) -> Path:
+        return self.output_dir / "sparse" / "0"
+
+    def timed(self, stage: str, function, *args, **kwargs):
+        start = time.perf_counter()
+        result = function(*args, **kwargs)
+        self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - start
+        return result
+
+    # Stages.
+    def find_images(self) -> list[ImageInfo]:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.infos = self.timed("images", usable_images, self.image_dir)
+        return self.infos
+
+    def compute_priors(self) -> dict[str, tuple[float, str]]:
+        conf = self.config["priors"]
+        choice = PRIORS.get(conf["name"])
+        self.priors = self.timed("priors", choice.function, self.infos, conf, self)
+        return self.priors
+
+    def extract(self) -> None:
+        if self.config["features"]["name"] == "none":
+            return
+        names = [info.name for info in self.infos]
+        self.timed("features", extract_features, self.image_dir, names, self.config["features"],
+                   self.features_path, self.device)
+
+    def select_pairs(self) -> list[tuple[str, str]]:
+        conf = self.config["pairs"]
+        names = [info.name for info in self.infos]
+        context = PairsContext(self.image_dir, self.output_dir,
+                               self.features_path if self.features_path.exists() else None, self.device, self.seed)
+        choice = PAIR_STRATEGIES.get(conf["name"])
+        pairs = self.timed("pairs", choice.function, names, conf, context)
+        self.pairs = unique_pairs(pairs)
+        if not self.pairs:
+            raise RuntimeError(f"pairs.{conf['name']} selected no image pairs")
+        write_pairs(self.pairs_path, self.pairs)
+        return self.pairs
+
+    def match(self) -> None:
+        if matchers.model_class(self.config["matcher"]["name"]).kind == "dense_matcher":
+            raise NotImplementedError("dense matchers are routed by recon.match.dense (not wired yet)")
+        self.timed("matches", match_pairs, self.pairs, self.features_path, self.config["matcher"],
+                   self.matches_path, self.device)
+
+    def database_fingerprint(self) -> str:
+        return fingerprint("database", self.config["features"], self.config["matcher"], self.pairs,
+                           self.config["database"], sorted(self.priors.items()), self.seed)
+
+    def build_database(self) -> None:
+        stamp = self.database_fingerprint()
+        if self.database_path.exists() and self.read_state().get("database") == stamp:
+            logger.info("database.db is up to date")
+            return
+        self.timed("database", build_database, self.database_path, self.infos, self.priors,
+                   self.features_path, self.matches_path, self.pairs, self.config["database"], self.seed)
+        self.write_state(database=stamp)
+
+    def map(self) -> pycolmap.Reconstruction:
+        conf = self.config["mapper"]
+        stamp = fingerprint("mapper", self.database_fingerprint(), conf, self.seed)
+        if self.model_path.is_dir() and self.read_state().get("mapper") == stamp:
+            logger.info("sparse/0 is up to date")
+            return pycolmap.Reconstruction(self.model_path)
+        choice = MAPPERS.get(conf["name"])
+        options = {k: v for k, v in conf.items() if k != "name"}
+        model = self.timed("mapping", choice.function, self.database_path, self.image_dir, self.output_dir,
+                           options, self.device, self.seed)
+        self.write_model(model)
+        self.write_state(mapper=stamp)
+        return model
+
+    def write_model(self, model: pycolmap.Reconstruction) -> None:
+        """sparse/0 (and points.ply) replaced atomically: written aside, then renamed."""
+        staging = self.model_path.with_name("0.tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        model.write(staging)
+        if self.text:
+            model.write_text(staging)
+        if self.model_path.exists():
+            shutil.rmtree(self.model_path)
+        os.replace(staging, self.model_path)
+        ply = self.output_dir / "points.ply.tmp"
+        model.export_PLY(str(ply))
+        os.replace(ply, self.output_dir / "points.ply")
+
+    # Bookkeeping.
+    def read_state(self) -> dict[str, str]:
+        path = self.output_dir / STATE_FILE
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def write_state(self, **entries: str) -> None:
+        state = {**self.read_state(), **entries}
+        write_json(self.output_dir / STATE_FILE, state)
+
+    def report(self, model: pycolmap.Reconstruction) -> dict[str, Any]:
+        report = {
+            "num_images": len(self.infos),
+            "num_registered": model.num_reg_images(),
+            "num_points": model.num_points3D(),
+            "mean_track_length": model.compute_mean_track_length() if model.num_points3D() else 0.0,
+            "mean_reprojection_error": model.compute_mean_reprojection_error() if model.num_points3D() else None,
+            "num_pairs": len(self.pairs),
+            "unregistered": sorted({i.name for i in self.infos} - {im.name for im in model.images.values()
+                                                                     if im.has_pose}),
+            "focal_priors": {name: {"focal": focal, "source": source} for name, (focal, source) in self.priors.items()},
+            "timings": {k: round(v, 3) for k, v in self.timings.items()},
+            "device": str(self.device),
+            "config": self.config,
+        }
+        write_json(self.output_dir / "report.json", report)
+        return report
+
+
+def write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=_json_default))
+    os.replace(tmp, path)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def reconstruct(image_dir: str | os.PathLike, output_dir: str | os.PathLike, config: dict[str, Any],
+                text: bool = False) -> tuple[pycolmap.Reconstruction, dict[str, Any]]:
+    """Run every stage; return the model and the report (also written to report.json)."""
+    pipeline = Pipeline(Path(image_dir), Path(output_dir), config, text=text)
+    pipeline.find_images()
+    pipeline.compute_priors()
+    pipeline.extract()
+    pipeline.select_pairs()
+    pipeline.match()
+    pipeline.build_database()
+    model = pipeline.map()
+    return model, pipeline.report(model)
