@@ -97,10 +97,14 @@ def verification_options(conf: dict[str, Any], seed: int) -> pycolmap.TwoViewGeo
 
 def build_database(database_path: Path, infos: list[ImageInfo], priors: dict[str, tuple[float, str]],
                    features_path: Path, matches_path: Path, pairs: list[tuple[str, str]],
-                   conf: dict[str, Any], seed: int = 0) -> dict[str, int]:
+                   conf: dict[str, Any], seed: int = 0, verify: bool = True,
+                   min_match_score: float | None = None) -> dict[str, int]:
     """Write cameras, images, keypoints and matches, verify the pairs, publish atomically.
 
-    Returns the database image id of every image name.
+    ``verify=False`` trusts the matches as they are (already verified elsewhere): each pair's
+    matches become its inliers under an UNCALIBRATED two-view geometry - hloc writes these with no
+    configuration, which pycolmap 4.2.1's mappers silently ignore. ``min_match_score`` drops
+    matches scored below it. Returns the database image id of every image name.
     """
     tmp = database_path.with_name(database_path.name + ".tmp")
     for stale in (tmp, Path(str(tmp) + "-journal"), Path(str(tmp) + "-wal")):
@@ -109,12 +113,13 @@ def build_database(database_path: Path, infos: list[ImageInfo], priors: dict[str
     with pycolmap.Database.open(tmp) as db:
         image_ids = write_cameras_and_images(db, groups, conf)
         write_keypoints(db, image_ids, features_path)
-        write_matches(db, image_ids, matches_path, pairs)
-    pairs_file = database_path.with_name("verification-pairs.txt")
-    write_pairs(pairs_file, pairs)
-    logger.info("geometric verification of %d pairs", len(pairs))
-    pycolmap.verify_matches(tmp, pairs_file, options=verification_options(conf, seed))
-    pairs_file.unlink()
+        write_matches(db, image_ids, matches_path, pairs, trusted=not verify, min_score=min_match_score)
+    if verify:
+        pairs_file = database_path.with_name(database_path.name + ".pairs.tmp")
+        write_pairs(pairs_file, pairs)
+        logger.info("geometric verification of %d pairs", len(pairs))
+        pycolmap.verify_matches(tmp, pairs_file, options=verification_options(conf, seed))
+        pairs_file.unlink()
     os.replace(tmp, database_path)
     return image_ids
 
@@ -137,14 +142,29 @@ def write_keypoints(db: pycolmap.Database, image_ids: dict[str, int], features_p
 
 
 def write_matches(db: pycolmap.Database, image_ids: dict[str, int], matches_path: Path,
-                  pairs: list[tuple[str, str]], batch: int = 1000) -> None:
-    """Raw (unverified) matches of every pair, committed every ``batch`` pairs."""
+                  pairs: list[tuple[str, str]], trusted: bool = False, min_score: float | None = None,
+                  batch: int = 1000) -> None:
+    """Matches of every pair, committed every ``batch`` pairs; ``trusted`` also writes them as
+    the inliers of an UNCALIBRATED two-view geometry (no verification will run)."""
     with h5.opened(matches_path) as file:
         for start in tqdm(range(0, len(pairs), batch), desc="database matches", unit="batch", leave=False):
             with pycolmap.DatabaseTransaction(db):
                 for name0, name1 in pairs[start:start + batch]:
-                    matches, _ = h5.read_matches(file, name0, name1)
-                    db.write_matches(image_ids[name0], image_ids[name1], matches.astype(np.uint32))
+                    matches, scores = h5.read_matches(file, name0, name1)
+                    if min_score is not None:
+                        matches = matches[scores >= min_score]
+                    matches = matches.astype(np.uint32)
+                    id0, id1 = image_ids[name0], image_ids[name1]
+                    db.write_matches(id0, id1, matches)
+                    if trusted:
+                        db.write_two_view_geometry(id0, id1, trusted_geometry(matches))
+
+
+def trusted_geometry(matches: np.ndarray) -> pycolmap.TwoViewGeometry:
+    geometry = pycolmap.TwoViewGeometry()
+    geometry.inlier_matches = matches
+    geometry.config = pycolmap.TwoViewGeometryConfiguration.UNCALIBRATED
+    return geometry
 
 
 def verified_pair_count(database_path: Path) -> int:

@@ -35,6 +35,12 @@ def colmap_incremental(database_path: Path, image_dir: Path, output_dir: Path, c
     options.mapper.init_min_num_inliers = conf["init_min_num_inliers"]
     options.mapper.abs_pose_min_num_inliers = conf["abs_pose_min_num_inliers"]
     options.mapper.random_seed = seed
+    return run_incremental(database_path, image_dir, output_dir, options)
+
+
+def run_incremental(database_path: Path, image_dir: Path, output_dir: Path,
+                    options: pycolmap.IncrementalPipelineOptions) -> pycolmap.Reconstruction:
+    """pycolmap's incremental mapping into a scratch folder; the largest model is returned."""
     with tempfile.TemporaryDirectory(dir=output_dir) as scratch:
         models = pycolmap.incremental_mapping(database_path, image_dir, scratch, options=options)
         return largest(models, "colmap_incremental")

@@ -106,10 +106,14 @@ def _prefetch(image_dir: Path, names: list[str], grayscale: bool, max_size: int)
 
 
 class FeatureCache:
-    """The last few images' features as tensors on the device (pairs revisit the same images)."""
+    """The last few images' features as tensors on the device (pairs revisit the same images).
 
-    def __init__(self, path: Path, device: torch.device, size: int = 64) -> None:
-        self.file = h5py.File(path, "r")
+    Several files may be given (query and reference features, as in hloc's localization); an
+    image is read from the first file that has it.
+    """
+
+    def __init__(self, paths: list[Path], device: torch.device, size: int = 64) -> None:
+        self.files = [h5py.File(path, "r") for path in dict.fromkeys(paths)]
         self.device = device
         self.size = size
         self._items: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
@@ -118,7 +122,9 @@ class FeatureCache:
         if name in self._items:
             self._items.move_to_end(name)
             return self._items[name]
-        group = self.file[name]
+        group = next((f[name] for f in self.files if name in f), None)
+        if group is None:
+            raise KeyError(f"no features for image '{name}' in {[f.filename for f in self.files]}")
         item = {
             "keypoints": torch.from_numpy(group["keypoints"][()].astype(np.float32)),
             "descriptors": torch.from_numpy(group["descriptors"][()].astype(np.float32).T.copy()),
@@ -132,7 +138,8 @@ class FeatureCache:
         return item
 
     def close(self) -> None:
-        self.file.close()
+        for file in self.files:
+            file.close()
 
 
 def collate_pairs(items: list[tuple[dict, dict]]) -> dict[str, torch.Tensor]:
@@ -157,16 +164,21 @@ def _pad(tensor: torch.Tensor, length: int) -> torch.Tensor:
 
 
 def match_pairs(pairs: list[tuple[str, str]], features_path: Path, conf: dict[str, Any],
-                matches_path: Path, device: torch.device, features_stamp: str = "") -> Path:
-    """Match every pair not yet in ``matches_path`` with the configured sparse matcher."""
-    stamp = fingerprint("matches", conf, features_stamp or _file_stamp(features_path))
+                matches_path: Path, device: torch.device, features_ref: Path | None = None) -> Path:
+    """Match every pair not yet in ``matches_path`` with the configured sparse matcher.
+
+    The first image of a pair is read from ``features_path``, or from ``features_ref`` when only
+    that file has it (hloc's query/reference split).
+    """
+    paths = [features_path] + ([features_ref] if features_ref else [])
+    stamp = fingerprint("matches", conf, [_file_stamp(p) for p in dict.fromkeys(paths)])
     with open_resumable(matches_path, stamp) as writer:
         todo = [(a, b) for a, b in pairs if not _has_pair(writer.file, a, b)]
         if not todo:
             return matches_path
         model = load_model(conf, device)
         batch_size = conf["batch_size"] if getattr(model, "supports_padding", False) else 1
-        cache = FeatureCache(features_path, device)
+        cache = FeatureCache(paths, device)
         last_flush = time.time()
         try:
             with tqdm(total=len(todo), desc="matches", unit="pair") as progress:
