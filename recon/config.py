@@ -62,7 +62,7 @@ def _model_class(stage: str, name: str):
     except KeyError as error:
         raise ConfigError(f"{stage}: {error.args[0]}") from None
     if cls.kind not in kinds:
-        raise ConfigError(f"{stage}: '{name}' is a {cls.kind}, not a {' or '.join(kinds)}")
+        raise ConfigError(f"{stage}: '{name}' is a {cls.kind} model; {stage} takes {' or '.join(kinds)} models")
     return cls
 
 

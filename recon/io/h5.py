@@ -82,11 +82,16 @@ class H5Writer:
             del self.file[key]
 
     def flush(self) -> None:
-        """Publish everything written so far (atomic: copy, then rename)."""
-        self.file.flush()
+        """Publish everything written so far.
+
+        The file is closed first: a copy of an HDF5 file that is open for writing keeps the
+        "open for write" consistency flag and cannot be opened by readers.
+        """
+        self.file.close()
         staged = self.path.with_name(self.path.name + ".staged")
         shutil.copyfile(self.tmp, staged)
         os.replace(staged, self.path)
+        self.file = h5py.File(self.tmp, "a", libver="latest")
 
     def close(self) -> None:
         if self.file:
