@@ -192,9 +192,8 @@ def load_strecha(folder: str | Path) -> GroundTruth:
         if np.any(values[9:12] != 0):
             raise ValueError(f"{file}: non-zero radial distortion {values[9:12].tolist()} is not "
                              "supported (the published Strecha images are undistorted)")
-        world_from_cam = values[12:21].reshape(3, 3)
+        rotation = _nearest_rotation(values[12:21].reshape(3, 3).T, file)
         center = values[21:24]
-        rotation = world_from_cam.T
         camera = cameras.pinhole(K, int(values[24]), int(values[25]), file)
         images.append(GroundTruthImage(file.name[: -len(".camera")], rotation, -rotation @ center, camera))
     return GroundTruth(images, source=f"strecha:{folder}")
@@ -222,7 +221,8 @@ def load_middlebury(par_file: str | Path) -> GroundTruth:
         with PILImage.open(image_file) as pil:
             width, height = pil.size
         camera = cameras.pinhole(values[0:9].reshape(3, 3), width, height, par_file)
-        images.append(GroundTruthImage(row[0], values[9:18].reshape(3, 3), values[18:21], camera))
+        rotation = _nearest_rotation(values[9:18].reshape(3, 3), par_file)
+        images.append(GroundTruthImage(row[0], rotation, values[18:21], camera))
     if not images:
         raise ValueError(f"{par_file}: none of its {count} images is in {par_file.parent}; the "
                          "loader keeps the views whose images are present and reads their size")
@@ -257,7 +257,7 @@ def load_transforms_json(json_file: str | Path, image_root: str | Path | None = 
         camera = cameras.add(_transforms_camera(intrinsics, file, json_file))
         cam_to_world_gl = np.asarray(frame["transform_matrix"], dtype=np.float64)[:3, :4]
         cam_to_world = cam_to_world_gl * np.array([1.0, -1.0, -1.0, 1.0])  # OpenGL -> OpenCV axes
-        rotation = cam_to_world[:, :3].T
+        rotation = _nearest_rotation(cam_to_world[:, :3].T, json_file)
         name = PurePosixPath(*file.relative_to(root).parts).as_posix()
         images.append(GroundTruthImage(name, rotation, -rotation @ cam_to_world[:, 3], camera))
     if len({im.name for im in images}) != len(images):
@@ -332,6 +332,19 @@ class _CameraPool:
             raise ValueError(f"{source}: K {K.tolist()} is not a pinhole matrix without skew")
         params = [K[0, 0], K[1, 1], K[0, 2], K[1, 2]]
         return self.add(pycolmap.Camera(model="PINHOLE", width=width, height=height, params=params))
+
+
+def _nearest_rotation(M: np.ndarray, source: Path, tolerance: float = 1e-3) -> np.ndarray:
+    """The rotation closest to (3, 3) ``M`` (Frobenius), for matrices printed with few digits.
+
+    Text formats store rotations with 6 to 17 significant digits, so they are orthonormal only to
+    that precision; the evaluation's angle formulas assume exact rotations.
+    """
+    U, _, Vt = np.linalg.svd(M)
+    R = U @ Vt
+    if np.linalg.det(R) < 0 or np.abs(R - M).max() > tolerance:
+        raise ValueError(f"{source}: {M.tolist()} is not a rotation matrix")
+    return R
 
 
 def _camera_key(camera: pycolmap.Camera) -> tuple:
