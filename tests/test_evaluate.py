@@ -225,6 +225,16 @@ def test_umeyama_recovers_a_known_similarity_exactly():
     np.testing.assert_allclose(sim.translation, t, atol=1e-12)
 
 
+def test_umeyama_least_squares_agrees_with_pycolmap_on_noisy_points():
+    rng = np.random.default_rng(4)
+    src = rng.normal(size=(30, 3))
+    dst = 2.0 * src @ random_rotation(8).T + 1.0 + rng.normal(scale=0.1, size=(30, 3))
+    ours, reference = umeyama(src, dst), pycolmap.estimate_sim3d(src, dst)
+    assert ours.scale == pytest.approx(reference.scale, rel=1e-9)
+    np.testing.assert_allclose(ours.rotation, reference.rotation.matrix(), atol=1e-9)
+    np.testing.assert_allclose(ours.translation, reference.translation, atol=1e-9)
+
+
 def test_umeyama_never_returns_a_reflection():
     src = np.random.default_rng(2).normal(size=(10, 3))
     sim = umeyama(src, src * np.array([1.0, 1.0, -1.0]))  # a mirror image: best proper rotation
@@ -271,6 +281,17 @@ def test_focal_error_compares_at_the_ground_truth_image_size():
     half = pycolmap.Camera(model="SIMPLE_PINHOLE", width=320, height=240, params=[260.0, 160.0, 120.0])
     result = evaluate(as_model(est, half), make_gt(gt))  # 260 at half size = 520 vs 500
     assert result["focal_error_median"] == pytest.approx(0.04, rel=1e-12)
+
+
+def test_empty_model_scores_zero():
+    gt, _ = hand_made_scene()
+    result = evaluate(pycolmap.Reconstruction(), make_gt(gt))
+    assert result["num_registered"] == 0 and result["num_pairs"] == 3
+    assert list(result["auc"].values()) == [0.0] * 4
+    assert result["rra15"] == result["rta15"] == result["maa30"] == 0.0
+    assert result["center_error_median"] is None and result["focal_error_median"] is None
+    assert "n/a" in format_table(result)
+    json.dumps(result, allow_nan=False)
 
 
 def test_model_with_foreign_image_names_is_an_error():

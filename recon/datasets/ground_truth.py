@@ -249,7 +249,11 @@ def load_transforms_json(json_file: str | Path, image_root: str | Path | None = 
     if not frames:
         raise ValueError(f"{json_file}: no 'frames' list")
     files = [_frame_file(json_file.parent, frame["file_path"]) for frame in frames]
-    root = Path(image_root) if image_root is not None else Path(os.path.commonpath([f.parent for f in files]))
+    root = Path(os.path.abspath(image_root)) if image_root is not None else Path(
+        os.path.commonpath([f.parent for f in files]))
+    outside = [str(f) for f in files if not f.is_relative_to(root)]
+    if outside:
+        raise ValueError(f"{json_file}: frame images {outside[:3]} are not inside the image root {root}")
     cameras = _CameraPool()
     images = []
     for frame, file in zip(frames, files):
@@ -267,7 +271,7 @@ def load_transforms_json(json_file: str | Path, image_root: str | Path | None = 
 
 def _frame_file(folder: Path, file_path: str) -> Path:
     """Absolute, normalised path of a frame's image (``./images/x.jpg`` or ``train/r_0``)."""
-    path = Path(os.path.normpath(folder / file_path))
+    path = Path(os.path.abspath(folder / file_path))  # abspath also normalises ./ and ../
     if path.suffix:
         return path
     for suffix in IMAGE_SUFFIXES:

@@ -18,6 +18,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gt", required=True,
                         help="ground truth: COLMAP model folder, folder of Strecha *.camera files, "
                              "Middlebury *_par.txt, or instant-ngp/NeRF transforms.json")
+    parser.add_argument("--gt-image-root", metavar="DIR",
+                        help="transforms.json only: image names are relative to this folder "
+                             "(default: the deepest folder common to all frames)")
     parser.add_argument("--json", metavar="FILE", help="also write the full result as JSON here")
     parser.add_argument("--translation-sign-ambiguous", action="store_true",
                         help="fold translation-direction errors to min(a, 180 - a) as the CO3D "
@@ -29,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         model = load_model(args.model)
-        gt = load_ground_truth(args.gt)
+        gt = load_ground_truth(args.gt, image_root=args.gt_image_root)
         result = evaluate(model, gt, sign_ambiguous=args.translation_sign_ambiguous)
     except (FileNotFoundError, ValueError) as error:
         print(f"recon evaluate: error: {error}", file=sys.stderr)
