@@ -1,0 +1,23 @@
+"""Loaders for benchmark layouts (ground-truth poses and intrinsics).
+
+Data itself lives in the top-level ``datasets/`` folder (not a package); this is the code.
+"""
+from .ground_truth import (
+    GroundTruth,
+    GroundTruthImage,
+    load_colmap,
+    load_ground_truth,
+    load_middlebury,
+    load_strecha,
+    load_transforms_json,
+)
+
+__all__ = [
+    "GroundTruth",
+    "GroundTruthImage",
+    "load_colmap",
+    "load_ground_truth",
+    "load_middlebury",
+    "load_strecha",
+    "load_transforms_json",
+]
