@@ -14,17 +14,20 @@ from .base import BaseModel
 
 
 def nearest_neighbours(similarity: torch.Tensor, ratio_threshold: float | None,
-                       distance_threshold: float | None, valid: torch.Tensor | None = None
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Best match per row of ``similarity`` (B, N, M) with ratio and distance tests.
+                       distance_threshold: float | None, valid: torch.Tensor | None = None,
+                       dim: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best match along ``dim`` of ``similarity`` (B, N, M) with ratio and distance tests.
 
-    ``valid`` (B, M) marks real columns (padding excluded). Returns indices (B, N), -1 where a
-    test fails, and cosine scores mapped to [0, 1] as ``(1 + cos) / 2``.
+    ``dim=-1`` matches rows (image 0 -> 1), ``dim=1`` columns (1 -> 0) without transposing the
+    matrix. ``valid`` (B, M or N) marks real entries along ``dim`` (padding excluded). Returns
+    indices, -1 where a test fails, and cosine scores mapped to [0, 1] as ``(1 + cos) / 2``.
     """
-    if valid is not None:
-        similarity = similarity.masked_fill(~valid[:, None, :], -2.0)
-    k = 2 if (ratio_threshold is not None and similarity.shape[-1] > 1) else 1
-    top_sim, top_idx = similarity.topk(k, dim=-1)
+    if valid is not None and not bool(valid.all()):
+        similarity = similarity.masked_fill(~valid.unsqueeze(1 if dim == -1 else 2), -2.0)
+    k = 2 if (ratio_threshold is not None and similarity.shape[dim] > 1) else 1
+    top_sim, top_idx = similarity.topk(k, dim=dim)
+    if dim != -1:
+        top_sim, top_idx = top_sim.transpose(1, 2), top_idx.transpose(1, 2)
     distance_sq = (2.0 - 2.0 * top_sim).clamp(min=0.0)
     keep = top_sim[..., 0] > -2.0
     if k == 2:
@@ -65,7 +68,7 @@ class NearestNeighbor(BaseModel):
         distance = self.conf["distance_threshold"]
         matches0, scores0 = nearest_neighbours(similarity, ratio, distance, data.get("mask1"))
         if self.conf["mutual_check"]:
-            matches1, _ = nearest_neighbours(similarity.transpose(1, 2), ratio, distance, data.get("mask0"))
+            matches1, _ = nearest_neighbours(similarity, ratio, distance, data.get("mask0"), dim=1)
             matches0 = mutual_check(matches0, matches1)
         if "mask0" in data:
             matches0 = torch.where(data["mask0"], matches0, torch.full_like(matches0, -1))

@@ -50,11 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     match.add_argument("output", type=Path)
     add_config_arguments(match)
 
-    evaluate = commands.add_parser("evaluate", help="compare a model with ground truth")
-    evaluate.add_argument("model", type=Path, help="COLMAP model folder (e.g. OUT/sparse/0)")
-    evaluate.add_argument("--gt", type=Path, required=True,
-                          help="ground truth: COLMAP model, Strecha .camera folder, Middlebury _par.txt, transforms.json")
-    evaluate.add_argument("--json", type=Path, help="also write the metrics as JSON")
+    evaluate = commands.add_parser("evaluate", add_help=False, help="compare a model with ground truth "
+                                   "(recon evaluate --help for its options)")
+    evaluate.add_argument("arguments", nargs=argparse.REMAINDER)
 
     demo = commands.add_parser("demo", help="reconstruct the bundled sample scene and evaluate it")
     demo.add_argument("output", type=Path, nargs="?", default=Path("outputs/demo"))
@@ -132,11 +130,9 @@ def cmd_match(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    for path in (args.model, args.gt):
-        if not path.exists():
-            raise FileNotFoundError(f"{path} does not exist")
-    print(evaluate_and_format(args.model, args.gt, args.json))
-    return 0
+    from .evaluate.cli import main as evaluate_main
+
+    return evaluate_main(args.arguments)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -167,7 +163,7 @@ def summary_line(report: dict, output: Path) -> str:
 
 def evaluate_and_format(model: Path, gt: Path, json_path: Path | None) -> str:
     from .evaluate import evaluate, format_table
-    from .pipeline import write_json
+    from .io.jsonfile import write_json
 
     result = evaluate(model, gt)
     if json_path is not None:

@@ -39,7 +39,7 @@ DATABASE_DEFAULTS: dict[str, Any] = {
 
 # Options every extractor / matcher stage has besides its model's own ``default_conf``.
 FEATURES_EXTRA: dict[str, Any] = {"resize_max": 1600, "weights": "official"}
-MATCHER_EXTRA: dict[str, Any] = {"weights": "official", "batch_size": 16}
+MATCHER_EXTRA: dict[str, Any] = {"weights": "official", "batch_size": 0}  # 0: auto (see recon.match)
 
 
 def stage_defaults(stage: str, name: str) -> dict[str, Any]:

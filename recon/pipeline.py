@@ -26,6 +26,7 @@ from .colmap.database import build_database
 from .fingerprint import fingerprint
 from .graph import PAIR_STRATEGIES, PairsContext
 from .io.images import ImageInfo, usable_images
+from .io.jsonfile import write_json
 from .io.pairs import read_pairs, unique_pairs, write_pairs
 from .mapping import MAPPERS
 from .match import extract_features, match_pairs
@@ -187,20 +188,6 @@ class Pipeline:
         }
         write_json(self.output_dir / "report.json", report)
         return report
-
-
-def write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_json_default))
-    os.replace(tmp, path)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def reconstruct(image_dir: str | os.PathLike, output_dir: str | os.PathLike, config: dict[str, Any],

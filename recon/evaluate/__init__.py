@@ -5,8 +5,9 @@ stores it atomically. Definitions of every measure: :mod:`recon.evaluate.metrics
 errors, AUC, RRA/RTA, mAA) and :mod:`recon.evaluate.report` (registration, centre and focal error).
 """
 from .geometry import Sim3, direction_angle_deg, relative_poses, rotation_angle_deg, umeyama
+from ..io.jsonfile import write_json
 from .metrics import PairErrors, accuracy, mean_average_accuracy, pair_errors, pose_auc
-from .report import evaluate, format_table, load_model, write_json
+from .report import evaluate, format_table, load_model
 
 __all__ = [
     "PairErrors",

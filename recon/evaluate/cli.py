@@ -5,7 +5,8 @@ import argparse
 import sys
 
 from ..datasets.ground_truth import load_ground_truth
-from .report import evaluate, format_table, load_model, write_json
+from ..io.jsonfile import write_json
+from .report import evaluate, format_table, load_model
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(format_table(result))
     if args.json:
-        write_json(result, args.json)
+        write_json(args.json, result)
     return 0
 
 

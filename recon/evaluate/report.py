@@ -19,8 +19,6 @@ strict JSON.
 """
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -153,18 +151,6 @@ def format_table(result: dict) -> str:
         rows.append(("model images not in GT", str(result["num_model_images_not_in_gt"])))
     width = max(len(label) for label, _ in rows)
     return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
-
-
-def write_json(result: dict, path: str | Path) -> None:
-    """Write ``result`` as strict JSON, atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _estimated_poses(names: list[str], estimated: dict[str, pycolmap.Image]) -> tuple[np.ndarray, np.ndarray]:

@@ -32,7 +32,7 @@ def stage_conf(conf: dict[str, Any]) -> dict[str, Any]:
     else:
         defaults = matchers.model_class(name).default_conf
         stage = {"name": name, **{k: v for k, v in model.items() if k in defaults}}
-    stage.update(weights="official", batch_size=16)
+    stage.update(weights="official", batch_size=0)
     return stage
 
 

@@ -143,7 +143,12 @@ class FeatureCache:
 
 
 def collate_pairs(items: list[tuple[dict, dict]]) -> dict[str, torch.Tensor]:
-    """Stack pairs into one batch, padding keypoints to the longest with ``mask0/1``."""
+    """Stack pairs into one batch, padding keypoints to the longest with ``mask0/1``.
+
+    A single pair is passed as is (no padding, no masks).
+    """
+    if len(items) == 1:
+        return {key + side: value[None] for side, feats in zip(("0", "1"), items[0]) for key, value in feats.items()}
     batch: dict[str, torch.Tensor] = {}
     for side in ("0", "1"):
         feats = [pair[int(side)] for pair in items]
@@ -177,7 +182,7 @@ def match_pairs(pairs: list[tuple[str, str]], features_path: Path, conf: dict[st
         if not todo:
             return matches_path
         model = load_model(conf, device)
-        batch_size = conf["batch_size"] if getattr(model, "supports_padding", False) else 1
+        batch_size = pair_batch_size(conf["batch_size"], model, device)
         cache = FeatureCache(paths, device)
         last_flush = time.time()
         try:
@@ -198,6 +203,17 @@ def match_pairs(pairs: list[tuple[str, str]], features_path: Path, conf: dict[st
         finally:
             cache.close()
     return matches_path
+
+
+def pair_batch_size(requested: int, model: matchers.BaseModel, device: torch.device) -> int:
+    """Pairs per forward pass: ``requested``, or when 0 (auto) 16 on GPU and 1 on CPU, where
+    padding pairs to a common size costs more memory traffic than batching saves; always 1 for
+    models that cannot take padded batches."""
+    if not getattr(model, "supports_padding", False):
+        return 1
+    if requested > 0:
+        return requested
+    return 16 if device.type == "cuda" else 1
 
 
 def _has_pair(file: h5py.File, a: str, b: str) -> bool:
