@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", add_help=False, help="compare a model with ground truth "
                                    "(recon evaluate --help for its options)")
-    evaluate.add_argument("arguments", nargs=argparse.REMAINDER)
+    evaluate.add_argument("arguments", nargs=argparse.REMAINDER)  # dispatched before parsing, see main()
 
     demo = commands.add_parser("demo", help="reconstruct the bundled sample scene and evaluate it")
     demo.add_argument("output", type=Path, nargs="?", default=Path("outputs/demo"))
@@ -68,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["evaluate"]:  # its own parser (recon.evaluate.cli), options and --help included
+        from .evaluate.cli import main as evaluate_main
+
+        return evaluate_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[recon] %(message)s")
     import pycolmap  # after argument parsing: --help stays instant
@@ -104,7 +109,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     model, report = reconstruct(args.images, args.output, _config(args), text=args.text)
     print(summary_line(report, args.output))
     if args.gt is not None:
-        print(evaluate_and_format(args.output / "sparse" / "0", args.gt, args.output / "evaluation.json"))
+        names = list(report["focal_priors"])  # every image of this run
+        print(evaluate_and_format(args.output / "sparse" / "0", args.gt, args.output / "evaluation.json", names))
     return 0
 
 
@@ -127,12 +133,6 @@ def cmd_match(args: argparse.Namespace) -> int:
     pipeline.match()
     print(f"{len(pipeline.pairs)} pairs matched -> {pipeline.matches_path}")
     return 0
-
-
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate.cli import main as evaluate_main
-
-    return evaluate_main(args.arguments)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -161,17 +161,20 @@ def summary_line(report: dict, output: Path) -> str:
             f"{'n/a' if error is None else f'{error:.3f}px'} -> {output}\n  time: {stages}")
 
 
-def evaluate_and_format(model: Path, gt: Path, json_path: Path | None) -> str:
+def evaluate_and_format(model: Path, gt: Path, json_path: Path | None, names: list[str] | None = None) -> str:
+    """Score ``model`` against ``gt`` (restricted to ``names``, the images of the run, if given)."""
+    from .datasets.ground_truth import load_ground_truth
     from .evaluate import evaluate, format_table
     from .io.jsonfile import write_json
 
-    result = evaluate(model, gt)
+    truth = load_ground_truth(gt)
+    result = evaluate(model, truth.subset(names) if names is not None else truth)
     if json_path is not None:
         write_json(json_path, result)
     return format_table(result)
 
 
-COMMANDS = {"reconstruct": cmd_reconstruct, "pairs": cmd_pairs, "match": cmd_match, "evaluate": cmd_evaluate,
+COMMANDS = {"reconstruct": cmd_reconstruct, "pairs": cmd_pairs, "match": cmd_match,
             "demo": cmd_demo, "render": cmd_render}
 
 if __name__ == "__main__":

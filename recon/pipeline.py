@@ -45,6 +45,7 @@ class Pipeline:
     config: dict[str, Any]
     text: bool = False
     timings: dict[str, float] = field(default_factory=dict)
+    computed: dict[str, int] = field(default_factory=dict)  # new entries per stage (0: reused)
     infos: list[ImageInfo] = field(default_factory=list)
     priors: dict[str, tuple[float, str]] = field(default_factory=dict)
     pairs: list[tuple[str, str]] = field(default_factory=list)
@@ -98,8 +99,8 @@ class Pipeline:
         if self.config["features"]["name"] == "none":
             return
         names = [info.name for info in self.infos]
-        self.timed("features", extract_features, self.image_dir, names, self.config["features"],
-                   self.features_path, self.device)
+        self.computed["features"] = self.timed("features", extract_features, self.image_dir, names,
+                                               self.config["features"], self.features_path, self.device)
 
     def select_pairs(self) -> list[tuple[str, str]]:
         conf = self.config["pairs"]
@@ -117,8 +118,8 @@ class Pipeline:
     def match(self) -> None:
         if matchers.model_class(self.config["matcher"]["name"]).kind == "dense_matcher":
             raise NotImplementedError("dense matchers are routed by recon.match.dense (not wired yet)")
-        self.timed("matches", match_pairs, self.pairs, self.features_path, self.config["matcher"],
-                   self.matches_path, self.device)
+        self.computed["matches"] = self.timed("matches", match_pairs, self.pairs, self.features_path,
+                                              self.config["matcher"], self.matches_path, self.device)
 
     def database_fingerprint(self) -> str:
         return fingerprint("database", self.config["features"], self.config["matcher"], self.pairs,
@@ -128,9 +129,11 @@ class Pipeline:
         stamp = self.database_fingerprint()
         if self.database_path.exists() and self.read_state().get("database") == stamp:
             logger.info("database.db is up to date")
+            self.computed["database"] = 0
             return
         self.timed("database", build_database, self.database_path, self.infos, self.priors,
                    self.features_path, self.matches_path, self.pairs, self.config["database"], self.seed)
+        self.computed["database"] = len(self.infos)
         self.write_state(database=stamp)
 
     def map(self) -> pycolmap.Reconstruction:
@@ -138,12 +141,14 @@ class Pipeline:
         stamp = fingerprint("mapper", self.database_fingerprint(), conf, self.seed)
         if self.model_path.is_dir() and self.read_state().get("mapper") == stamp:
             logger.info("sparse/0 is up to date")
+            self.computed["mapping"] = 0
             return pycolmap.Reconstruction(self.model_path)
         choice = MAPPERS.get(conf["name"])
         options = {k: v for k, v in conf.items() if k != "name"}
         model = self.timed("mapping", choice.function, self.database_path, self.image_dir, self.output_dir,
                            options, self.device, self.seed)
         self.write_model(model)
+        self.computed["mapping"] = model.num_reg_images()
         self.write_state(mapper=stamp)
         return model
 
@@ -183,6 +188,7 @@ class Pipeline:
                                                                      if im.has_pose}),
             "focal_priors": {name: {"focal": focal, "source": source} for name, (focal, source) in self.priors.items()},
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
+            "computed": self.computed,
             "device": str(self.device),
             "config": self.config,
         }

@@ -27,7 +27,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import pycolmap
@@ -92,6 +92,14 @@ class GroundTruth:
 
     def __repr__(self) -> str:
         return f"GroundTruth({len(self)} images, source={self.source!r})"
+
+    def subset(self, names: Iterable[str]) -> "GroundTruth":
+        """The ground truth of ``names`` only (a run on part of a scene is scored on that part)."""
+        wanted = set(names)
+        missing = sorted(wanted - set(self.images))
+        if missing:
+            raise ValueError(f"{len(missing)} image(s) have no ground truth, e.g. {missing[:3]}")
+        return GroundTruth([im for name, im in self.images.items() if name in wanted], self.source)
 
     def rotations(self) -> np.ndarray:
         """(N, 3, 3) cam_from_world rotations in :attr:`names` order."""

@@ -100,7 +100,7 @@ def read_image(path: str | os.PathLike, grayscale: bool = False) -> np.ndarray:
         image = ImageOps.exif_transpose(image)
         image = _to_8bit(image)
         image = image.convert("L" if grayscale else "RGB")
-        return np.asarray(image)
+        return np.array(image)  # a writable copy (torch.from_numpy needs one)
 
 
 def _to_8bit(image: Image.Image) -> Image.Image:

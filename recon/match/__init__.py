@@ -61,13 +61,13 @@ def to_original_pixels(keypoints: np.ndarray, scale: np.ndarray) -> np.ndarray:
 
 
 def extract_features(image_dir: Path, names: list[str], conf: dict[str, Any], features_path: Path,
-                     device: torch.device) -> Path:
-    """Extract local features for every image not yet in ``features_path``."""
+                     device: torch.device) -> int:
+    """Extract local features for every image not yet in ``features_path``; return how many."""
     stamp = fingerprint("features", conf)
     with open_resumable(features_path, stamp) as writer:
         todo = [name for name in names if name not in writer]
         if not todo:
-            return features_path
+            return 0
         model = load_model(conf, device)
         grayscale = getattr(model, "grayscale", False)
         uncertainty = getattr(model, "detection_noise", 1.0)
@@ -84,7 +84,7 @@ def extract_features(image_dir: Path, names: list[str], conf: dict[str, Any], fe
             if time.time() - last_flush > FLUSH_SECONDS:
                 writer.flush()
                 last_flush = time.time()
-    return features_path
+    return len(todo)
 
 
 def _prefetch(image_dir: Path, names: list[str], grayscale: bool, max_size: int) -> Iterator[tuple]:
@@ -169,8 +169,8 @@ def _pad(tensor: torch.Tensor, length: int) -> torch.Tensor:
 
 
 def match_pairs(pairs: list[tuple[str, str]], features_path: Path, conf: dict[str, Any],
-                matches_path: Path, device: torch.device, features_ref: Path | None = None) -> Path:
-    """Match every pair not yet in ``matches_path`` with the configured sparse matcher.
+                matches_path: Path, device: torch.device, features_ref: Path | None = None) -> int:
+    """Match every pair not yet in ``matches_path`` with the configured sparse matcher; return how many.
 
     The first image of a pair is read from ``features_path``, or from ``features_ref`` when only
     that file has it (hloc's query/reference split).
@@ -180,7 +180,7 @@ def match_pairs(pairs: list[tuple[str, str]], features_path: Path, conf: dict[st
     with open_resumable(matches_path, stamp) as writer:
         todo = [(a, b) for a, b in pairs if not _has_pair(writer.file, a, b)]
         if not todo:
-            return matches_path
+            return 0
         model = load_model(conf, device)
         batch_size = pair_batch_size(conf["batch_size"], model, device)
         cache = FeatureCache(paths, device)
@@ -202,7 +202,7 @@ def match_pairs(pairs: list[tuple[str, str]], features_path: Path, conf: dict[st
                         last_flush = time.time()
         finally:
             cache.close()
-    return matches_path
+    return len(todo)
 
 
 def pair_batch_size(requested: int, model: matchers.BaseModel, device: torch.device) -> int:

@@ -1,0 +1,54 @@
+"""The command line: one clear line and a non-zero exit on bad input, nothing half-written."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+
+from recon.cli import main
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "recon", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_every_command_has_help():
+    for command in ("reconstruct", "pairs", "match", "demo", "render"):
+        result = run(command, "--help")
+        assert result.returncode == 0 and "usage: recon" in result.stdout
+    result = run("evaluate", "--help")
+    assert result.returncode == 0 and "--gt" in result.stdout
+
+
+def test_missing_folder_is_one_line_and_nonzero(tmp_path):
+    result = run("reconstruct", str(tmp_path / "nope"), str(tmp_path / "out"))
+    assert result.returncode != 0
+    error_lines = [line for line in result.stderr.splitlines() if "error" in line]
+    assert len(error_lines) == 1 and "does not exist" in error_lines[0]
+
+
+def test_empty_folder_and_single_image(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["reconstruct", str(tmp_path / "empty"), str(tmp_path / "out")]) == 2
+    assert "no images" in capsys.readouterr().err
+    one = tmp_path / "one"
+    one.mkdir()
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(one / "a.png")
+    (one / "broken.jpg").write_bytes(b"not a jpeg")
+    result = run("reconstruct", str(one), str(tmp_path / "out1"))
+    assert result.returncode == 2
+    assert "only 1 readable" in result.stderr and "broken.jpg" in result.stderr  # the warning names it
+    assert not (tmp_path / "out1" / "database.db").exists()
+
+
+def test_unknown_config_key_is_named(tmp_path, capsys):
+    (tmp_path / "imgs").mkdir()
+    code = main(["reconstruct", str(tmp_path / "imgs"), str(tmp_path / "out"), "--set", "matcher.ratio=0.7"])
+    assert code == 2
+    assert "unknown option 'ratio'" in capsys.readouterr().err
+
+
+def test_evaluate_missing_model_fails_cleanly(tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path / "missing"), "--gt", str(tmp_path / "gt")]) == 2
