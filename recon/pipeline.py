@@ -3,7 +3,8 @@ mapper -> model, each stage reading the previous stage's files in the output fol
 
 Output folder layout (hloc's names): ``features.h5``, ``pairs.txt``, ``matches.h5``,
 ``database.db``, ``sparse/0/`` (COLMAP binary; ``text=True`` adds text), ``points.ply``,
-``report.json``, ``cameras.png`` (a top view of cameras and points). A stage whose output exists and
+``report.json``, ``cameras.png`` (a top view of cameras and points) and ``plots/`` (match plots of
+the strongest pairs, verified inliers in green). A stage whose output exists and
 was made from the same inputs and configuration is skipped; features and matches resume per image
 and per pair.
 """
@@ -31,6 +32,7 @@ from .io.pairs import read_pairs, unique_pairs, write_pairs
 from .mapping import MAPPERS
 from .match import extract_features, match_pairs
 from .priors import PRIORS
+from .viz.report import write_run_pictures
 
 logger = logging.getLogger(__name__)
 STATE_FILE = ".recon-state.json"
@@ -167,6 +169,13 @@ class Pipeline:
         model.export_PLY(str(ply))
         os.replace(ply, self.output_dir / "points.ply")
 
+    def draw(self, model: pycolmap.Reconstruction) -> list[Path]:
+        """Pictures of the result (top view of the model, match plots of the strongest pairs)."""
+        if not self.database_path.exists() or not self.matches_path.exists():
+            return []
+        return self.timed("pictures", write_run_pictures, model, self.output_dir, self.image_dir,
+                          self.database_path, self.matches_path)
+
     # Bookkeeping.
     def read_state(self) -> dict[str, str]:
         path = self.output_dir / STATE_FILE
@@ -207,4 +216,5 @@ def reconstruct(image_dir: str | os.PathLike, output_dir: str | os.PathLike, con
     pipeline.match()
     pipeline.build_database()
     model = pipeline.map()
+    pipeline.draw(model)
     return model, pipeline.report(model)

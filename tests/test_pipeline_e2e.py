@@ -17,9 +17,10 @@ def test_default_pipeline_reconstructs_temple_views(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["reconstruct", str(images), str(out), "--text", "--device", "cpu"]) == 0
     assert "registered 5/5" in capsys.readouterr().out
-    for name in ("features.h5", "pairs.txt", "matches.h5", "database.db", "points.ply", "report.json"):
+    for name in ("features.h5", "pairs.txt", "matches.h5", "database.db", "points.ply", "report.json", "cameras.png"):
         assert (out / name).is_file(), name
     assert (out / "sparse/0/images.bin").is_file() and (out / "sparse/0/images.txt").is_file()
+    assert len(list((out / "plots").glob("matches-*.png"))) == 2
     report = json.loads((out / "report.json").read_text())
     assert report["num_registered"] == 5 and report["mean_reprojection_error"] < 1.0
     assert set(report["timings"]) >= {"features", "matches", "database", "mapping"}
