@@ -413,7 +413,7 @@ def gt_reconstruction(camera: pycolmap.Camera, poses: Sequence[pycolmap.Rigid3d]
 
 def render_scene(
     out_dir: str | Path,
-    num_views: int = 24,
+    num_views: int = 20,
     width: int = 512,
     height: int = 384,
     seed: int = 0,
@@ -467,7 +467,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Render the synthetic scene with exact ground truth (images/, gt/ COLMAP text model).",
     )
     parser.add_argument("out", type=Path, help="output folder (must be empty or absent unless --overwrite)")
-    parser.add_argument("--views", type=int, default=24, help="number of views on the orbit")
+    parser.add_argument("--views", type=int, default=20, help="number of views on the orbit")
     parser.add_argument("--width", type=int, default=512)
     parser.add_argument("--height", type=int, default=384)
     parser.add_argument("--seed", type=int, default=0, help="seeds textures, colours and pose jitter")
