@@ -247,7 +247,18 @@ def _intersect_sphere(sphere: Sphere, origins: np.ndarray, dirs: np.ndarray):
     return t, (points - sphere.center) / sphere.radius
 
 
-def cast_rays(scene: Scene, origins: np.ndarray, dirs: np.ndarray):
+def _may_hit(center: np.ndarray, radius: float, origins: np.ndarray, dirs: np.ndarray) -> np.ndarray:
+    """(N,) bool: rays that pass within ``radius`` of ``center`` ahead of their origin. Used to
+    intersect each object only with the rays that can reach it."""
+    oc = center - origins
+    dd = np.einsum("ij,ij->i", dirs, dirs)
+    t_closest = np.einsum("ij,ij->i", oc, dirs) / dd
+    miss2 = np.einsum("ij,ij->i", oc, oc) - t_closest**2 * dd  # squared distance at closest approach
+    ahead = (t_closest > 0) | (np.einsum("ij,ij->i", oc, oc) <= radius**2)
+    return ahead & (miss2 <= radius**2 * (1 + 1e-9))
+
+
+def cast_rays(scene: Scene, origins: np.ndarray, dirs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Nearest surface along each ray.
 
     Args:
@@ -258,13 +269,16 @@ def cast_rays(scene: Scene, origins: np.ndarray, dirs: np.ndarray):
         materials (N,) int index into ``scene.materials``.
     """
     t, normal, material = _intersect_room(scene, origins, dirs)
-    objects = [(_intersect_box(b, origins, dirs), b.material) for b in scene.boxes]
-    objects += [(_intersect_sphere(s, origins, dirs), s.material) for s in scene.spheres]
-    for (t_obj, n_obj), mat in objects:
-        closer = t_obj < t
-        t = np.where(closer, t_obj, t)
-        normal = np.where(closer[:, None], n_obj, normal)
-        material = np.where(closer, mat, material)
+    objects = [(b, _intersect_box, b.center, float(np.linalg.norm(b.half_size))) for b in scene.boxes]
+    objects += [(s, _intersect_sphere, s.center, s.radius) for s in scene.spheres]
+    for obj, intersect, center, radius in objects:
+        rays = np.flatnonzero(_may_hit(center, radius, origins, dirs))
+        t_obj, n_obj = intersect(obj, origins[rays], dirs[rays])
+        closer = t_obj < t[rays]
+        hit = rays[closer]
+        t[hit] = t_obj[closer]
+        normal[hit] = n_obj[closer]
+        material[hit] = obj.material
     return t, normal, material
 
 
@@ -336,7 +350,9 @@ def shade(scene: Scene, points: np.ndarray, normals: np.ndarray, materials: np.n
 # ----------------------------------------------------------------------------- rendering
 
 
-def camera_rays(camera: pycolmap.Camera, cam_from_world: pycolmap.Rigid3d, pixels: np.ndarray):
+def camera_rays(
+    camera: pycolmap.Camera, cam_from_world: pycolmap.Rigid3d, pixels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """World rays through image points (COLMAP image coordinates).
 
     Directions are scaled so that their camera-frame z is 1: the ray parameter of a hit is its
