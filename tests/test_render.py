@@ -10,6 +10,8 @@ import pytest
 from PIL import Image
 
 from recon.datasets.render import (
+    camera_rays,
+    cast_rays,
     default_camera,
     look_at,
     make_scene,
@@ -143,6 +145,30 @@ def test_depth_unprojects_onto_the_analytic_geometry(scene):
         # float32 depth of up to ~10 m: 1e-6 relative -> ~1e-5 m
         assert distance_to_scene(scene, points).max() < 2e-5
         np.testing.assert_allclose(camera.img_from_cam(pose * points), centers, atol=1e-3)
+
+
+def test_known_object_points_are_hit_where_they_project(scene):
+    """Visible points of the analytic objects - on the top face of every box, near the corner
+    facing the camera, and the point of the sphere nearest the camera - projected with the camera and pose, are what the ray through
+    that image point hits first, at their camera-frame depth."""
+    camera = default_camera(512, 384)
+    pose = look_at(np.array([0.0, -3.2, 2.6]), scene.target)
+    center = -pose.rotation.matrix().T @ pose.translation
+    tops = []
+    for b in scene.boxes:
+        cos, sin = np.cos(b.yaw), np.sin(b.yaw)
+        world_from_box = np.array([[cos, -sin, 0.0], [sin, cos, 0.0], [0.0, 0.0, 1.0]])
+        toward_camera = np.sign(world_from_box.T @ (center - b.center))
+        corner = 0.8 * b.half_size * toward_camera
+        tops.append(b.center + world_from_box @ [corner[0], corner[1], b.half_size[2]])
+    fronts = [s.center + s.radius * (center - s.center) / np.linalg.norm(center - s.center) for s in scene.spheres]
+    points = np.array(tops + fronts)
+    image_points = camera.img_from_cam(pose * points)
+    assert np.all((image_points > 0) & (image_points < [512, 384]))
+    t, _, materials = cast_rays(scene, *camera_rays(camera, pose, image_points))
+    np.testing.assert_allclose(t, (pose * points)[:, 2], rtol=1e-9)
+    expected = [b.material for b in scene.boxes] + [s.material for s in scene.spheres]
+    np.testing.assert_array_equal(materials, expected)
 
 
 def test_gt_model_has_the_rendered_cameras_and_poses(tmp_path):
