@@ -93,8 +93,9 @@ SPOT_CELL = 0.12
 def make_scene(seed: int = 0) -> Scene:
     """The bundled scene: fixed layout, seeded colours and textures.
 
-    The layout is fixed (it was tuned so that an orbit of views sees non-planar structure and
-    registers fully with SIFT); the seed draws the materials and the noise lattices.
+    The layout is fixed (boxes, one stacked, and a sphere near the centre, so an orbit of views
+    sees non-planar structure; see benchmarks/sample_pycolmap.py for how it reconstructs); the
+    seed draws the materials and the noise lattices.
     """
     rng = np.random.default_rng(seed)
     num_octaves = 1 + len(DETAIL_CELLS) + 1  # hue, detail octaves, spots
