@@ -1,6 +1,8 @@
-"""Loaders for benchmark layouts (ground-truth poses and intrinsics).
+"""Dataset code: ground-truth loaders for benchmark layouts, the synthetic scene renderer
+(`render`) and the bundled sample (`sample`).
 
 Data itself lives in the top-level ``datasets/`` folder (not a package); this is the code.
+"""
 """
 from .ground_truth import (
     GroundTruth,
