@@ -3,7 +3,6 @@
 
 Data itself lives in the top-level ``datasets/`` folder (not a package); this is the code.
 """
-"""
 from .ground_truth import (
     GroundTruth,
     GroundTruthImage,
