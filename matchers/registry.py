@@ -9,3 +9,5 @@ from . import register
 
 register("sift", ".sift", "SIFT")
 register("nearest_neighbor", ".nearest_neighbor", "NearestNeighbor")
+# Not a network: exact correspondences of a rendered scene, standing in for a dense network in tests.
+register("ground_truth_dense", "recon.datasets.oracle", "GroundTruthDenseMatcher")

@@ -40,6 +40,8 @@ DATABASE_DEFAULTS: dict[str, Any] = {
 # Options every extractor / matcher stage has besides its model's own ``default_conf``.
 FEATURES_EXTRA: dict[str, Any] = {"resize_max": 1600, "weights": "official"}
 MATCHER_EXTRA: dict[str, Any] = {"weights": "official", "batch_size": 0}  # 0: auto (see recon.match)
+# Dense matchers also sample, resize and quantise (see recon.match.dense).
+DENSE_EXTRA: dict[str, Any] = {"resize_max": 1024, "max_matches": 10000, "min_score": 0.0, "cell_size": 2.0}
 
 
 def stage_defaults(stage: str, name: str) -> dict[str, Any]:
@@ -51,6 +53,8 @@ def stage_defaults(stage: str, name: str) -> dict[str, Any]:
             return {}
         cls = _model_class(stage, name)
         extra = FEATURES_EXTRA if stage == "features" else MATCHER_EXTRA
+        if cls.kind == "dense_matcher":
+            extra = {**extra, **DENSE_EXTRA}
         return {**cls.default_conf, **extra}
     return dict(_registry(stage).get(name).defaults)
 

@@ -31,6 +31,7 @@ from .io.jsonfile import write_json
 from .io.pairs import read_pairs, unique_pairs, write_pairs
 from .mapping import MAPPERS
 from .match import extract_features, match_pairs
+from .match.dense import match_dense
 from .priors import PRIORS
 from .viz.report import write_run_pictures
 
@@ -98,7 +99,7 @@ class Pipeline:
         return self.priors
 
     def extract(self) -> None:
-        if self.config["features"]["name"] == "none":
+        if self.config["features"]["name"] == "none" or self.dense:
             return
         names = [info.name for info in self.infos]
         self.computed["features"] = self.timed("features", extract_features, self.image_dir, names,
@@ -117,9 +118,16 @@ class Pipeline:
         write_pairs(self.pairs_path, self.pairs)
         return self.pairs
 
+    @property
+    def dense(self) -> bool:
+        return matchers.model_class(self.config["matcher"]["name"]).kind == "dense_matcher"
+
     def match(self) -> None:
-        if matchers.model_class(self.config["matcher"]["name"]).kind == "dense_matcher":
-            raise NotImplementedError("dense matchers are routed by recon.match.dense (not wired yet)")
+        """Sparse matchers match features.h5 keypoints; dense ones write features.h5 themselves."""
+        if self.dense:
+            self.computed["matches"] = self.timed("matches", match_dense, self.pairs, self.infos, self.image_dir,
+                                                  self.config["matcher"], self.output_dir, self.device, self.seed)
+            return
         self.computed["matches"] = self.timed("matches", match_pairs, self.pairs, self.features_path,
                                               self.config["matcher"], self.matches_path, self.device)
 

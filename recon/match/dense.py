@@ -1,0 +1,197 @@
+"""Dense matches (RoMa, DKM, MASt3R, ...) turned into keypoints and matches that form tracks.
+
+A dense matcher returns, per pair, matched positions anywhere in the images; nothing repeats
+across pairs, so COLMAP could build no track longer than two views. We quantise: every matched
+position falls in a cell of a ``cell_size`` pixel grid in ORIGINAL image pixels, each touched cell
+of an image becomes one keypoint (at the mean of the positions that fell in it), and a pair's
+matches become matches between cells - so the same cell seen from several pairs is one keypoint
+and tracks form.
+
+Memory stays bounded as the number of pairs grows. Pass 1 streams each pair's quantised matches to
+``dense-matches.h5`` as soon as the pair is done (resumable per pair). Pass 2 reads them back
+pair by pair twice: first summing positions per touched cell (memory grows with the number of
+distinct cells, which saturates, not with the number of pairs), then writing each pair's matches
+in hloc's format against the final keypoint indices. ``features.h5`` and ``matches.h5`` are
+rewritten from ``dense-matches.h5`` whenever it changed.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..fingerprint import fingerprint
+from ..io import h5
+from ..io.images import ImageInfo, read_image, resize_max
+from . import FLUSH_SECONDS, load_model, open_resumable, to_original_pixels
+
+RAW_FILE = "dense-matches.h5"
+
+
+def quantize(keypoints: np.ndarray, cell_size: float, width: int, height: int) -> np.ndarray:
+    """Cell index of each (x, y) in hloc pixel coordinates ((0, 0) = centre of the top-left
+    pixel); cells are ``cell_size`` pixels wide, numbered row by row; -1 outside the image."""
+    shifted = keypoints + 0.5  # image area is [0, width) x [0, height)
+    columns = int(np.ceil(width / cell_size))
+    ix = np.floor(shifted[:, 0] / cell_size).astype(np.int64)
+    iy = np.floor(shifted[:, 1] / cell_size).astype(np.int64)
+    inside = (shifted[:, 0] >= 0) & (shifted[:, 1] >= 0) & (shifted[:, 0] < width) & (shifted[:, 1] < height)
+    return np.where(inside, iy * columns + ix, -1)
+
+
+def one_to_one(cells0: np.ndarray, cells1: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Indices of matches to keep so no cell of either image is matched twice (best score wins)."""
+    order = np.argsort(-scores, kind="stable")
+    _, first0 = np.unique(cells0[order], return_index=True)
+    kept = order[np.sort(first0)]
+    _, first1 = np.unique(cells1[kept], return_index=True)
+    return np.sort(kept[first1])
+
+
+def sample_matches(scores: np.ndarray, max_matches: int, min_score: float, rng: np.random.Generator) -> np.ndarray:
+    """Indices of at most ``max_matches`` matches scoring >= ``min_score``, drawn with probability
+    proportional to score (RoMa-style balanced sampling keeps confident regions from crowding out
+    the rest); seeded."""
+    candidates = np.flatnonzero(scores >= min_score)
+    if len(candidates) <= max_matches:
+        return candidates
+    weights = scores[candidates].astype(np.float64)
+    weights = weights / weights.sum() if weights.sum() > 0 else None
+    return np.sort(rng.choice(candidates, max_matches, replace=False, p=weights))
+
+
+@dataclass
+class CellAccumulator:
+    """Per image: every touched cell with the summed positions and count of what fell in it."""
+
+    cells: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    sums: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    counts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    def add(self, cells: np.ndarray, positions: np.ndarray) -> None:
+        all_cells = np.concatenate([self.cells, cells])
+        unique, inverse = np.unique(all_cells, return_inverse=True)
+        sums = np.zeros((len(unique), 2))
+        np.add.at(sums, inverse, np.concatenate([self.sums, positions]))
+        counts = np.bincount(inverse, weights=np.concatenate([self.counts, np.ones(len(cells))]),
+                             minlength=len(unique)).astype(np.int64)
+        self.cells, self.sums, self.counts = unique, sums, counts
+
+    def keypoints(self) -> np.ndarray:
+        return (self.sums / self.counts[:, None]).astype(np.float32)
+
+
+def match_dense(pairs: list[tuple[str, str]], infos: list[ImageInfo], image_dir: Path, conf: dict[str, Any],
+                output_dir: Path, device: torch.device, seed: int = 0) -> int:
+    """Run a dense matcher over ``pairs`` and write features.h5 + matches.h5; return pairs matched."""
+    sizes = {info.name: (info.width, info.height) for info in infos}
+    raw_path = output_dir / RAW_FILE
+    computed = run_dense_pairs(pairs, sizes, image_dir, conf, raw_path, device, seed)
+    stamp = fingerprint("dense-tracks", conf, pairs, _raw_stamp(raw_path, pairs))
+    features_path, matches_path = output_dir / "features.h5", output_dir / "matches.h5"
+    if _stamp(features_path) == stamp and _stamp(matches_path) == stamp:
+        return computed
+    for path in (features_path, matches_path):
+        path.unlink(missing_ok=True)
+    write_tracks(pairs, sizes, raw_path, features_path, matches_path, stamp)
+    return computed
+
+
+def run_dense_pairs(pairs: list[tuple[str, str]], sizes: dict[str, tuple[int, int]], image_dir: Path,
+                    conf: dict[str, Any], raw_path: Path, device: torch.device, seed: int) -> int:
+    """Pass 1: match each pair not yet in ``raw_path``, quantise, and store it there."""
+    with open_resumable(raw_path, fingerprint("dense-raw", conf, seed)) as writer:
+        todo = [(a, b) for a, b in pairs if h5.names_to_pair(a, b) not in writer]
+        if not todo:
+            return 0
+        model = load_model(conf, device)
+        cache: dict[str, tuple[torch.Tensor, np.ndarray]] = {}
+        last_flush = time.time()
+        for name0, name1 in tqdm(todo, desc="dense matches", unit="pair"):
+            rng = np.random.default_rng([seed, int(fingerprint(name0, name1), 16)])
+            (image0, scale0), (image1, scale1) = (_load(cache, image_dir, n, conf["resize_max"], device)
+                                                  for n in (name0, name1))
+            with torch.inference_mode():
+                pred = model({"image0": image0, "image1": image1, "name0": name0, "name1": name1})
+            kp0 = to_original_pixels(pred["keypoints0"].cpu().numpy().reshape(-1, 2), scale0)
+            kp1 = to_original_pixels(pred["keypoints1"].cpu().numpy().reshape(-1, 2), scale1)
+            scores = pred["scores"].cpu().numpy().reshape(-1).astype(np.float32)
+            keep = sample_matches(scores, conf["max_matches"], conf["min_score"], rng)
+            write_raw_pair(writer, name0, name1, kp0[keep], kp1[keep], scores[keep], conf["cell_size"],
+                           sizes[name0], sizes[name1])
+            if time.time() - last_flush > FLUSH_SECONDS:
+                writer.flush()
+                last_flush = time.time()
+    return len(todo)
+
+
+def _load(cache: dict, image_dir: Path, name: str, max_size: int, device: torch.device):
+    """RGB tensor (1, 3, H, W) in [0, 1] and its per-axis scale to original pixels; the last few
+    images stay cached because consecutive pairs share images."""
+    if name not in cache:
+        image, scale = resize_max(read_image(image_dir / name), max_size)
+        tensor = torch.from_numpy(image).to(device).permute(2, 0, 1)[None].float().div_(255.0)
+        if len(cache) >= 8:
+            cache.pop(next(iter(cache)))
+        cache[name] = (tensor, scale)
+    return cache[name]
+
+
+def write_raw_pair(writer: h5.H5Writer, name0: str, name1: str, kp0: np.ndarray, kp1: np.ndarray,
+                   scores: np.ndarray, cell_size: float, size0: tuple[int, int], size1: tuple[int, int]) -> None:
+    """Quantise one pair and store cells, exact positions and scores of its one-to-one matches."""
+    cells0, cells1 = quantize(kp0, cell_size, *size0), quantize(kp1, cell_size, *size1)
+    valid = (cells0 >= 0) & (cells1 >= 0)
+    kept = np.flatnonzero(valid)[one_to_one(cells0[valid], cells1[valid], scores[valid])]
+    key = h5.names_to_pair(name0, name1)
+    writer.delete(key)
+    group = writer.file.create_group(key)
+    group.create_dataset("cells0", data=cells0[kept])
+    group.create_dataset("cells1", data=cells1[kept])
+    group.create_dataset("keypoints0", data=kp0[kept].astype(np.float32))
+    group.create_dataset("keypoints1", data=kp1[kept].astype(np.float32))
+    group.create_dataset("scores", data=scores[kept])
+
+
+def write_tracks(pairs: list[tuple[str, str]], sizes: dict[str, tuple[int, int]], raw_path: Path,
+                 features_path: Path, matches_path: Path, stamp: str) -> None:
+    """Pass 2: one keypoint per touched cell per image, then every pair's matches against them."""
+    cells = {name: CellAccumulator() for name in sizes}
+    with h5py.File(raw_path, "r") as raw:
+        for name0, name1 in tqdm(pairs, desc="dense keypoints", unit="pair", leave=False):
+            group = raw[h5.names_to_pair(name0, name1)]
+            cells[name0].add(group["cells0"][()], group["keypoints0"][()])
+            cells[name1].add(group["cells1"][()], group["keypoints1"][()])
+        with h5.H5Writer(features_path) as writer:
+            writer.file.attrs["recon_fingerprint"] = stamp
+            for name, accumulator in cells.items():
+                h5.write_features(writer, name, accumulator.keypoints(), None,
+                                  accumulator.counts.astype(np.float32), sizes[name])
+        with h5.H5Writer(matches_path) as writer:
+            writer.file.attrs["recon_fingerprint"] = stamp
+            for name0, name1 in tqdm(pairs, desc="dense tracks", unit="pair", leave=False):
+                group = raw[h5.names_to_pair(name0, name1)]
+                index0 = np.searchsorted(cells[name0].cells, group["cells0"][()])
+                index1 = np.searchsorted(cells[name1].cells, group["cells1"][()])
+                matches0 = np.full(len(cells[name0].cells), -1, np.int64)
+                scores0 = np.zeros(len(cells[name0].cells), np.float32)
+                matches0[index0], scores0[index0] = index1, group["scores"][()]
+                h5.write_matches(writer, name0, name1, matches0, scores0)
+
+
+def _stamp(path: Path) -> str | None:
+    if not path.exists():
+        return None
+    with h5py.File(path, "r") as f:
+        return f.attrs.get("recon_fingerprint")
+
+
+def _raw_stamp(path: Path, pairs: list[tuple[str, str]]) -> str:
+    with h5py.File(path, "r") as f:
+        return str(f.attrs.get("recon_fingerprint")) + str(len(pairs))
