@@ -18,7 +18,8 @@ detection_threshold 0, max_num_keypoints 2048. GIM's ``force_num_keypoints`` (pa
 *random* keypoints up to 2048, for fixed-size training batches) is not implemented: it makes the
 output random and adds nothing to matching.
 
-Input ``{"image": (B, 1, H, W) gray in [0, 1]}`` (RGB is converted with 0.299/0.587/0.114).
+Input ``{"image": (B, 1, H, W) gray in [0, 1]}`` (RGB is converted with kornia's
+``rgb_to_grayscale``, 0.299/0.587/0.114, as cvg/LightGlue does).
 Output ``keypoints`` (B, N, 2), ``descriptors`` (B, N, 256) L2-normalised, ``scores`` (B, N).
 """
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from kornia.color import rgb_to_grayscale
 from torch import nn
 
 from .base import BaseModel
@@ -130,7 +132,7 @@ class SuperPoint(BaseModel):
         self.check_inputs(data)
         image = data["image"]
         if image.shape[1] == 3:
-            image = (image * image.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+            image = rgb_to_grayscale(image)  # what cvg/LightGlue does; bit-identical keypoint order
         dense_scores, dense_descriptors = self.encode(image)
         scores = simple_nms(dense_scores, self.conf["nms_radius"])
         pad = self.conf["remove_borders"]
