@@ -240,12 +240,20 @@ class ALIKED(BaseModel):
         return padder.unpad(feature_map), padder.unpad(score_map)
 
     def forward(self, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``data["image"]`` (B, 3, H, W); optional ``data["image_size"]`` (B, 2) is the official
+        input for batches padded bottom/right: the valid (W, H) of each image *inside this
+        tensor* (no keypoint within ``nms_radius`` of its edge), not the original image size."""
         self.check_inputs(data)
         image = data["image"]
         if image.shape[1] == 1:
             image = image.expand(-1, 3, -1, -1)
+        valid_size = data.get("image_size")
+        if valid_size is not None and (valid_size > valid_size.new_tensor(image.shape[-1:-3:-1])).any():
+            raise ValueError(f"ALIKED: image_size {valid_size.tolist()} is larger than the input "
+                             f"{tuple(image.shape[-1:-3:-1])}; it is the valid region of a padded batch, "
+                             "not the original image size")
         feature_map, score_map = self.extract_dense_map(image)
-        keypoints, scores = self.dkd(score_map, image_size=data.get("image_size"))
+        keypoints, scores = self.dkd(score_map, image_size=valid_size)
         descriptors, _ = self.desc_head(feature_map, keypoints)
         h, w = image.shape[-2:]
         wh = torch.tensor([w - 1, h - 1], device=image.device, dtype=feature_map.dtype)

@@ -143,3 +143,17 @@ def test_presets_name_registered_models_with_known_options(preset):
     matcher = matchers.load(matcher_conf.pop("name"), **matcher_conf)
     assert matcher.kind == "matcher"
     assert matcher.conf["features"] == {"aliked": "aliked", "disk": "disk"}.get(preset.split("_")[0], "superpoint")
+
+
+def test_aliked_image_size_is_the_valid_region_of_a_padded_input():
+    """With image_size (W, H) smaller than the tensor (a batch padded bottom/right), no keypoint
+    comes from the padding; an image_size larger than the tensor is a caller error."""
+    torch.manual_seed(0)
+    extractor = matchers.load("aliked")
+    image = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        keypoints = extractor({"image": image, "image_size": torch.tensor([[60, 40]])})["keypoints"][0]
+        assert len(keypoints) > 0
+        assert (keypoints[:, 0] < 60).all() and (keypoints[:, 1] < 40).all()
+        with pytest.raises(ValueError, match="valid region"):
+            extractor({"image": image, "image_size": torch.tensor([[1080, 720]])})
