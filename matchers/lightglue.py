@@ -26,6 +26,11 @@ downloader. Key handling, shared by every LightGlue checkpoint (:func:`lightglue
 * GIM's ``gim_lightglue_100h.ckpt`` is a Lightning checkpoint: ``ckpt["state_dict"]`` holds the
   matcher under ``model.`` and the SuperPoint detector under ``superpoint.``; we keep the
   ``model.`` keys without the prefix (GIM's ``demo.py`` does the same);
+* GIM's matcher is glue-factory's LightGlue, the same network. Keypoint normalisation: GIM's
+  training code (branch ``train-gim-glue``) passes ``resize0[:, [1, 0]]`` = (W, H), the standard
+  normalisation used here; GIM's ``demo.py`` on ``main`` passes ``image_size0`` = (W, H) into the
+  same ``[:, [1, 0]]`` swap, i.e. normalises by (H, W), which shifts keypoints of non-square
+  images off the training distribution. We follow training, not the demo;
 * no checkpoint holds ``confidence_thresholds``: it is a buffer computed from ``n_layers`` in
   ``__init__``; the loader takes it from the freshly built model and loads the rest strictly.
 
