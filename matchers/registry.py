@@ -9,5 +9,27 @@ from . import register
 
 register("sift", ".sift", "SIFT")
 register("nearest_neighbor", ".nearest_neighbor", "NearestNeighbor")
+
+# Sparse learned features (issue 7). Extractors: keypoints in the input tensor's pixels; map them
+# to the original image with matchers.keypoints.keypoints_to_original (hloc convention).
+register("aliked", ".aliked", "ALIKED", default_weights="aliked-n16")
+register("aliked-t16", ".aliked", "ALIKED", default_weights="aliked-t16", model_name="aliked-t16")
+register("aliked-n16rot", ".aliked", "ALIKED", default_weights="aliked-n16rot", model_name="aliked-n16rot")
+register("aliked-n32", ".aliked", "ALIKED", default_weights="aliked-n32", model_name="aliked-n32")
+register("disk", ".disk", "DISK", default_weights="disk-depth")
+register("superpoint", ".superpoint", "SuperPoint", default_weights="superpoint_v1")
+register("gim_superpoint", ".superpoint", "SuperPoint", default_weights="gim_superpoint",
+         nms_radius=3, detection_threshold=0.0, max_num_keypoints=2048)
+# LightGlue: one name per official weight set ("official" then works); "lightglue" takes any
+# LightGlue checkpoint by name or path, with features=superpoint|aliked|disk.
+register("lightglue", ".lightglue", "LightGlue", loader="load_weights")
+register("superpoint_lightglue", ".lightglue", "LightGlue", default_weights="superpoint_lightglue",
+         loader="load_weights", features="superpoint")
+register("aliked_lightglue", ".lightglue", "LightGlue", default_weights="aliked_lightglue",
+         loader="load_weights", features="aliked")
+register("disk_lightglue", ".lightglue", "LightGlue", default_weights="disk_lightglue",
+         loader="load_weights", features="disk")
+register("gim_lightglue", ".lightglue", "LightGlue", default_weights="gim_lightglue",
+         loader="load_weights", features="superpoint", depth_confidence=-1.0, width_confidence=-1.0, flash=False)
 # Not a network: exact correspondences of a rendered scene, standing in for a dense network in tests.
 register("ground_truth_dense", "recon.datasets.oracle", "GroundTruthDenseMatcher")

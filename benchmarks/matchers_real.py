@@ -1,0 +1,119 @@
+"""Learned sparse matching on real images: throughput of ALIKED + LightGlue (issue 7).
+
+Measured here (runs now, needs only ``../shared``):
+    matching throughput in pairs per second at 1024 px (longest side) and 2048 keypoints per
+    image, with the official weights, on CPU and on CUDA when a GPU is present: LightGlue with
+    its adaptive defaults (early stopping + point pruning) and with all 9 layers on all points,
+    against a reference measured in the same process on the same descriptors (brute-force
+    mutual nearest neighbour, what SIFT+NN-style matching costs). ALIKED extraction throughput
+    (images per second) is printed too.
+
+Not yet here (needs the reconstruction pipeline that lands on main): SIFT+NN against
+ALIKED+LightGlue reconstructions - registered images, AUC@1/5/10, wall time - on
+templeSparseRing, strecha_fountain_p11, hloc_sacre_coeur and ngp_fox.
+
+    PYTHONPATH=. python benchmarks/matchers_real.py [--repeats 5] [--threads 2]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+import torch
+
+import matchers
+from matchers.keypoints import resize_longest_side
+
+SHARED = Path(os.environ.get("RECON_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+PAIR = ("data/hloc_sacre_coeur/mapping/03903474_1471484089.jpg",
+        "data/hloc_sacre_coeur/mapping/10265353_3838484249.jpg")
+
+
+def load_image(path: Path) -> torch.Tensor:
+    """(1, 3, H, W) RGB float in [0, 1], read like cvg/LightGlue's ``load_image``."""
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise FileNotFoundError(f"cannot read {path} (set RECON_SHARED to the shared folder)")
+    return torch.from_numpy(np.ascontiguousarray(bgr[..., ::-1])).permute(2, 0, 1).float()[None] / 255.0
+
+
+def mutual_nearest_neighbour(data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Reference matcher: mutual nearest neighbours of L2-normalised descriptors (B, N, D)."""
+    similarity = data["descriptors0"] @ data["descriptors1"].transpose(1, 2)
+    nn01, nn10 = similarity.argmax(2), similarity.argmax(1)
+    mutual = nn10.gather(1, nn01) == torch.arange(nn01.shape[1], device=nn01.device)[None]
+    return {"matches0": torch.where(mutual, nn01, -1)}
+
+
+def timed(function: Callable[[], dict], device: torch.device, repeats: int) -> tuple[float, float, dict]:
+    """Median wall-clock and process-CPU seconds per call after one warm-up call, and the last
+    output. CPU time (all threads) is the number to compare on a shared, loaded machine."""
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    with torch.no_grad():
+        out = function()
+        wall, cpu = [], []
+        for _ in range(repeats):
+            sync()
+            start, start_cpu = time.perf_counter(), time.process_time()
+            out = function()
+            sync()
+            wall.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - start_cpu)
+    return float(np.median(wall)), float(np.median(cpu)), out
+
+
+def benchmark(device: torch.device, repeats: int, size: int, keypoints: int) -> list[tuple[str, float, float, int]]:
+    """(name, wall seconds, CPU seconds per item, number of matches or keypoints) rows for one device."""
+    # Top-k mode (detection_threshold 0) gives exactly `keypoints` keypoints per image.
+    extractor = matchers.load("aliked", weights="official", device=device,
+                              max_num_keypoints=keypoints, detection_threshold=0.0)
+    images = [resize_longest_side(load_image(SHARED / p).to(device), size)[0] for p in PAIR]
+    wall, cpu, features = timed(lambda: extractor({"image": images[0]}), device, repeats)
+    rows = [(f"ALIKED-n16 extraction {tuple(images[0].shape[-2:])}", wall, cpu, features["keypoints"].shape[1])]
+    with torch.no_grad():
+        feats = [extractor({"image": image}) for image in images]
+    data = {f"{key}{i}": f[key] for i, f in enumerate(feats) for key in ("keypoints", "descriptors")}
+    data.update({f"image_size{i}": torch.tensor([im.shape[-1], im.shape[-2]], device=device)[None]
+                 for i, im in enumerate(images)})
+    wall, cpu, out = timed(lambda: mutual_nearest_neighbour(data), device, repeats)
+    rows.append(("mutual NN (reference)", wall, cpu, int((out["matches0"] > -1).sum())))
+    for label, conf in (("LightGlue adaptive (defaults)", {}),
+                        ("LightGlue full (9 layers, no pruning)", {"depth_confidence": -1, "width_confidence": -1})):
+        matcher = matchers.load("aliked_lightglue", weights="official", device=device, **conf)
+        wall, cpu, out = timed(lambda: matcher(data), device, repeats)
+        rows.append((label, wall, cpu, int((out["matches0"] > -1).sum())))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--size", type=int, default=1024, help="longest image side")
+    parser.add_argument("--keypoints", type=int, default=2048)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("RECON_WEIGHTS", str(SHARED / "weights"))
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    for device in devices:
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} threads"
+        print(f"\n{name}: {args.size} px, {args.keypoints} keypoints, median of {args.repeats}")
+        rows = benchmark(device, args.repeats, args.size, args.keypoints)
+        reference = next(wall for label, wall, _, _ in rows if label.startswith("mutual NN"))
+        print(f"{'step (pairs, or images for extraction)':42s} {'wall ms':>9s} {'per s':>8s} {'cpu ms':>9s} "
+              f"{'count':>6s} {'x reference':>12s}")
+        for label, wall, cpu, count in rows:
+            ratio = f"{wall / reference:12.1f}" if "extraction" not in label else f"{'':12s}"
+            print(f"{label:42s} {wall * 1e3:9.1f} {1 / wall:8.2f} {cpu * 1e3:9.1f} {count:6d} {ratio}")
+
+
+if __name__ == "__main__":
+    main()
