@@ -175,7 +175,7 @@ class ALIKED(BaseModel):
         "nms_radius": 2,
     }
     # What cvg/LightGlue's ``extract`` does before the network: longest side 1024, RGB.
-    preprocess_conf = {"resize_max": 1024, "grayscale": False}
+    default_resize_max = 1024  # longest side the pipeline resizes to (hloc's conf)
     required_inputs = ("image",)
     kind = "extractor"
     grayscale = False

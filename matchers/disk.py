@@ -52,7 +52,7 @@ class DISK(BaseModel):
         "detection_threshold": 0.0,
         "pad_if_not_divisible": True,
     }
-    preprocess_conf = {"resize_max": 1024, "grayscale": False}
+    default_resize_max = 1024  # longest side the pipeline resizes to (hloc's conf)
     required_inputs = ("image",)
     kind = "extractor"
     grayscale = False

@@ -90,7 +90,7 @@ class SuperPoint(BaseModel):
         "detection_threshold": 0.0005,
         "remove_borders": 4,
     }
-    preprocess_conf = {"resize_max": 1024, "grayscale": True}
+    default_resize_max = 1024  # longest side the pipeline resizes to (hloc's conf)
     required_inputs = ("image",)
     kind = "extractor"
     grayscale = True

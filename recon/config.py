@@ -37,7 +37,8 @@ DATABASE_DEFAULTS: dict[str, Any] = {
     "min_inlier_ratio": 0.25,
 }
 
-# Options every extractor / matcher stage has besides its model's own ``default_conf``.
+# Options every extractor / matcher stage has besides its model's own ``default_conf``
+# (an extractor class may set ``default_resize_max``, e.g. 1024 for ALIKED as in hloc).
 FEATURES_EXTRA: dict[str, Any] = {"resize_max": 1600, "weights": "official"}
 MATCHER_EXTRA: dict[str, Any] = {"weights": "official", "batch_size": 0}  # 0: auto (see recon.match)
 # Dense matchers also sample, resize and quantise (see recon.match.dense).
@@ -53,6 +54,8 @@ def stage_defaults(stage: str, name: str) -> dict[str, Any]:
             return {}
         cls = _model_class(stage, name)
         extra = FEATURES_EXTRA if stage == "features" else MATCHER_EXTRA
+        if stage == "features":
+            extra = {**extra, "resize_max": getattr(cls, "default_resize_max", extra["resize_max"])}
         if cls.kind == "dense_matcher":
             extra = {**extra, **DENSE_EXTRA}
         return {**cls.default_conf, **extra}

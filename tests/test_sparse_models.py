@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 import matchers
 from matchers.keypoints import keypoints_to_original, simple_nms
@@ -127,22 +126,6 @@ def test_extractors_return_the_recon_interface(model, channels):
     assert out["descriptors"].shape[:2] == (1, n) and out["scores"].shape == (1, n)
     assert (out["keypoints"] >= 0).all() and (out["keypoints"][..., 0] <= 79).all() and (out["keypoints"][..., 1] <= 63).all()
     torch.testing.assert_close(out["descriptors"].norm(dim=-1), torch.ones(1, n))
-
-
-@pytest.mark.parametrize("preset", ["aliked_lightglue", "superpoint_lightglue", "gim_lightglue", "disk_lightglue"])
-def test_presets_name_registered_models_with_known_options(preset):
-    """Every option of a preset's features/matcher stage is one the model accepts (building the
-    model with them raises ConfigError otherwise); resize_max and grayscale are pipeline options."""
-    conf = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / f"{preset}.yaml").read_text())
-    features = dict(conf["features"])
-    resize_max, grayscale = features.pop("resize_max"), features.pop("grayscale")
-    extractor = matchers.load(features.pop("name"), **features)
-    assert isinstance(resize_max, int) and grayscale == type(extractor).grayscale
-    assert extractor.kind == "extractor"
-    matcher_conf = dict(conf["matcher"])
-    matcher = matchers.load(matcher_conf.pop("name"), **matcher_conf)
-    assert matcher.kind == "matcher"
-    assert matcher.conf["features"] == {"aliked": "aliked", "disk": "disk"}.get(preset.split("_")[0], "superpoint")
 
 
 def test_aliked_image_size_is_the_valid_region_of_a_padded_input():
