@@ -9,3 +9,5 @@ from . import register
 
 register("sift", ".sift", "SIFT")
 register("nearest_neighbor", ".nearest_neighbor", "NearestNeighbor")
+register("mast3r", ".mast3r", "AsymmetricMASt3R", default_weights="MASt3R_ViTLarge_BaseDecoder_512_catmlpdpt_metric",
+         builder="model_from_checkpoint")
