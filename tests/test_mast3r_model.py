@@ -20,6 +20,7 @@ import matchers
 from matchers.mast3r import AsymmetricMASt3R, parse_constructor
 from matchers.mast3r.model import model_from_checkpoint, state_dict_from_checkpoint
 from tests.conftest import shared_path
+from tests.mast3r_common import single_thread  # noqa: F401  (autouse)
 
 FIX = ("fixtures", "mast3r")
 DENSE = dict(rtol=1e-4, atol=1e-4)
