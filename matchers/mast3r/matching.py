@@ -197,6 +197,18 @@ def snap_to_anchors(xy0: torch.Tensor, xy1: torch.Tensor, scores: torch.Tensor, 
     return AnchorMatches(ids0[keep], ids1[keep], scores[keep])
 
 
+def anchor_matches_from_predictions(res: tuple[Prediction, Prediction, Prediction, Prediction], subsample: int = 8,
+                                    min_conf: float = 0.0, block_size: int = BLOCK_SIZE) -> AnchorMatches:
+    """Grid-anchored matches from :func:`symmetric_predictions`' four outputs (batch item 0):
+    all four matching directions merged (MASt3R-SfM), confidence sqrt(q0 q1) of the descriptor
+    confidences, matches below ``min_conf`` dropped, then snapped to anchors."""
+    xy0, xy1, conf = correspondences_symmetric(tuple(r["desc"][0] for r in res), tuple(r["desc_conf"][0] for r in res),
+                                               subsample=subsample, block_size=block_size)
+    keep = conf >= min_conf
+    size0, size1 = tuple(res[0]["desc"].shape[1:3]), tuple(res[2]["desc"].shape[1:3])
+    return snap_to_anchors(xy0[keep], xy1[keep], conf[keep], size0, size1, subsample)
+
+
 def match_pair(model: AsymmetricMASt3R, enc0: Encoding, enc1: Encoding, subsample: int = 8,
                symmetric: bool = True, min_conf: float = 0.0, block_size: int = BLOCK_SIZE) -> AnchorMatches:
     """Grid-anchored matches of one pair from cached encodings.
@@ -206,15 +218,11 @@ def match_pair(model: AsymmetricMASt3R, enc0: Encoding, enc1: Encoding, subsampl
     (symmetric) or min(q0, q1) of the descriptor confidences; matches below ``min_conf`` are dropped.
     """
     if symmetric:
-        res = symmetric_predictions(model, enc0, enc1)
-        xy0, xy1, conf = correspondences_symmetric(tuple(r["desc"][0] for r in res),
-                                                   tuple(r["desc_conf"][0] for r in res),
-                                                   subsample=subsample, block_size=block_size)
-    else:
-        with torch.no_grad():
-            pred0, pred1 = model.decode_pair(enc0, enc1)
-        xy0, xy1, conf = correspondences_nonsym(pred0["desc"][0], pred1["desc"][0], pred0["desc_conf"][0],
-                                                pred1["desc_conf"][0], subsample=subsample, block_size=block_size)
+        return anchor_matches_from_predictions(symmetric_predictions(model, enc0, enc1), subsample, min_conf, block_size)
+    with torch.no_grad():
+        pred0, pred1 = model.decode_pair(enc0, enc1)
+    xy0, xy1, conf = correspondences_nonsym(pred0["desc"][0], pred1["desc"][0], pred0["desc_conf"][0],
+                                            pred1["desc_conf"][0], subsample=subsample, block_size=block_size)
     keep = conf >= min_conf
     return snap_to_anchors(xy0[keep], xy1[keep], conf[keep], enc0.image_size, enc1.image_size, subsample)
 
