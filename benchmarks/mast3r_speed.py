@@ -32,13 +32,19 @@ def peak_memory_gb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux
 
 
-def timed(fn, device: torch.device):
+CPU_SECONDS: dict[str, float] = {}  # process CPU time of each timed call, by label
+
+
+def timed(fn, device: torch.device, label: str = ""):
+    """(fn(), wall seconds); the process CPU seconds go to CPU_SECONDS[label] (on a shared CPU
+    machine the wall time includes waiting for cores, the CPU time does not)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     out = fn()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    CPU_SECONDS[label] = time.process_time() - cpu
     return out, time.perf_counter() - start
 
 
@@ -93,19 +99,21 @@ def main() -> None:
     model.decode_pair(small, small)
 
     cache = EncoderCache(model)
-    _, t_encode_all = timed(lambda: cache.encode_all(images, batch_size=1), device)
+    _, t_encode_all = timed(lambda: cache.encode_all(images, batch_size=1), device, "encode")
     t_enc = t_encode_all / len(images)
+    CPU_SECONDS["encode"] /= len(images)
     enc0, enc1 = (cache(n, images[n]) for n in list(images)[:2])
-    res, t_decode = timed(lambda: symmetric_predictions(model, enc0, enc1), device)
-    matches, t_match = timed(lambda: anchor_matches_from_predictions(res), device)
+    res, t_decode = timed(lambda: symmetric_predictions(model, enc0, enc1), device, "decode")
+    matches, t_match = timed(lambda: anchor_matches_from_predictions(res), device, "match")
     t_pair = t_decode + t_match
+    CPU_SECONDS["pair"] = CPU_SECONDS["decode"] + CPU_SECONDS["match"]
     mem_peak = peak_memory_gb(device)
 
-    print(f"\n{'stage':44s} {'seconds':>9s} {'per second':>11s}")
-    for name, t in (("encoder, per image", t_enc), ("decoder + heads, pair both ways", t_decode),
-                    ("reciprocal matching + anchors (4 dirs)", t_match),
-                    ("symmetric pair from cached encodings", t_pair)):
-        print(f"{name:44s} {t:9.3f} {1 / t:11.4f}")
+    print(f"\n{'stage':44s} {'wall s':>9s} {'per second':>11s} {'CPU s':>9s}")
+    for name, t, label in (("encoder, per image", t_enc, "encode"), ("decoder + heads, pair both ways", t_decode, "decode"),
+                           ("reciprocal matching + anchors (4 dirs)", t_match, "match"),
+                           ("symmetric pair from cached encodings", t_pair, "pair")):
+        print(f"{name:44s} {t:9.3f} {1 / t:11.4f} {CPU_SECONDS[label]:9.3f}")
     print(f"({len(matches.ids0)} anchor matches on random weights)")
     mem_label = "peak allocated" if device.type == "cuda" else "peak RSS"
     print(f"memory ({mem_label}): {mem_weights:.2f} GB after building the model, {mem_peak:.2f} GB after a pair")
