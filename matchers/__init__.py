@@ -33,6 +33,7 @@ class ModelSpec:
     default_weights: str | None = None
     conf: tuple[tuple[str, Any], ...] = ()
     loader: str | None = None
+    builder: str | None = None
 
 
 # name -> spec; modules are imported lazily so `import matchers` stays cheap.
@@ -40,16 +41,18 @@ _MODELS: dict[str, ModelSpec] = {}
 
 
 def register(name: str, module: str, cls: str, default_weights: str | None = None,
-             loader: str | None = None, **conf: Any) -> None:
+             loader: str | None = None, builder: str | None = None, **conf: Any) -> None:
     """Register a model under ``name``.
 
     ``module``/``cls`` locate the class (imported on first use); ``default_weights`` is the
     checkpoint ``weights="official"`` selects; ``conf`` fixes options that distinguish this name
     from others sharing the class (e.g. ``gim_roma`` vs ``roma_outdoor``); ``loader`` names a
     function in ``module`` (``loader(model, weights)``) for models whose weights span several
-    files.
+    files; ``builder`` names a function in ``module`` (``builder(weights, **conf) -> model``) for
+    checkpoints that carry their own architecture (e.g. MASt3R's constructor string), used
+    whenever weights are given.
     """
-    spec = ModelSpec(name, module, cls, default_weights, tuple(sorted(conf.items())), loader)
+    spec = ModelSpec(name, module, cls, default_weights, tuple(sorted(conf.items())), loader, builder)
     if name in _MODELS and _MODELS[name] != spec:
         raise ValueError(f"model '{name}' is registered twice")
     _MODELS[name] = spec
@@ -87,6 +90,11 @@ def load(name: str, weights: str | os.PathLike | None = None, device: str | torc
     """
     spec = _spec(name)
     module = importlib.import_module(spec.module, __name__)
+    if weights is not None and spec.builder is not None:  # the checkpoint defines the architecture
+        if weights == "official" and spec.default_weights is not None:
+            weights = spec.default_weights
+        model = getattr(module, spec.builder)(weights, **{**dict(spec.conf), **conf})
+        return model.to(resolve_device(device)).eval()
     model: BaseModel = getattr(module, spec.cls)(**{**dict(spec.conf), **conf})
     if weights is not None:
         if weights == "official":

@@ -33,3 +33,5 @@ register("gim_lightglue", ".lightglue", "LightGlue", default_weights="gim_lightg
          loader="load_weights", features="superpoint", depth_confidence=-1.0, width_confidence=-1.0, flash=False)
 # Not a network: exact correspondences of a rendered scene, standing in for a dense network in tests.
 register("ground_truth_dense", "recon.datasets.oracle", "GroundTruthDenseMatcher")
+register("mast3r", ".mast3r", "AsymmetricMASt3R", default_weights="MASt3R_ViTLarge_BaseDecoder_512_catmlpdpt_metric",
+         builder="model_from_checkpoint")

@@ -1,0 +1,1 @@
+"""Backbones shared by several networks (DINOv2 ViT, VGG, ResNet, CroCo ViT)."""
