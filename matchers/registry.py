@@ -9,3 +9,11 @@ from . import register
 
 register("sift", ".sift", "SIFT")
 register("nearest_neighbor", ".nearest_neighbor", "NearestNeighbor")
+
+# DINOv2 backbones (facebookresearch/dinov2 hub models; shared by RoMa, OmniGlue, Depth Pro).
+register("dinov2_vits14", ".backbones.dinov2", "dinov2_vits14", default_weights="dinov2_vits14_pretrain")
+register("dinov2_vitb14", ".backbones.dinov2", "dinov2_vitb14", default_weights="dinov2_vitb14_pretrain")
+register("dinov2_vitl14", ".backbones.dinov2", "dinov2_vitl14", default_weights="dinov2_vitl14_pretrain")
+register("dinov2_vits14_reg", ".backbones.dinov2", "dinov2_vits14_reg", default_weights="dinov2_vits14_reg4_pretrain")
+register("dinov2_vitb14_reg", ".backbones.dinov2", "dinov2_vitb14_reg", default_weights="dinov2_vitb14_reg4_pretrain")
+register("dinov2_vitl14_reg", ".backbones.dinov2", "dinov2_vitl14_reg", default_weights="dinov2_vitl14_reg4_pretrain")

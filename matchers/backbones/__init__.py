@@ -1,0 +1,1 @@
+"""Backbones shared by several model families (DINOv2 ViT for RoMa, OmniGlue and Depth Pro)."""
