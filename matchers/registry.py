@@ -17,3 +17,6 @@ register("dinov2_vitl14", ".backbones.dinov2", "dinov2_vitl14", default_weights=
 register("dinov2_vits14_reg", ".backbones.dinov2", "dinov2_vits14_reg", default_weights="dinov2_vits14_reg4_pretrain")
 register("dinov2_vitb14_reg", ".backbones.dinov2", "dinov2_vitb14_reg", default_weights="dinov2_vitb14_reg4_pretrain")
 register("dinov2_vitl14_reg", ".backbones.dinov2", "dinov2_vitl14_reg", default_weights="dinov2_vitl14_reg4_pretrain")
+
+# Depth Pro (apple/ml-depth-pro): metric depth + focal length; its ViTs are backbones.dinov2.
+register("depth_pro", ".depth_pro", "DepthPro", default_weights="depth_pro")
