@@ -49,6 +49,8 @@ class DepthPro(BaseModel):
     default_conf = {
         # The three ViTs (patch, image and FOV encoders): timm vit_large_patch14_dinov2
         # resampled to 16-px patches and 384-px images, as Depth Pro's "dinov2l16_384" preset.
+        # The network input is 4 * vit_img_size (1536); smaller patches give a smaller input
+        # with the same token counts (tests use patch_size 4: 96-px tiles, 384-px input).
         "vit_img_size": 384,
         "patch_size": 16,
         "embed_dim": 1024,
@@ -67,6 +69,9 @@ class DepthPro(BaseModel):
         c = self.conf
         if c["precision"] not in ("auto", "float16", "float32"):
             raise ValueError(f"precision must be auto, float16 or float32, got {c['precision']!r}")
+        if c["vit_img_size"] // c["patch_size"] != 24:
+            # The FOV head ends in a 6x6 convolution over a 24 -> 12 -> 6 token grid.
+            raise ValueError("Depth Pro needs 24x24-token ViT images (vit_img_size = 24 * patch_size)")
         dims, features = list(c["dims_encoder"]), c["decoder_features"]
         self.encoder = DepthProEncoder(dims, self._vit(), self._vit(), c["hook_block_ids"], features)
         self.decoder = MultiresConvDecoder([features] + dims, features)

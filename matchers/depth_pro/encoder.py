@@ -77,6 +77,8 @@ class DepthProEncoder(nn.Module):
         global   (B, dims[3], 48, 48)              384-px image through both ViTs, fused
     """
 
+    OVERLAPS = (0.25, 0.5)  # tile overlap at full and at half resolution
+
     def __init__(self, dims_encoder: list[int], patch_encoder: DinoVisionTransformer,
                  image_encoder: DinoVisionTransformer, hook_block_ids: list[int], decoder_features: int) -> None:
         super().__init__()
@@ -85,6 +87,12 @@ class DepthProEncoder(nn.Module):
         self.image_encoder = image_encoder
         self.hook_block_ids = list(hook_block_ids)
         self.patch_pixels = patch_encoder.conf["img_size"]
+        # Half the tile overlap, in tokens, is cropped from each shared side when merging:
+        # 3 and 6 tokens for the released 24x24-token tiles (the official hard-coded paddings).
+        grid = self.patch_pixels // patch_encoder.patch_size
+        if any((grid * ratio / 2) % 1 for ratio in self.OVERLAPS):
+            raise ValueError(f"a ViT grid of {grid} tokens cannot be tiled with overlaps {self.OVERLAPS}")
+        self.merge_padding = {ratio: int(grid * ratio / 2) for ratio in self.OVERLAPS}
         dim = patch_encoder.embed_dim
         self.upsample_latent0 = project_upsample(dim, decoder_features, 3, dim_int=self.dims_encoder[0])
         self.upsample_latent1 = project_upsample(dim, self.dims_encoder[0], 2)
@@ -117,16 +125,18 @@ class DepthProEncoder(nn.Module):
         p = self.patch_pixels
         x1 = F.interpolate(x, scale_factor=0.5, mode="bilinear", align_corners=False)
         x2 = F.interpolate(x, scale_factor=0.25, mode="bilinear", align_corners=False)
-        tiles0 = split_patches(x, p, overlap_ratio=0.25)   # 5x5 at 1536
-        tiles1 = split_patches(x1, p, overlap_ratio=0.5)   # 3x3 at 768
+        full, half = self.OVERLAPS
+        tiles0 = split_patches(x, p, overlap_ratio=full)   # 5x5 at 1536
+        tiles1 = split_patches(x1, p, overlap_ratio=half)  # 3x3 at 768
         hook0, hook1, final = self._patch_tokens(torch.cat((tiles0, tiles1, x2), dim=0))
 
         n0 = tiles0.shape[0]
-        latent0 = merge_patches(hook0[:n0], batch, padding=3)
-        latent1 = merge_patches(hook1[:n0], batch, padding=3)
+        pad0, pad1 = self.merge_padding[full], self.merge_padding[half]
+        latent0 = merge_patches(hook0[:n0], batch, pad0)
+        latent1 = merge_patches(hook1[:n0], batch, pad0)
         final0, final1, final2 = torch.split(final, [n0, tiles1.shape[0], batch], dim=0)
-        features0 = merge_patches(final0, batch, padding=3)
-        features1 = merge_patches(final1, batch, padding=6)
+        features0 = merge_patches(final0, batch, pad0)
+        features1 = merge_patches(final1, batch, pad1)
 
         image_tokens = self.image_encoder.forward_features(x2)["x_norm_patchtokens"]
         global_features = self.image_encoder.tokens_to_grid(image_tokens, p, p)
