@@ -11,8 +11,8 @@ import numpy as np
 import pycolmap
 import pytest
 
-from recon.priors import ArrayDepthSource, ScaleEstimationError, apply_scale, estimate_metric_scale
-from recon.priors.scale import robust_median
+from recon.priors.depth import ArrayDepthSource
+from recon.priors.scale import ScaleEstimationError, apply_scale, estimate_metric_scale, robust_median
 
 ROOM = np.array([4.0, 3.0, 5.0])  # half extents of the room (metres)
 WIDTH, HEIGHT, FOCAL = 160, 120, 110.0

@@ -49,8 +49,8 @@ class DepthPro(BaseModel):
     default_conf = {
         # The three ViTs (patch, image and FOV encoders): timm vit_large_patch14_dinov2
         # resampled to 16-px patches and 384-px images, as Depth Pro's "dinov2l16_384" preset.
-        # The network input is 4 * vit_img_size (1536); smaller patches give a smaller input
-        # with the same token counts (tests use patch_size 4: 96-px tiles, 384-px input).
+        # vit_img_size / patch_size must be 24 (the FOV head's token grid); the network
+        # input is 4 * vit_img_size (1536).
         "vit_img_size": 384,
         "patch_size": 16,
         "embed_dim": 1024,
@@ -109,6 +109,7 @@ class DepthPro(BaseModel):
         return self.head(features), self.fov(x, lowres.detach())
 
     def inference_dtype(self, device: torch.device) -> torch.dtype:
+        """The dtype :meth:`infer` runs in on ``device`` (``precision`` option)."""
         precision = self.conf["precision"]
         if precision == "auto":
             return torch.float16 if device.type == "cuda" else torch.float32
