@@ -54,7 +54,9 @@ def component_timer(model: torch.nn.Module, device: torch.device, totals: dict[s
 
         def after(_module, _inputs, _output, name=name):
             synchronize(device)
-            totals[name] = totals.get(name, 0.0) + time.perf_counter() - starts[name]
+            elapsed = time.perf_counter() - starts[name]
+            totals[name] = totals.get(name, 0.0) + elapsed
+            print(f"  {name} done in {elapsed:.3f} s", flush=True)  # partial results survive a kill
 
         handles += [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
     try:
@@ -94,15 +96,18 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     device = matchers.resolve_device(args.device)
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    vit_seconds = time_reference_vit(device, dtype, repeats=1 if device.type == "cpu" else 10)
+    print(f"reference: one ViT-L/16 pass at 384 px: {vit_seconds:.3f} s", flush=True)
 
     start = time.perf_counter()
     model = matchers.load("depth_pro", device=device)
     build_seconds = time.perf_counter() - start
-    dtype = model.inference_dtype(device)
-    model.to(dtype)
+    model.to(model.inference_dtype(device))
     parameters = sum(p.numel() for p in model.parameters())
     memory_after_build = peak_memory_gib(device)
     image = torch.rand(1, 3, args.height, args.width, device=device)
+    print(f"model built in {build_seconds:.1f} s; running {args.images} image(s)", flush=True)
 
     with torch.no_grad():
         if device.type == "cuda":
@@ -111,22 +116,22 @@ def main() -> None:
         totals: dict[str, float] = {}
         with component_timer(model, device, totals):
             synchronize(device)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             for _ in range(args.images):
-                out = model({"image": image})
+                model({"image": image})
             synchronize(device)
             seconds = (time.perf_counter() - start) / args.images
+            cpu_seconds = (time.process_time() - cpu_start) / args.images
     peak = peak_memory_gib(device)
-    vit_seconds = time_reference_vit(device, dtype, repeats=1 if device.type == "cpu" else 10)
 
     print(f"Depth Pro, random weights, {parameters / 1e6:.1f}M parameters, {str(dtype).removeprefix('torch.')}, "
           f"device {device}, {torch.get_num_threads()} CPU threads, image {args.width}x{args.height} "
           f"({args.width * args.height / 1e6:.2f} MP), {args.images} image(s); model built in {build_seconds:.1f} s")
-    print(f"predicted FOV {out['fov_deg'].item():.1f} deg (random weights)")
     print(f"{'component':<28}{'s / image':>12}{'share':>8}")
     for name, total in totals.items():
         print(f"{name:<28}{total / args.images:>12.3f}{total / args.images / seconds:>8.1%}")
     print(f"{'total (forward + resize)':<28}{seconds:>12.3f}{1:>8.0%}")
+    print(f"{'  process CPU time':<28}{cpu_seconds:>12.3f}   (wall >> CPU / threads means a busy machine)")
     print(f"{'reference: 1 ViT-L/16 @384':<28}{vit_seconds:>12.3f}   Depth Pro = {seconds / vit_seconds:.1f} ViT passes")
     if device.type == "cuda":
         print(f"{'paper (V100, 2.25 MP)':<28}{PAPER_SECONDS:>12.3f}   ours / paper = {seconds / PAPER_SECONDS:.2f}")
