@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import math
 
+from ..io.images import DEFAULT_FOCAL_FACTOR  # COLMAP's default_focal_length_factor
 from .depth import DepthSource
-
-DEFAULT_FOCAL_FACTOR = 1.2  # COLMAP's default_focal_length_factor
 
 
 def _usable(focal: float | None) -> bool:
