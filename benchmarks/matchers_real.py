@@ -8,11 +8,14 @@ Measured here (runs now, needs only ``../shared``):
     mutual nearest neighbour, what SIFT+NN-style matching costs). ALIKED extraction throughput
     (images per second) is printed too.
 
-Not yet here (needs the reconstruction pipeline that lands on main): SIFT+NN against
-ALIKED+LightGlue reconstructions - registered images, AUC@1/5/10, wall time - on
-templeSparseRing, strecha_fountain_p11, hloc_sacre_coeur and ngp_fox.
+With ``--reconstruct SCENE ...``: SIFT+NN (the default preset) against ALIKED+LightGlue (the
+aliked_lightglue preset) reconstructions of the same scenes - registered images, AUC@1/5/10/20,
+focal error and wall time (scenes: temple_sparse, fountain, sacre_coeur, fox, ...; see
+benchmarks/scenes.py). The official ALIKED and LightGlue weights must be findable
+(``RECON_WEIGHTS=../shared/weights``).
 
     PYTHONPATH=. python benchmarks/matchers_real.py [--repeats 5] [--threads 2]
+    RECON_WEIGHTS=../shared/weights PYTHONPATH=. python benchmarks/matchers_real.py --reconstruct temple_sparse
 """
 from __future__ import annotations
 
@@ -93,15 +96,34 @@ def benchmark(device: torch.device, repeats: int, size: int, keypoints: int) -> 
     return rows
 
 
+def compare_reconstructions(scenes: list[str]) -> None:
+    """Both presets on each scene, one table per scene, ALIKED+LightGlue time relative to SIFT+NN."""
+    import tempfile
+
+    from scenes import HEADER, format_row, run_recon
+
+    for scene in scenes:
+        with tempfile.TemporaryDirectory() as tmp:
+            sift = run_recon(scene, "default", Path(tmp) / "sift")
+            learned = run_recon(scene, "aliked_lightglue", Path(tmp) / "aliked")
+        print(f"\n== {scene}\n{HEADER}\n{format_row('SIFT + NN', sift)}\n{format_row('ALIKED + LightGlue', learned)}")
+        print(f"time ratio ALIKED+LightGlue / SIFT+NN: {learned['total'] / sift['total']:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--size", type=int, default=1024, help="longest image side")
     parser.add_argument("--keypoints", type=int, default=2048)
+    parser.add_argument("--reconstruct", nargs="*", metavar="SCENE",
+                        help="instead: compare SIFT+NN and ALIKED+LightGlue reconstructions of these scenes")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("RECON_WEIGHTS", str(SHARED / "weights"))
+    if args.reconstruct:
+        compare_reconstructions(args.reconstruct)
+        return
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     for device in devices:
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} threads"
