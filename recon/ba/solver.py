@@ -53,7 +53,8 @@ class BAOptions:
         linear_solver: ``auto | dense | pcg``; ``auto`` takes dense Cholesky when the image-block
             system has at most ``dense_max_size`` rows and the point-pair blocks fit the memory
             budget ``dense_max_pair_entries``, else PCG.
-        pcg_max_iterations, pcg_tolerance: CG stops at ``||r|| <= pcg_tolerance * ||b||``.
+        pcg_min_iterations, pcg_max_iterations, pcg_eta: CG stops with Ceres' truncated-Newton
+            rule ``i (Q_i - Q_{i-1}) >= eta Q_i`` (Q the quadratic model, Ceres' ``eta``).
         jacobian: ``analytic | autodiff`` (both float64; analytic is the measured faster one).
         device: ``auto | cpu | cuda``.
         progress: show a tqdm bar over LM iterations.
@@ -78,8 +79,9 @@ class BAOptions:
     linear_solver: str = "auto"
     dense_max_size: int = 3000
     dense_max_pair_entries: int = 60_000_000
+    pcg_min_iterations: int = 1
     pcg_max_iterations: int = 200
-    pcg_tolerance: float = 1e-3
+    pcg_eta: float = 0.1
     jacobian: str = "analytic"
     device: str = "auto"
     progress: bool = False
@@ -165,13 +167,16 @@ def chunk_groups(items: Tensor, keys: Tensor, size: int, pad: int) -> tuple[Tens
 
 
 def chunk_gram(a: Tensor, b: Tensor, idx_a: Tensor, idx_b: Tensor, size: int) -> Tensor:
-    """Per chunk, sum over its rows i of ``a[idx_a[i]] @ b[idx_b[i]]^T``: a, b (N+1, m, k) with row N
-    zero (the padding target) -> (chunks, m, m)."""
-    m, k = a.shape[1], a.shape[2]
+    """Per chunk, sum over its rows i of ``a[idx_a[i]]^T @ b[idx_b[i]]``.
+
+    a, b: (N+1, k, m) with row N zero (the padding target). Rows are stored (k, m) so a chunk's
+    gathered rows are already one contiguous (size*k, m) matrix: no permute copy. -> (chunks, m, m).
+    """
+    k, m = a.shape[1], a.shape[2]
     n = idx_a.numel() // size
-    ac = a[idx_a].view(n, size, m, k).permute(0, 2, 1, 3).reshape(n, m, size * k)
-    bc = b[idx_b].view(n, size, m, k).permute(0, 2, 1, 3).reshape(n, m, size * k)
-    return ac @ bc.transpose(1, 2)
+    ac = a.index_select(0, idx_a).view(n, size * k, m)
+    bc = b.index_select(0, idx_b).view(n, size * k, m)
+    return ac.transpose(1, 2) @ bc
 
 
 def _pad_row(t: Tensor) -> Tensor:
@@ -249,10 +254,14 @@ class Structure:
         by_image = torch.argsort(self.obs_img, stable=True)
         self.diag_idx, self.diag_chunk_image = chunk_groups(by_image, self.obs_img[by_image], CHUNK, self.num_obs)
         if self.solver == "dense":
-            pair_a = torch.repeat_interleave(idx, n_after)
-            offsets = torch.arange(self.num_pairs, device=dev) - torch.repeat_interleave(torch.cumsum(n_after, 0) - n_after, n_after)
-            pair_b = pair_a + 1 + offsets
-            block = self.obs_img[pair_a] * self.num_images + self.obs_img[pair_b]
+            # Pairs a <= b of observations of one point, keyed by image block; the a == b pairs
+            # (the per-observation Schur terms) get keys I*I + image so they are not mirrored.
+            pair_a = torch.repeat_interleave(idx, n_after + 1)
+            offsets = torch.arange(pair_a.numel(), device=dev) - torch.repeat_interleave(torch.cumsum(n_after + 1, 0) - n_after - 1, n_after + 1)
+            pair_b = pair_a + offsets
+            n_img = self.num_images
+            block = torch.where(pair_a == pair_b, n_img * n_img + self.obs_img[pair_a],
+                                self.obs_img[pair_a] * n_img + self.obs_img[pair_b])
             by_block = torch.argsort(block, stable=True)
             self.pair_a_idx, self.pair_chunk_block = chunk_groups(pair_a[by_block], block[by_block], CHUNK, self.num_obs)
             self.pair_b_idx, _ = chunk_groups(pair_b[by_block], block[by_block], CHUNK, self.num_obs)
@@ -420,7 +429,7 @@ class NormalEquations:
     def __init__(self, st: Structure, lin: Linearization, options: BAOptions):
         self.st, self.lin = st, lin
         jc, jp, r = lin.jac_cam, lin.jac_pts, lin.residuals
-        self.w = outer_sum(jc, jp)  # (M, m, 3)
+        self.wt = outer_sum(jp, jc)  # W_a^T = Jp^T Jc (M, 3, m)
         self.gc = mtv(jc, r)  # (M, m)
         v = torch.zeros(st.num_points, 3, 3, dtype=r.dtype, device=r.device)
         v.index_add_(0, st.obs_pt, outer_sum(jp, jp))
@@ -433,6 +442,9 @@ class NormalEquations:
         self.g_cam = st.scatter_cam(self.gc)
         self.diag_cam = st.scatter_cam((jc * jc).sum(1)).clamp(options.min_lm_diagonal, options.max_lm_diagonal)
         self.diag_pts = torch.diagonal(v, dim1=1, dim2=2).clamp(options.min_lm_diagonal, options.max_lm_diagonal)
+        jc_pad = _pad_row(jc)
+        h_img = torch.zeros(st.num_images, st.m, st.m, dtype=r.dtype, device=r.device)
+        self.h_img = h_img.index_add_(0, st.diag_chunk_image, chunk_gram(jc_pad, jc_pad, st.diag_idx, st.diag_idx, CHUNK))
 
     def gradient_max_norm(self) -> float:
         return max(float(self.g_cam.abs().max()), float(self.gp.abs().max()))
@@ -441,29 +453,27 @@ class NormalEquations:
         return _sym3_inverse(self.v + torch.diag_embed(lam * self.diag_pts))
 
     def eliminate(self, vinv: Tensor) -> Tensor:
-        """Y_a = W_a V_p^-1 per observation (M, m, 3)."""
-        return outer_sum(self.w.transpose(1, 2), vinv[self.st.obs_pt])
+        """Y_a^T = V_p^-1 W_a^T per observation (M, 3, m) (V^-1 is symmetric)."""
+        return outer_sum(vinv.index_select(0, self.st.obs_pt), self.wt)
 
-    def reduced_rhs(self, y: Tensor) -> Tensor:
+    def reduced_rhs(self, yt: Tensor) -> Tensor:
         """b = g_c - W V^-1 g_p in the full layout."""
-        return self.st.scatter_cam(self.gc - mv(y, self.gp[self.st.obs_pt]))
+        return self.st.scatter_cam(self.gc - mtv(yt, self.gp.index_select(0, self.st.obs_pt)))
 
-    def image_blocks(self, y: Tensor) -> Tensor:
+    def image_blocks(self, yt: Tensor) -> Tensor:
         """Per-image (I, m, m) diagonal blocks of H_cc - W V^-1 W^T from observations alone
-        (exact for the image's own pose/intrinsics entries; pairs of different images excluded)."""
+        (exact for the image's own pose/intrinsics entries; pairs of different observations excluded)."""
         st = self.st
-        jct = self.lin.jac_cam.transpose(1, 2)
-        a = _pad_row(torch.cat([jct, y], -1))  # (M+1, m, 5)
-        b = _pad_row(torch.cat([jct, -self.w], -1))
-        out = torch.zeros(st.num_images, st.m, st.m, dtype=y.dtype, device=y.device)
-        return out.index_add_(0, st.diag_chunk_image, chunk_gram(a, b, st.diag_idx, st.diag_idx, CHUNK))
+        schur = torch.zeros_like(self.h_img).index_add_(
+            0, st.diag_chunk_image, chunk_gram(_pad_row(yt), _pad_row(self.wt), st.diag_idx, st.diag_idx, CHUNK))
+        return self.h_img - schur
 
     def back_substitute(self, vinv: Tensor, delta_cam: Tensor) -> Tensor:
         """Point steps: delta_p = -V^-1 (g_p + W^T delta_c)."""
         st = self.st
         dc = st.gather_cam(*st.split_full(delta_cam))
         t = torch.zeros_like(self.gp)
-        t.index_add_(0, st.obs_pt, mtv(self.w, dc))
+        t.index_add_(0, st.obs_pt, mv(self.wt, dc))
         return -mv(vinv, self.gp + t)
 
     def model_cost_change(self, delta_cam: Tensor, delta_pts: Tensor) -> float:
@@ -487,12 +497,12 @@ def solve_dense(ne: NormalEquations, lam: float) -> tuple[Tensor, Tensor, int] |
     vinv = ne.damped_point_inverse(lam)
     y = ne.eliminate(vinv)
     rhs = ne.reduced_rhs(y)
-    blocks = torch.zeros(n_img * n_img, m, m, dtype=y.dtype, device=y.device)
-    blocks.index_add_(0, st.pair_chunk_block, chunk_gram(_pad_row(y), _pad_row(ne.w), st.pair_a_idx, st.pair_b_idx, CHUNK))
-    off = blocks.view(n_img, n_img, m, m)
+    blocks = torch.zeros(n_img * n_img + n_img, m, m, dtype=y.dtype, device=y.device)
+    blocks.index_add_(0, st.pair_chunk_block, chunk_gram(_pad_row(y), _pad_row(ne.wt), st.pair_a_idx, st.pair_b_idx, CHUNK))
+    off = blocks[:n_img * n_img].view(n_img, n_img, m, m)
     s_blocks = -(off + off.permute(1, 0, 3, 2))
     diag = s_blocks.diagonal(dim1=0, dim2=1)  # (m, m, I) view
-    diag += ne.image_blocks(y).permute(1, 2, 0)
+    diag += (ne.h_img - blocks[n_img * n_img:]).permute(1, 2, 0)
     s_ext = s_blocks.permute(0, 2, 1, 3).reshape(n_img * m, n_img * m)
     s = torch.zeros(st.n_full, n_img * m, dtype=y.dtype, device=y.device).index_add_(0, st.ext_to_full, s_ext)
     s = torch.zeros(st.n_full, st.n_full, dtype=y.dtype, device=y.device).index_add_(1, st.ext_to_full, s)
@@ -548,15 +558,18 @@ def solve_pcg(ne: NormalEquations, lam: float, options: BAOptions) -> tuple[Tens
     zk = apply_m(res)
     p = zk.clone()
     rz = torch.dot(res, zk)
-    tol = options.pcg_tolerance * float(rhs.norm())
+    q_prev = 0.0
     iters = 0
     for iters in range(1, options.pcg_max_iterations + 1):
         sp = apply_s(p)
         alpha = rz / torch.dot(p, sp)
         xk = xk + alpha * p
         res = res - alpha * sp
-        if float(res.norm()) <= tol:
+        # Ceres' truncated-Newton test on Q(x) = x^T S x / 2 - b^T x = -x^T (b + r) / 2.
+        q = -0.5 * float(torch.dot(xk, rhs + res))
+        if iters >= options.pcg_min_iterations and iters * (q - q_prev) >= options.pcg_eta * q:
             break
+        q_prev = q
         zk = apply_m(res)
         rz_new = torch.dot(res, zk)
         p = zk + (rz_new / rz) * p
