@@ -216,21 +216,31 @@ def from_reconstruction(rec, refine_focal_length: bool = True, refine_principal_
 
 
 def write_to_reconstruction(problem: Problem, rec) -> None:
-    """Write poses, intrinsics and points back into the reconstruction they came from (in place)."""
+    """Write poses, intrinsics and points back into the reconstruction they came from (in place).
+
+    Fully constant poses, cameras and points are not written at all, so they stay bit-identical
+    (a rotation matrix -> quaternion round trip would change the last bits).
+    """
     import pycolmap
 
     rot = problem.rotations.detach().cpu().numpy()
     trans = problem.translations.detach().cpu().numpy()
+    pose_moves = (~problem.pose_constant.all(-1)).tolist()
     for k, image_id in enumerate(problem.image_ids):
-        frame = rec.frame(rec.images[image_id].frame_id)
-        frame.rig_from_world = pycolmap.Rigid3d(pycolmap.Rotation3d(rot[k]), trans[k])
+        if pose_moves[k]:
+            frame = rec.frame(rec.images[image_id].frame_id)
+            frame.rig_from_world = pycolmap.Rigid3d(pycolmap.Rotation3d(rot[k]), trans[k])
     params = problem.camera_params.detach().cpu().numpy()
+    camera_moves = (~problem.camera_constant.all(-1)).tolist()
     for k, camera_id in enumerate(problem.camera_ids):
-        cam = rec.cameras[camera_id]
-        cam.params = params[k, :MODELS_BY_ID[int(cam.model.value)].num_params]
+        if camera_moves[k]:
+            cam = rec.cameras[camera_id]
+            cam.params = params[k, :MODELS_BY_ID[int(cam.model.value)].num_params]
     points = problem.points.detach().cpu().numpy()
+    point_moves = (~problem.point_constant).tolist()
     for k, point_id in enumerate(problem.point3D_ids):
-        rec.points3D[point_id].xyz = points[k]
+        if point_moves[k]:
+            rec.points3D[point_id].xyz = points[k]
 
 
 def to_reconstruction(problem: Problem):

@@ -285,7 +285,7 @@ class Structure:
         return torch.cat([pose.reshape(-1), intr.reshape(-1)])
 
     def split_full(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return x[:6 * self.num_images].reshape(-1, 6), x[6 * self.num_images:].reshape(-1, self.ke)
+        return x[:6 * self.num_images].reshape(self.num_images, 6), x[6 * self.num_images:].reshape(self.num_cameras, self.ke)
 
 
 @dataclass
