@@ -9,6 +9,14 @@ from recon.ba.cameras import MODELS, get_model, project
 from recon.ba.geometry import so3_exp, so3_log
 from recon.ba.solver import State, Structure, _analytic_jacobians, _autodiff_jacobians
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 # Realistic parameters per model (COLMAP order), distortion large enough to matter.
 PARAMS = {
     "SIMPLE_PINHOLE": [800.0, 320.0, 240.0],

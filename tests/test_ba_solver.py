@@ -15,6 +15,15 @@ pycolmap = pytest.importorskip("pycolmap")
 pycolmap.logging.minloglevel = 2
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small problems: one thread avoids waiting on a busy CI machine's scheduler per torch op."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def ring_scene(outliers: float = 0.0, seed: int = 0, n_img: int = 8, n_pt: int = 200):
     """``n_img`` cameras on a ring (radius 6) around ``n_pt`` points in a 2-unit cube, one shared
     SIMPLE_RADIAL camera, every point seen by every camera, 0.5 px noise, ``outliers`` of the

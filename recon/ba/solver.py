@@ -57,6 +57,9 @@ class BAOptions:
             rule ``i (Q_i - Q_{i-1}) >= eta Q_i`` (Q the quadratic model, Ceres' ``eta``).
         jacobian: ``analytic | autodiff`` (both float64; analytic is the measured faster one).
         device: ``auto | cpu | cuda``.
+        num_threads: CPU threads for torch during the solve (restored afterwards); None keeps
+            torch's setting. On a busy machine 1 thread is often fastest: every torch op is a
+            parallel region that waits for all its threads to be scheduled.
         progress: show a tqdm bar over LM iterations.
     Which parameters move (used by :func:`recon.ba.adjust`; a :class:`Problem` carries its own
     masks): refine_focal_length, refine_principal_point, refine_extra_params, refine_poses,
@@ -84,6 +87,7 @@ class BAOptions:
     pcg_eta: float = 0.1
     jacobian: str = "analytic"
     device: str = "auto"
+    num_threads: int | None = None
     progress: bool = False
     refine_focal_length: bool = True
     refine_principal_point: bool = False
@@ -592,6 +596,16 @@ def solve(problem: Problem, options: BAOptions | None = None) -> tuple[Problem, 
     :class:`Summary`. The input problem is not modified.
     """
     options = options or BAOptions()
+    previous_threads = torch.get_num_threads()
+    if options.num_threads is not None:
+        torch.set_num_threads(options.num_threads)
+    try:
+        return _solve(problem, options)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _solve(problem: Problem, options: BAOptions) -> tuple[Problem, Summary]:
     device = resolve_device(options.device)
     start = time.perf_counter()
     problem.validate()
