@@ -11,7 +11,8 @@ Part 2 (scale): synthetic BAL-format problems (cameras along a street, 0.5 px no
 outliers, Huber loss with scale 2 px) with presets of about 0.1M, 1.3M and 5M observations. Per
 device: time per LM iteration, total time, final cost, peak memory (CPU: peak RSS of a fresh
 subprocess; CUDA: torch.cuda.max_memory_allocated) and on CUDA the achieved memory bandwidth as
-a fraction of the device's measured copy bandwidth. ``--ceres-scale`` adds Ceres on the CPU
+a fraction of the device's measured copy bandwidth. Both solvers get function tolerance 1e-6 and
+``--scale-iterations`` iterations there. ``--ceres-scale`` adds Ceres on the CPU
 (ITERATIVE_SCHUR + SCHUR_JACOBI, as COLMAP picks for many images) for the speed-up figure.
 
     PYTHONPATH=. python benchmarks/ba_bal.py [--json] [--threads 2] [--scale 0.1M,1.3M] [--ceres-scale]
@@ -38,7 +39,8 @@ BAL_FILES = ["problem-49-7776-pre.txt", "problem-21-11315-pre.txt", "problem-49-
 TOLERANCES = dict(function_tolerance=1e-8, gradient_tolerance=1e-10, parameter_tolerance=1e-8, max_num_iterations=100)
 
 
-def run_ceres(problem, threads: int, solver: str, loss: str = "trivial", loss_scale: float = 1.0) -> dict:
+def run_ceres(problem, threads: int, solver: str, loss: str = "trivial", loss_scale: float = 1.0,
+              tolerances: dict = TOLERANCES) -> dict:
     """pycolmap's default bundle adjuster (Ceres) on the problem's pycolmap twin."""
     import pycolmap
 
@@ -56,7 +58,7 @@ def run_ceres(problem, threads: int, solver: str, loss: str = "trivial", loss_sc
     so.linear_solver_type = getattr(type(so.linear_solver_type), solver)
     if solver == "ITERATIVE_SCHUR":
         so.preconditioner_type = getattr(type(so.preconditioner_type), "SCHUR_JACOBI")
-    for key, value in TOLERANCES.items():
+    for key, value in tolerances.items():
         setattr(so, key, value)
     so.num_threads = threads
     config = pycolmap.BundleAdjustmentConfig()
@@ -70,8 +72,8 @@ def run_ceres(problem, threads: int, solver: str, loss: str = "trivial", loss_sc
                 time=wall, threads=summary.num_threads_used, solver=str(summary.linear_solver_type_used).split(".")[-1])
 
 
-def run_recon(problem, device: str, threads: int, **extra) -> dict:
-    options = BAOptions(device=device, num_threads=threads, **TOLERANCES, **extra)
+def run_recon(problem, device: str, threads: int, tolerances: dict = TOLERANCES, **extra) -> dict:
+    options = BAOptions(device=device, num_threads=threads, **tolerances, **extra)
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -113,17 +115,17 @@ def achieved_bandwidth(problem, summary) -> float:
     return total / max(sum(summary.iteration_times), 1e-9)
 
 
-def _scale_child(preset: str, device: str, threads: int, queue) -> None:
+def _scale_child(preset: str, device: str, threads: int, tolerances: dict, queue) -> None:
     problem, _ = synthetic_preset(preset)
-    queue.put(run_recon(problem, device, threads, loss="huber", loss_scale=2.0)
+    queue.put(run_recon(problem, device, threads, tolerances, loss="huber", loss_scale=2.0)
               | dict(peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
 
 
-def run_scale_cpu(preset: str, threads: int) -> dict:
+def run_scale_cpu(preset: str, threads: int, tolerances: dict) -> dict:
     """One preset on the CPU in a fresh process so its peak RSS is the solve's own."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_scale_child, args=(preset, "cpu", threads, queue))
+    proc = ctx.Process(target=_scale_child, args=(preset, "cpu", threads, tolerances, queue))
     proc.start()
     result = queue.get()
     proc.join()
@@ -137,6 +139,8 @@ def main() -> None:
     parser.add_argument("--bal", default=",".join(BAL_FILES), help="comma-separated BAL files under shared/data/bal ('' = none)")
     parser.add_argument("--scale", default="0.1M,1.3M,5M", help="comma-separated synthetic presets ('' = none)")
     parser.add_argument("--ceres-scale", action="store_true", help="also run Ceres on the synthetic presets")
+    parser.add_argument("--scale-iterations", type=int, default=50,
+                        help="iteration cap for the synthetic presets (function tolerance 1e-6 there, both solvers)")
     parser.add_argument("--devices", default="cpu,cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -160,11 +164,13 @@ def main() -> None:
                       f"| time recon {recon['time']:.3f}s ({recon['solver']}) ceres {ceres['time']:.3f}s "
                       f"({ceres['solver']}, {ceres['threads']} thr) | ratio {row['time_ratio']:.2f}", flush=True)
 
+    scale_tol = dict(TOLERANCES, function_tolerance=1e-6, max_num_iterations=args.scale_iterations)
     for preset in [p for p in args.scale.split(",") if p]:
         problem, _ = synthetic_preset(preset)
-        ceres = run_ceres(problem, args.threads, "ITERATIVE_SCHUR", "huber", 2.0) if args.ceres_scale else None
+        ceres = run_ceres(problem, args.threads, "ITERATIVE_SCHUR", "huber", 2.0, scale_tol) if args.ceres_scale else None
         for device in devices:
-            recon = run_scale_cpu(preset, args.threads) if device == "cpu" else run_recon(problem, device, args.threads, loss="huber", loss_scale=2.0)
+            recon = (run_scale_cpu(preset, args.threads, scale_tol) if device == "cpu"
+                     else run_recon(problem, device, args.threads, scale_tol, loss="huber", loss_scale=2.0))
             row = dict(preset=preset, device=device, observations=problem.num_observations, cameras=problem.num_images,
                        points=problem.num_points, recon=recon, ceres=ceres,
                        speedup_vs_ceres_cpu=ceres["time"] / recon["time"] if ceres else None)
