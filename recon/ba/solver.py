@@ -208,12 +208,20 @@ def mtv(a: Tensor, x: Tensor) -> Tensor:
     return (a * x[..., :, None]).sum(-2)
 
 
-def outer_sum(a: Tensor, b: Tensor) -> Tensor:
-    """a^T b for (..., k, r), (..., k, c) with small k, as k broadcast products: (..., r, c)."""
-    out = a[..., 0, :, None] * b[..., 0, None, :]
+def outer_sum(a: Tensor, b: Tensor, out: Tensor | None = None) -> Tensor:
+    """a^T b for (..., k, r), (..., k, c) with small k, as k broadcast products: (..., r, c).
+
+    ``out`` (optional) receives the result in place (e.g. the first rows of a zero-padded buffer).
+    """
+    out = torch.mul(a[..., 0, :, None], b[..., 0, None, :], out=out)
     for i in range(1, a.shape[-2]):
-        out = out + a[..., i, :, None] * b[..., i, None, :]
+        out.addcmul_(a[..., i, :, None], b[..., i, None, :])
     return out
+
+
+def padded(shape: tuple[int, ...], like: Tensor) -> Tensor:
+    """A zero buffer with one extra leading row: rows [:-1] take data, row -1 is the padding target."""
+    return torch.zeros((shape[0] + 1, *shape[1:]), dtype=like.dtype, device=like.device)
 
 
 class Structure:
@@ -444,7 +452,8 @@ class NormalEquations:
     def __init__(self, st: Structure, lin: Linearization, options: BAOptions):
         self.st, self.lin = st, lin
         jc, jp, r = lin.jac_cam, lin.jac_pts, lin.residuals
-        self.wt = outer_sum(jp, jc)  # W_a^T = Jp^T Jc (M, 3, m)
+        self.wt_pad = padded((st.num_obs, 3, st.m), jc)
+        self.wt = outer_sum(jp, jc, out=self.wt_pad[:-1])  # W_a^T = Jp^T Jc (M, 3, m), zero row after
         self.gc = mtv(jc, r)  # (M, m)
         v = torch.zeros(st.num_points, 3, 3, dtype=r.dtype, device=r.device)
         add_rows(v, st.obs_pt, outer_sum(jp, jp))
@@ -468,19 +477,21 @@ class NormalEquations:
         return _sym3_inverse(self.v + torch.diag_embed(lam * self.diag_pts))
 
     def eliminate(self, vinv: Tensor) -> Tensor:
-        """Y_a^T = V_p^-1 W_a^T per observation (M, 3, m) (V^-1 is symmetric)."""
-        return outer_sum(rows(vinv, self.st.obs_pt), self.wt)
+        """Y_a^T = V_p^-1 W_a^T per observation, (M+1, 3, m) with a zero last row (V^-1 is symmetric)."""
+        y_pad = padded(self.wt.shape, self.wt)
+        outer_sum(rows(vinv, self.st.obs_pt), self.wt, out=y_pad[:-1])
+        return y_pad
 
-    def reduced_rhs(self, yt: Tensor) -> Tensor:
+    def reduced_rhs(self, y_pad: Tensor) -> Tensor:
         """b = g_c - W V^-1 g_p in the full layout."""
-        return self.st.scatter_cam(self.gc - mtv(yt, rows(self.gp, self.st.obs_pt)))
+        return self.st.scatter_cam(self.gc - mtv(y_pad[:-1], rows(self.gp, self.st.obs_pt)))
 
-    def image_blocks(self, yt: Tensor) -> Tensor:
+    def image_blocks(self, y_pad: Tensor) -> Tensor:
         """Per-image (I, m, m) diagonal blocks of H_cc - W V^-1 W^T from observations alone
         (exact for the image's own pose/intrinsics entries; pairs of different observations excluded)."""
         st = self.st
         schur = add_rows(
-            torch.zeros_like(self.h_img), st.diag_chunk_image, chunk_gram(_pad_row(yt), _pad_row(self.wt), st.diag_idx, st.diag_idx, CHUNK))
+            torch.zeros_like(self.h_img), st.diag_chunk_image, chunk_gram(y_pad, self.wt_pad, st.diag_idx, st.diag_idx, CHUNK))
         return self.h_img - schur
 
     def back_substitute(self, vinv: Tensor, delta_cam: Tensor) -> Tensor:
@@ -521,7 +532,7 @@ def solve_dense(ne: NormalEquations, lam: float) -> tuple[Tensor, Tensor, int] |
     y = ne.eliminate(vinv)
     rhs = ne.reduced_rhs(y)
     blocks = torch.zeros(n_img * n_img + n_img, m, m, dtype=y.dtype, device=y.device)
-    add_rows(blocks, st.pair_chunk_block, chunk_gram(_pad_row(y), _pad_row(ne.wt), st.pair_a_idx, st.pair_b_idx, CHUNK))
+    add_rows(blocks, st.pair_chunk_block, chunk_gram(y, ne.wt_pad, st.pair_a_idx, st.pair_b_idx, CHUNK))
     off = blocks[:n_img * n_img].view(n_img, n_img, m, m)
     s_blocks = -(off + off.permute(1, 0, 3, 2))
     diag = s_blocks.diagonal(dim1=0, dim2=1)  # (m, m, I) view
