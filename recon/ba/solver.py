@@ -227,14 +227,13 @@ def padded(shape: tuple[int, ...], like: Tensor) -> Tensor:
 class Structure:
     """Index bookkeeping fixed for a problem: observation order, free columns, point pairs.
 
-    Observations are sorted by point so each point's track is contiguous; the pairs (a < b) of
-    observations of the same point give the off-diagonal blocks of the Schur complement.
+    Observations are sorted by point so each point's track is contiguous; the pairs (a <= b) of
+    observations of the same point give the blocks of the Schur complement (dense solver).
     """
 
     def __init__(self, problem: Problem, options: BAOptions):
         dev = problem.device
         order = torch.argsort(problem.obs_point, stable=True)
-        self.order = order
         self.obs_img = problem.obs_image[order]
         self.obs_pt = problem.obs_point[order]
         self.obs_xy = problem.obs_xy[order]
