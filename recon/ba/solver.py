@@ -33,7 +33,7 @@ import torch
 
 from . import losses
 from .cameras import get_model, project
-from .geometry import skew, so3_exp
+from .geometry import so3_exp
 from .problem import Problem
 
 Tensor = torch.Tensor
