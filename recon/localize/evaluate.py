@@ -4,7 +4,8 @@ Definitions:
 
 * Position error: distance between the estimated and the ground-truth camera centres
   (``C = -R^T t``), in ground-truth units. Rotation error: angle of ``R_gt^T R_est`` in degrees.
-* Queries: every query counts; a query without a pose in the results (failed) has infinite
+* Queries: every query that has ground truth counts (the others, e.g. images of another scene
+  that must fail, are listed in ``queries_without_gt`` and not scored); a query without a pose in the results (failed) has infinite
   errors, so it lowers the recall and is below no threshold. The medians are over all queries
   (a failed query counts as infinite, as in the long-term localization benchmarks), and the
   ``*_localized`` medians over the localized ones only.
@@ -85,9 +86,10 @@ def evaluate_localization(results: str | Path | dict[str, pycolmap.Rigid3d], gt:
     """
     poses = read_results(results) if isinstance(results, (str, Path)) else dict(results)
     queries = sorted(poses) if queries is None else list(queries)
-    missing = sorted(set(queries) - set(gt.names))
-    if missing:
-        raise ValueError(f"{len(missing)} querie(s) have no ground truth, e.g. {missing[:3]}")
+    without_gt = [q for q in queries if q not in gt]
+    queries = [q for q in queries if q in gt]
+    if not queries:
+        raise ValueError(f"none of the queries has ground truth (e.g. {without_gt[:3]}): are the names the same?")
     sim3 = map_alignment(align_to, gt) if align_to is not None else None
     position, rotation = pose_errors(poses, gt, queries, sim3)
     extent = scene_extent(gt)
@@ -100,6 +102,7 @@ def evaluate_localization(results: str | Path | dict[str, pycolmap.Rigid3d], gt:
     return {
         "num_queries": len(queries),
         "num_localized": int(localized.sum()),
+        "queries_without_gt": without_gt,
         "position_unit": "extent" if relative else "gt",
         "scene_extent": extent,
         "aligned": sim3 is not None,
@@ -124,7 +127,9 @@ def format_localization_table(result: dict) -> str:
         return "failed" if value is None else format(value, fmt)
 
     lines = [f"localized {result['num_localized']}/{result['num_queries']} queries"
-             + (" (map aligned to the ground truth by Sim3)" if result["aligned"] else ""),
+             + (" (map aligned to the ground truth by Sim3)" if result["aligned"] else "")
+             + (f"; {len(result['queries_without_gt'])} without ground truth not scored"
+                if result["queries_without_gt"] else ""),
              f"median position error {show(result['median_position_error_localized'], '.4g')} {unit}, "
              f"rotation {show(result['median_rotation_error_localized'], '.4g')} deg (localized queries); "
              f"over all queries {show(result['median_position_error'], '.4g')} / "
