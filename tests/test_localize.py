@@ -213,3 +213,34 @@ def test_evaluate_localization_errors_recall_and_alignment():
         in_map[name] = pycolmap.Rigid3d(pycolmap.Rotation3d(R), -R @ c)
     aligned = evaluate_localization(in_map, gt, queries=["0.jpg", "1.jpg"], align_to=map_model)
     assert aligned["aligned"] and aligned["median_position_error"] < 1e-9 and aligned["median_rotation_error"] < 1e-6
+
+
+def test_cli_localize_bad_input_is_one_line_and_nonzero(tmp_path, capsys):
+    from recon.cli import main
+
+    from PIL import Image
+
+    queries = tmp_path / "queries"
+    queries.mkdir()
+    assert main(["localize", str(tmp_path), str(queries), str(tmp_path / "out")]) == 2
+    assert "no query images found" in capsys.readouterr().err
+    assert main(["localize", str(tmp_path), str(tmp_path / "no_queries.txt"), str(tmp_path / "out")]) == 2
+    assert "neither a folder of images nor a query list" in capsys.readouterr().err
+    Image.new("RGB", (8, 8)).save(queries / "q.png")
+    assert main(["localize", str(tmp_path / "no_model"), str(queries), str(tmp_path / "out")]) == 2
+    assert "model not found" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_queries_must_use_the_maps_extractor_configuration(tmp_path):
+    from recon.config import load_config
+    from recon.localize.run import check_extractor
+
+    config = load_config("default")
+    with h5.H5Writer(tmp_path / "features.h5") as writer:
+        writer.file.attrs["recon_fingerprint"] = "made-by-another-config"
+    with pytest.raises(ValueError, match="another features configuration"):
+        check_extractor(tmp_path / "features.h5", config["features"])
+    with h5.H5Writer(tmp_path / "hloc.h5") as writer:  # hloc's files carry no record: trusted
+        h5.write_features(writer, "a.jpg", np.zeros((1, 2)), np.zeros((4, 1)), None, (9, 9))
+    check_extractor(tmp_path / "hloc.h5", config["features"])
