@@ -112,7 +112,8 @@ def fox(output: Path, resize: int) -> list[dict]:
     map_images = link_images(data / "images", map_names, out / "map_images")
     query_images = link_images(data / "images", query_names, out / "query_images")
     config = load_config("default", [f"features.resize_max={resize}", "features.max_num_features=4096",
-                                     "pairs.name=sequential", "pairs.overlap=10"], device="cpu")
+                                     "pairs.name=sequential", "pairs.overlap=10", "localize.num_retrieved=10"],
+                         device="cpu")
     tic = time.perf_counter()
     model, report = reconstruct(map_images, out / "map", config)
     print(f"fox map: {model.num_reg_images()}/{len(map_names)} images, {model.num_points3D()} points, "
