@@ -17,7 +17,6 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Protocol
 
-import faiss
 import h5py
 import numpy as np
 
@@ -90,8 +89,10 @@ def _descriptors(path: Path, name: str) -> np.ndarray:
         return f[name]["descriptors"][()].T.astype(np.float32)
 
 
-def _vocabulary(descriptors: np.ndarray, size: int, seed: int) -> faiss.Index:
-    """A flat index over ``size`` k-means centroids of the descriptors (a seeded sample of them)."""
+def _vocabulary(descriptors: np.ndarray, size: int, seed: int):
+    """A flat faiss index over ``size`` k-means centroids of the descriptors (a seeded sample of them)."""
+    import faiss  # here: loading it costs a second and logs its CPU probing, only bag of words needs it
+
     rng = np.random.default_rng(seed)
     if len(descriptors) > MAX_TRAINING_DESCRIPTORS:
         descriptors = descriptors[rng.choice(len(descriptors), MAX_TRAINING_DESCRIPTORS, replace=False)]
