@@ -4,7 +4,9 @@ Stages, each a file in ``OUT`` (hloc's names; rerunning resumes like the reconst
 ``features.h5`` (query features, the map's extractor configuration), ``pairs.txt`` (query,
 retrieved database image), ``matches.h5``, then ``results.txt`` (hloc's results format, one line
 per LOCALIZED query) and ``localization.json`` (per query: success, reason of a failure,
-inliers, retrieved images, covisibility clusters, camera, pose).
+inliers, retrieved images, covisibility clusters, camera, pose). Names in ``results.txt`` are the
+query names as given (paths relative to the query folder); hloc's ``localize_sfm`` writes the
+file name only, which :mod:`recon.hloc.localize_sfm` reproduces.
 """
 from __future__ import annotations
 
