@@ -1,4 +1,4 @@
-"""``recon`` command line: reconstruct, pairs, match, evaluate, demo, render.
+"""``recon`` command line: reconstruct, pairs, match, evaluate, localize, evaluate-localization, demo, render.
 
 Every command prints one clear line and exits non-zero on bad input (missing folder, no images,
 unknown config key); nothing half-written is left behind (see ``recon.pipeline``).
@@ -53,6 +53,33 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", add_help=False, help="compare a model with ground truth "
                                    "(recon evaluate --help for its options)")
     evaluate.add_argument("arguments", nargs=argparse.REMAINDER)  # dispatched before parsing, see main()
+
+    localize = commands.add_parser("localize", help="localize query images against a model "
+                                   "(OUTPUT/results.txt in hloc's format, OUTPUT/localization.json)")
+    localize.add_argument("model", type=Path, help="COLMAP model, or a recon output folder (sparse/0, features.h5)")
+    localize.add_argument("queries", type=Path,
+                          help="folder of query images, or an hloc query list ('name [MODEL W H PARAMS...]' per line)")
+    localize.add_argument("output", type=Path, help="output folder (created; reruns resume)")
+    localize.add_argument("--query-images", type=Path, help="folder the list's names are relative to "
+                          "(default: the list's folder)")
+    localize.add_argument("--map-features", type=Path, help="features.h5 the model was built from "
+                          "(default: the one in the model's recon output folder)")
+    add_config_arguments(localize)
+
+    evaluate_loc = commands.add_parser("evaluate-localization", help="score localization results against ground truth")
+    evaluate_loc.add_argument("results", type=Path, help="results file (name qw qx qy qz tx ty tz per line)")
+    evaluate_loc.add_argument("--gt", type=Path, required=True, help="ground truth (any layout `recon evaluate` reads)")
+    evaluate_loc.add_argument("--gt-image-root", metavar="DIR", help="transforms.json only: names relative to this folder")
+    evaluate_loc.add_argument("--queries", type=Path, help="the queries (localization.json or a query list), so "
+                              "failures count (default: localization.json next to RESULTS, else the results' names)")
+    evaluate_loc.add_argument("--threshold", dest="thresholds", action="append", metavar="POSITION,DEGREES",
+                              help="recall threshold, repeatable (default 0.25,2 0.5,5 5,10)")
+    evaluate_loc.add_argument("--relative", action="store_true",
+                              help="non-metric ground truth: positions as fractions of the scene extent "
+                                   "(diagonal of the GT camera centres' bounding box)")
+    evaluate_loc.add_argument("--align", type=Path, metavar="MAP_MODEL",
+                              help="the map's model when it is not in the GT frame: Sim3 of its cameras onto the GT")
+    evaluate_loc.add_argument("--json", type=Path, help="also write the full result as JSON here")
 
     demo = commands.add_parser("demo", help="reconstruct the bundled sample scene and evaluate it")
     demo.add_argument("output", type=Path, nargs="?", default=Path("outputs/demo"))
@@ -135,6 +162,56 @@ def cmd_match(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_localize(args: argparse.Namespace) -> int:
+    from .localize import localize, read_queries
+
+    queries, image_dir = read_queries(args.queries, args.query_images)
+    results = localize(args.model, queries, image_dir, args.output, _config(args), map_features=args.map_features)
+    localized = [r for r in results.values() if r.success]
+    print(f"localized {len(localized)}/{len(results)} queries -> {args.output / 'results.txt'}")
+    for result in results.values():
+        if not result.success:
+            print(f"  failed {result.name}: {result.reason} ({result.message})")
+    return 0
+
+
+def cmd_evaluate_localization(args: argparse.Namespace) -> int:
+    import json
+
+    from .datasets.ground_truth import load_ground_truth
+    from .evaluate.report import load_model
+    from .io.jsonfile import write_json
+    from .localize import DEFAULT_THRESHOLDS, evaluate_localization, format_localization_table, parse_query_list
+
+    if not args.results.is_file():
+        raise FileNotFoundError(f"results file {args.results} does not exist")
+    queries_file = args.queries or (args.results.parent / "localization.json")
+    queries = None
+    if queries_file.is_file():
+        queries = (list(json.loads(queries_file.read_text())["queries"]) if queries_file.suffix == ".json"
+                   else [q.name for q in parse_query_list(queries_file)])
+    elif args.queries is not None:
+        raise FileNotFoundError(f"queries {args.queries} do not exist")
+    thresholds = [parse_threshold(text) for text in args.thresholds] if args.thresholds else DEFAULT_THRESHOLDS
+    result = evaluate_localization(args.results, load_ground_truth(args.gt, image_root=args.gt_image_root),
+                                   queries, thresholds, relative=args.relative,
+                                   align_to=load_model(args.align) if args.align else None)
+    print(format_localization_table(result))
+    if queries is None:
+        print("(no query list: only the queries in the results were scored, failures are not counted)")
+    if args.json:
+        write_json(args.json, result)
+    return 0
+
+
+def parse_threshold(text: str) -> tuple[float, float]:
+    try:
+        position, degrees = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--threshold expects POSITION,DEGREES (e.g. 0.25,2), got '{text}'") from None
+    return position, degrees
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .datasets.sample import sample_paths
     from .pipeline import reconstruct
@@ -175,6 +252,7 @@ def evaluate_and_format(model: Path, gt: Path, json_path: Path | None, names: li
 
 
 COMMANDS = {"reconstruct": cmd_reconstruct, "pairs": cmd_pairs, "match": cmd_match,
+            "localize": cmd_localize, "evaluate-localization": cmd_evaluate_localization,
             "demo": cmd_demo, "render": cmd_render}
 
 if __name__ == "__main__":

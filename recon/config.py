@@ -2,7 +2,8 @@
 
 A config names one choice per stage - ``features``, ``matcher``, ``pairs``, ``priors``,
 ``mapper`` - each as ``{name: <choice>, <option>: <value>, ...}``, plus the ``database`` options
-(cameras and geometric verification) and the run-wide ``device`` and ``seed``. Every option has
+(cameras and geometric verification), the ``localize`` options (``recon localize``) and the
+run-wide ``device`` and ``seed``. Every option has
 a typed default in code, next to the code that uses it (a model's ``default_conf``, a stage
 choice's registered defaults, :data:`DATABASE_DEFAULTS`); a preset or ``--set`` only overrides
 them, and an unknown stage, choice or option is an error that names it.
@@ -23,7 +24,7 @@ import matchers
 from matchers.base import ConfigError, merge_conf
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-STAGES = ("features", "matcher", "pairs", "priors", "mapper", "database")
+STAGES = ("features", "matcher", "pairs", "priors", "mapper", "database", "localize")
 RUN_DEFAULTS: dict[str, Any] = {"device": "auto", "seed": 0}
 
 # Cameras and two-view verification, i.e. everything that goes into database.db.
@@ -37,6 +38,24 @@ DATABASE_DEFAULTS: dict[str, Any] = {
     "min_inlier_ratio": 0.25,
 }
 
+# Visual localization of query images against a model (``recon localize``, recon.localize).
+LOCALIZE_DEFAULTS: dict[str, Any] = {
+    "retrieval": "auto",            # auto | exhaustive | bow (bag of visual words on the local features)
+    "num_retrieved": 20,            # database images matched per query (bow)
+    "exhaustive_max": 50,           # auto: every database image when the map has at most this many
+    "vocabulary_size": 1024,        # bow: visual words (k-means on the database descriptors)
+    "covisibility_clustering": True,  # hloc's pose_from_cluster: one PnP per covisible cluster
+    "ransac_max_error": 12.0,       # PnP RANSAC threshold in pixels (hloc's default)
+    "ransac_confidence": 0.99999,
+    "min_num_inliers": 20,          # fewer PnP inliers -> failed (RANSAC "succeeds" on 4 random points)
+    "min_inlier_ratio": 0.1,        # of the 2D-3D correspondences
+    "estimate_focal": "auto",       # auto (when no focal is given or known from EXIF) | always | never
+    "camera_model": "SIMPLE_RADIAL",  # model of queries without given intrinsics
+    "refine_extra_params": False,   # refine distortion of queries without given intrinsics
+}
+
+FIXED_SECTIONS = {"database": DATABASE_DEFAULTS, "localize": LOCALIZE_DEFAULTS}  # options only, no choice
+
 # Options every extractor / matcher stage has besides its model's own ``default_conf``
 # (an extractor class may set ``default_resize_max``, e.g. 1024 for ALIKED as in hloc).
 FEATURES_EXTRA: dict[str, Any] = {"resize_max": 1600, "weights": "official"}
@@ -47,8 +66,8 @@ DENSE_EXTRA: dict[str, Any] = {"resize_max": 1024, "max_matches": 10000, "min_sc
 
 def stage_defaults(stage: str, name: str) -> dict[str, Any]:
     """Typed defaults of choice ``name`` of ``stage`` (without the ``name`` key)."""
-    if stage == "database":
-        return dict(DATABASE_DEFAULTS)
+    if stage in FIXED_SECTIONS:
+        return dict(FIXED_SECTIONS[stage])
     if stage in ("features", "matcher"):
         if stage == "features" and name == "none":
             return {}
@@ -154,8 +173,8 @@ def validate_config(raw: dict[str, Any]) -> dict[str, Any]:
     config: dict[str, Any] = merge_conf(RUN_DEFAULTS, {k: raw[k] for k in RUN_DEFAULTS if k in raw}, "config")
     for stage in STAGES:
         section = dict(raw.get(stage) or {})
-        if stage == "database":
-            config[stage] = merge_conf(DATABASE_DEFAULTS, section, "database")
+        if stage in FIXED_SECTIONS:
+            config[stage] = merge_conf(FIXED_SECTIONS[stage], section, stage)
             continue
         name = str(section.pop("name", default_choice(stage)))
         config[stage] = {"name": name, **merge_conf(stage_defaults(stage, name), section, f"{stage}.{name}")}
