@@ -30,7 +30,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="recon", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="recon", description="From a folder of photos to a COLMAP model, in hloc's file formats.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("reconstruct", help="photos -> COLMAP model (every stage)")
