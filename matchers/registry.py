@@ -35,3 +35,14 @@ register("gim_lightglue", ".lightglue", "LightGlue", default_weights="gim_lightg
 register("ground_truth_dense", "recon.datasets.oracle", "GroundTruthDenseMatcher")
 register("mast3r", ".mast3r", "AsymmetricMASt3R", default_weights="MASt3R_ViTLarge_BaseDecoder_512_catmlpdpt_metric",
          builder="model_from_checkpoint")
+
+# DINOv2 backbones (facebookresearch/dinov2 hub models; shared by RoMa, OmniGlue, Depth Pro).
+register("dinov2_vits14", ".backbones.dinov2", "dinov2_vits14", default_weights="dinov2_vits14_pretrain")
+register("dinov2_vitb14", ".backbones.dinov2", "dinov2_vitb14", default_weights="dinov2_vitb14_pretrain")
+register("dinov2_vitl14", ".backbones.dinov2", "dinov2_vitl14", default_weights="dinov2_vitl14_pretrain")
+register("dinov2_vits14_reg", ".backbones.dinov2", "dinov2_vits14_reg", default_weights="dinov2_vits14_reg4_pretrain")
+register("dinov2_vitb14_reg", ".backbones.dinov2", "dinov2_vitb14_reg", default_weights="dinov2_vitb14_reg4_pretrain")
+register("dinov2_vitl14_reg", ".backbones.dinov2", "dinov2_vitl14_reg", default_weights="dinov2_vitl14_reg4_pretrain")
+
+# Depth Pro (apple/ml-depth-pro): metric depth + focal length; its ViTs are backbones.dinov2.
+register("depth_pro", ".depth_pro", "DepthPro", default_weights="depth_pro")

@@ -1,1 +1,1 @@
-"""Backbones shared by several networks (DINOv2 ViT, VGG, ResNet, CroCo ViT)."""
+"""Backbones shared by several networks (DINOv2 ViT for RoMa, OmniGlue and Depth Pro; CroCo ViT)."""
