@@ -102,7 +102,7 @@ def convert_og(variables: Mapping[str, np.ndarray], num_layers: int = NUM_LAYERS
     state = {}
     for name, key, transform in mapping:
         value = np.asarray(variables[name], dtype=np.float32)
-        state[key] = torch.from_numpy(np.ascontiguousarray(value.T if transform == "transpose" else value))
+        state[key] = torch.from_numpy(np.array(value.T if transform == "transpose" else value, order="C"))
     return state
 
 
@@ -121,7 +121,7 @@ def convert_superpoint(variables: Mapping[str, np.ndarray]) -> dict[str, torch.T
             value = value.transpose(3, 2, 0, 1)
         if key in state:
             raise KeyError(f"two sp_v6 variables map to '{key}'")
-        state[key] = torch.from_numpy(np.ascontiguousarray(value))
+        state[key] = torch.from_numpy(np.array(value, order="C"))
     return state
 
 
