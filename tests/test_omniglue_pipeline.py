@@ -97,3 +97,11 @@ def test_omniglue_pipeline_on_a_real_pair_writes_hloc_files(tmp_path):
     assert np.all(matches0[:, 1] < stored[1]["keypoints"].shape[0])
     assert len(np.unique(matches0[:, 1])) == len(matches0)  # one-to-one
     assert np.all(scores0 > 1e-3)
+
+
+def test_hloc_confs_name_the_omniglue_models():
+    from recon.hloc import extract_features as hloc_extract, match_features as hloc_match
+    extract = hloc_extract.stage_conf(hloc_extract.confs["omniglue"])
+    assert extract == {"name": "omniglue_superpoint", "max_num_keypoints": 1024, "resize_max": 0, "weights": "official"}
+    match = hloc_match.stage_conf(hloc_match.confs["omniglue"])
+    assert match == {"name": "omniglue", "weights": "official", "batch_size": 0}
