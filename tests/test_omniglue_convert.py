@@ -102,3 +102,20 @@ def test_printed_mapping_lists_every_variable_once():
     assert len(set(torch_keys[:317])) == 317 and len(set(torch_keys[317:])) == 72
     sp_names = {line.split(" -> ")[0] for line in lines[317:]}
     assert sp_names == set(manifest("superpoint_sp_v6_tf")["variables"])
+
+
+def test_converter_output_loads_through_the_registry(tmp_path):
+    """The file ``convert.main`` writes ({"matcher", "superpoint"}) loads by path with
+    ``matchers.load`` for the matcher and the sp_v6 detector (DINOv2 comes from its own file)."""
+    import matchers
+
+    og = synthetic_variables({k: v for k, v in manifest("omniglue_og_export_tf")["variables"].items()
+                              if k.startswith("model/")})
+    sp = synthetic_variables(manifest("superpoint_sp_v6_tf")["variables"])
+    path = tmp_path / "omniglue_from_tf.pth"
+    torch.save({"matcher": convert_og(og), "superpoint": convert_superpoint(sp)}, path)
+    matcher = matchers.load("omniglue", weights=path)
+    np.testing.assert_array_equal(matcher.final_proj.bias.detach().numpy(), og[og_mapping()[-2][0]])
+    detector = matchers.load("superpoint_v6", weights=path)
+    np.testing.assert_array_equal(detector.detector[1].bn.running_var.numpy(),
+                                  sp["superpoint/detector/conv2/bn/moving_variance"])
