@@ -19,8 +19,11 @@ Descriptors are sampled the way the TF graph does it: the TF graph upsamples the
 descriptor map x8 with ``tf.image.resize_bilinear`` (TF1 legacy coordinates: output pixel x reads
 input position x / 8, clamped at the border) and L2-normalises; OmniGlue reads it at integer
 keypoints. :func:`sample_descriptors_tf` computes exactly those values without building the
-full-resolution map. The one deviation from the TF graph is NMS: the graph uses box NMS
-(``tf.image.non_max_suppression`` on 2r+1 boxes), the port and this module the max-pool NMS.
+full-resolution map. Deviations from the TF graph, both as in rpautrat's PyTorch port: NMS is the
+max-pool NMS (the graph runs box NMS, ``NonMaxSuppressionV3`` on 2r+1 boxes), and 4 border
+pixels are removed (the graph has no border step). The node names of sp_v6's ``saved_model.pb``
+(``superpoint/pred_tower0/map/while/box_nms/...``, ``descriptor/ResizeBilinear`` followed by
+``descriptor/l2_normalize``, ``DepthToSpace``) confirm the graph's side of this description.
 """
 from __future__ import annotations
 
