@@ -119,3 +119,11 @@ def test_converter_output_loads_through_the_registry(tmp_path):
     detector = matchers.load("superpoint_v6", weights=path)
     np.testing.assert_array_equal(detector.detector[1].bn.running_var.numpy(),
                                   sp["superpoint/detector/conv2/bn/moving_variance"])
+
+
+def test_committed_mapping_table_is_the_converters():
+    from pathlib import Path
+
+    table = Path(__file__).parents[1] / "matchers" / "omniglue" / "MAPPING.txt"
+    rows = [line for line in table.read_text().splitlines() if not line.startswith("#")]
+    assert rows == mapping_lines()
