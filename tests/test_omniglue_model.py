@@ -68,22 +68,43 @@ def test_guided_attention_values_carry_no_position():
     assert not torch.allclose(layer(y, y, None, positions, positions), layer(y, y, None, permuted, permuted))
 
 
-def test_final_descriptors_are_free_of_positional_terms(model):
+@pytest.fixture(scope="module")
+def sharp_model() -> OmniGlue:
+    """float64 matcher whose queries, keys and position features are scaled up x6, so that
+    attention is far from uniform and positions visibly steer it (at PyTorch's default init the
+    attention is nearly uniform and positions change the output by only ~1e-4)."""
+    torch.manual_seed(10)
+    model = OmniGlue().eval().double()
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.query.weight.mul_(6)
+            layer.key.weight.mul_(6)
+        model.keypoint_encoder.linears[-1].weight.mul_(6)
+    return model
+
+
+def test_final_descriptors_are_free_of_positional_terms(sharp_model):
     """Full 18-layer matcher: keypoints with one shared SuperPoint descriptor per image get final
     descriptors that do not depend on where the keypoints are (positions permuted or redrawn)."""
     generator = torch.Generator().manual_seed(4)
-    data = random_inputs(20, 16, generator)
+    data = {k: v.double() for k, v in random_inputs(20, 16, generator).items()}
     for i, n in (("0", 20), ("1", 16)):
         data["descriptors" + i][..., :256] = torch.randn(1, 1, 256, generator=generator).expand(1, n, 256)
+    moved = dict(data, keypoints0=data["keypoints0"][:, torch.randperm(20, generator=generator)],
+                 keypoints1=torch.rand(1, 16, 2, generator=generator).double() * 400)
     with torch.inference_mode():
-        final0, final1 = model.describe(data)
-        moved = dict(data, keypoints0=data["keypoints0"][:, torch.randperm(20, generator=generator)],
-                     keypoints1=torch.rand(1, 16, 2, generator=generator) * 400)
-        moved0, moved1 = model.describe(moved)
-    torch.testing.assert_close(moved0, final0, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(moved1, final1, atol=1e-4, rtol=1e-4)
+        final0, final1 = sharp_model.describe(data)
+        moved0, moved1 = sharp_model.describe(moved)
+    torch.testing.assert_close(moved0, final0, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(moved1, final1, atol=1e-10, rtol=1e-10)
     # all rows equal: nothing position-dependent reached the descriptors
-    torch.testing.assert_close(final0, final0[:, :1].expand_as(final0), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(final0, final0[:, :1].expand_as(final0), atol=1e-10, rtol=1e-10)
+    # control: with distinct descriptors the same position change moves the result (through attention)
+    distinct = dict(data, descriptors0=torch.randn(1, 20, 1024, generator=generator).double())
+    with torch.inference_mode():
+        steered0, _ = sharp_model.describe(distinct)
+        moved_steered0, _ = sharp_model.describe(dict(distinct, keypoints0=moved["keypoints0"]))
+    assert (moved_steered0 - steered0).abs().max() > 1e-2
 
 
 def test_matcher_is_equivariant_to_keypoint_order(model):

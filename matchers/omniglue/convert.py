@@ -170,8 +170,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.output is None:
         parser.error("og_export, sp_v6 and output are required")
-    state = {"matcher": convert_og(read_tf_variables(args.og_export, "model/variables/")),
-             "superpoint": convert_superpoint(read_tf_variables(args.sp_v6, "superpoint/"))}
+    try:
+        state = {"matcher": convert_og(read_tf_variables(args.og_export, "model/variables/")),
+                 "superpoint": convert_superpoint(read_tf_variables(args.sp_v6, "superpoint/"))}
+    except (ImportError, FileNotFoundError, KeyError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     args.output.parent.mkdir(parents=True, exist_ok=True)
     partial = args.output.with_name(args.output.name + ".partial")
     torch.save(state, partial)
