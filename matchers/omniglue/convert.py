@@ -5,7 +5,7 @@ Usage::
     python -m matchers.omniglue.convert og_export/ sp_v6/ omniglue_from_tf.pth
     python -m matchers.omniglue.convert --print-mapping      # the 317 + 72 rows below, in full
 
-TensorFlow is needed only here (``pip install tensorflow-cpu``); it is imported inside
+TensorFlow is needed only here (the ``omniglue-convert`` extra of pyproject.toml, ``tensorflow-cpu``); it is imported inside
 :func:`read_tf_variables`. The output is ``{"matcher": state_dict, "superpoint": state_dict}``:
 ``matcher`` loads strictly into :class:`~matchers.omniglue.model.OmniGlue`, ``superpoint`` into
 :class:`~matchers.superpoint_v6.SuperPointV6` (rpautrat's key names). DINOv2 is not converted:
@@ -131,7 +131,7 @@ def read_tf_variables(saved_model: str | Path, prefix: str) -> dict[str, np.ndar
         import tensorflow as tf  # noqa: PLC0415  (optional, conversion only)
     except ImportError as error:
         raise ImportError("converting the official OmniGlue SavedModels needs tensorflow "
-                          "(pip install tensorflow-cpu); running OmniGlue does not") from error
+                          "(the omniglue-convert extra: pip install tensorflow-cpu); running OmniGlue does not") from error
     checkpoint = Path(saved_model) / "variables" / "variables"
     if not Path(str(checkpoint) + ".index").is_file():
         raise FileNotFoundError(f"{saved_model} is not a SavedModel folder (no variables/variables.index)")
