@@ -5,8 +5,8 @@ Usage::
     python -m matchers.omniglue.convert og_export/ sp_v6/ omniglue_from_tf.pth
     python -m matchers.omniglue.convert --print-mapping      # the 317 + 72 rows below, in full
 
-TensorFlow is needed only here (the ``omniglue-convert`` extra of pyproject.toml, ``tensorflow-cpu``); it is imported inside
-:func:`read_tf_variables`. The output is ``{"matcher": state_dict, "superpoint": state_dict}``:
+TensorFlow is needed only here (the ``omniglue-convert`` extra of pyproject.toml,
+``tensorflow-cpu``); it is imported inside :func:`read_tf_variables`. The output is ``{"matcher": state_dict, "superpoint": state_dict}``:
 ``matcher`` loads strictly into :class:`~matchers.omniglue.model.OmniGlue`, ``superpoint`` into
 :class:`~matchers.superpoint_v6.SuperPointV6` (rpautrat's key names). DINOv2 is not converted:
 OmniGlue loads the official PyTorch ``dinov2_vitb14_pretrain.pth``.
