@@ -24,7 +24,8 @@ def synthetic_variables(entries: dict[str, dict]) -> dict[str, np.ndarray]:
     variables, start = {}, 0
     for name, entry in entries.items():
         count = int(np.prod(entry["shape"], dtype=np.int64))
-        variables[name] = (np.arange(start, start + count, dtype=np.float64) / 8).astype(np.float32).reshape(entry["shape"])
+        values = np.arange(start, start + count, dtype=np.float64) / 8  # exact in float32 below 2**21
+        variables[name] = values.astype(np.float32).reshape(entry["shape"])
         start += count
     return variables
 

@@ -178,8 +178,8 @@ def test_padded_batch_matches_pairs_run_alone(model):
         length = max(p[key].shape[1] for p in pairs) if key[:-1] != "image_size" else None
         items = [p[key][0] for p in pairs]
         if length is not None:
-            items = [torch.nn.functional.pad(t, (0, 0, 0, length - t.shape[0]) if t.ndim == 2 else (0, length - t.shape[0]))
-                     for t in items]
+            items = [torch.nn.functional.pad(t, (0, 0, 0, length - t.shape[0]) if t.ndim == 2
+                                             else (0, length - t.shape[0])) for t in items]
         batch[key] = torch.stack(items)
         if key.startswith("keypoints"):
             batch["mask" + side] = torch.stack([torch.arange(length) < p[key].shape[1] for p in pairs])
@@ -198,3 +198,10 @@ def test_wrong_descriptor_width_is_a_clear_error(model):
     data["descriptors0"] = data["descriptors0"][..., :256]
     with pytest.raises(ValueError, match="256 SuperPoint \\+ 768 DINOv2"):
         model(data)
+
+
+def test_an_image_without_keypoints_gives_no_matches(model):
+    data = random_inputs(5, 0, torch.Generator().manual_seed(11))
+    with torch.inference_mode():
+        out = model(data)
+    assert out["matches0"].tolist() == [[-1] * 5] and out["matches1"].shape == (1, 0)

@@ -6,8 +6,9 @@ Usage::
     python -m matchers.omniglue.convert --print-mapping      # the 317 + 72 rows below, in full
 
 TensorFlow is needed only here (the ``omniglue-convert`` extra of pyproject.toml,
-``tensorflow-cpu``); it is imported inside :func:`read_tf_variables`. The output is ``{"matcher": state_dict, "superpoint": state_dict}``:
-``matcher`` loads strictly into :class:`~matchers.omniglue.model.OmniGlue`, ``superpoint`` into
+``tensorflow-cpu``); it is imported inside :func:`read_tf_variables`. The output is
+``{"matcher": state_dict, "superpoint": state_dict}``: ``matcher`` loads strictly into
+:class:`~matchers.omniglue.model.OmniGlue`, ``superpoint`` into
 :class:`~matchers.superpoint_v6.SuperPointV6` (rpautrat's key names). DINOv2 is not converted:
 OmniGlue loads the official PyTorch ``dinov2_vitb14_pretrain.pth``.
 
@@ -130,8 +131,8 @@ def read_tf_variables(saved_model: str | Path, prefix: str) -> dict[str, np.ndar
     try:
         import tensorflow as tf  # noqa: PLC0415  (optional, conversion only)
     except ImportError as error:
-        raise ImportError("converting the official OmniGlue SavedModels needs tensorflow "
-                          "(the omniglue-convert extra: pip install tensorflow-cpu); running OmniGlue does not") from error
+        raise ImportError("converting the official OmniGlue SavedModels needs tensorflow (the "
+                          "omniglue-convert extra: pip install tensorflow-cpu); running OmniGlue does not") from error
     checkpoint = Path(saved_model) / "variables" / "variables"
     if not Path(str(checkpoint) + ".index").is_file():
         raise FileNotFoundError(f"{saved_model} is not a SavedModel folder (no variables/variables.index)")

@@ -257,6 +257,13 @@ class OmniGlue(BaseModel):
         return self.final_proj(desc0), self.final_proj(desc1)
 
     def forward(self, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        self.check_inputs(data)
+        (b, n0), n1 = data["keypoints0"].shape[:2], data["keypoints1"].shape[1]
+        if n0 == 0 or n1 == 0:  # nothing to match (e.g. a blank image): no graph to build
+            empty = data["keypoints0"].new_zeros(b, n0, n1)
+            none0, none1 = empty.new_full((b, n0), -1, dtype=torch.long), empty.new_full((b, n1), -1, dtype=torch.long)
+            return {"matches0": none0, "matching_scores0": empty.new_zeros(b, n0), "matches1": none1,
+                    "matching_scores1": empty.new_zeros(b, n1), "soft_assignment": empty}
         mdesc0, mdesc1 = self.describe(data)
         mask0, mask1 = data.get("mask0"), data.get("mask1")
         scores = mdesc0 @ mdesc1.transpose(1, 2) / mdesc0.shape[-1] ** 0.5
