@@ -35,6 +35,7 @@ register("gim_lightglue", ".lightglue", "LightGlue", default_weights="gim_lightg
 register("ground_truth_dense", "recon.datasets.oracle", "GroundTruthDenseMatcher")
 register("mast3r", ".mast3r", "AsymmetricMASt3R", default_weights="MASt3R_ViTLarge_BaseDecoder_512_catmlpdpt_metric",
          builder="model_from_checkpoint")
+
 # DINOv2 backbones (facebookresearch/dinov2 hub models; shared by RoMa, OmniGlue, Depth Pro).
 register("dinov2_vits14", ".backbones.dinov2", "dinov2_vits14", default_weights="dinov2_vits14_pretrain")
 register("dinov2_vitb14", ".backbones.dinov2", "dinov2_vitb14", default_weights="dinov2_vitb14_pretrain")
@@ -45,3 +46,10 @@ register("dinov2_vitl14_reg", ".backbones.dinov2", "dinov2_vitl14_reg", default_
 
 # Depth Pro (apple/ml-depth-pro): metric depth + focal length; its ViTs are backbones.dinov2.
 register("depth_pro", ".depth_pro", "DepthPro", default_weights="depth_pro")
+
+# OmniGlue (issue 9): sp_v6 SuperPoint + DINOv2 ViT-B/14 features concatenated into (256 + 768)-d
+# descriptors, and the matcher converted from the official TF SavedModel (matchers/omniglue/convert.py).
+register("omniglue_superpoint", ".omniglue", "OmniGlueSuperPoint", default_weights="superpoint_v6_from_tf",
+         loader="load_weights")
+register("superpoint_v6", ".superpoint_v6", "SuperPointV6", default_weights="superpoint_v6_from_tf")
+register("omniglue", ".omniglue", "OmniGlue", default_weights="omniglue")

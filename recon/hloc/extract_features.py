@@ -28,6 +28,10 @@ confs: dict[str, dict[str, Any]] = {
     "superpoint_aachen": {"output": "feats-superpoint-n4096-r1024",
                           "model": {"name": "superpoint", "nms_radius": 3, "max_keypoints": 4096},
                           "preprocessing": {"grayscale": True, "resize_max": 1024}},
+    # OmniGlue's extractor: sp_v6 SuperPoint + DINOv2 features, on the original images.
+    "omniglue": {"output": "feats-omniglue-n1024",
+                 "model": {"name": "omniglue_superpoint", "max_num_keypoints": 1024},
+                 "preprocessing": {"grayscale": False, "resize_max": 0}},
 }
 
 

@@ -15,6 +15,7 @@ confs: dict[str, dict[str, Any]] = {
     "superpoint+lightglue": {"output": "matches-superpoint-lightglue", "model": {"name": "lightglue", "features": "superpoint"}},
     "disk+lightglue": {"output": "matches-disk-lightglue", "model": {"name": "lightglue", "features": "disk"}},
     "aliked+lightglue": {"output": "matches-aliked-lightglue", "model": {"name": "lightglue", "features": "aliked"}},
+    "omniglue": {"output": "matches-omniglue", "model": {"name": "omniglue"}},
 }
 
 
