@@ -1,0 +1,1 @@
+"""Shared backbones (plain torch, official parameter names): DINOv2 ViT, VGG19-BN, ResNet-50."""
