@@ -132,4 +132,4 @@ def test_black_input_pixels_get_zero_certainty() -> None:
     assert warp.shape == (1, 30, 80, 4) and certainty.shape == (1, 30, 80)
     assert certainty[0, :, :10].max() == 0  # A -> B from black pixels
     assert certainty[0, :-1, 10:38].min() == 1  # elsewhere certain, except where the target leaves B
-    assert certainty[0, 1:, 41:].min() == 1  # B -> A: B has no black pixels
+    assert certainty[0, 2:, 42:].min() == 1  # B -> A: B has no black pixels
