@@ -23,6 +23,7 @@ Deviations from the official code (documented, numerically negligible or behavio
 """
 from __future__ import annotations
 
+import inspect
 import math
 import os
 from typing import Any, ClassVar
@@ -35,7 +36,7 @@ from .. import weights as weights_registry
 from ..backbones.vgg import VGG19BN
 from ..base import BaseModel, ConfigError
 from .layers import GP, ConvRefiner, Decoder, TransformerDecoder, autocast
-from .ops import pixel_grid, sample_matches
+from .ops import normalized_to_pixels, pixel_grid, sample_matches
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -74,7 +75,10 @@ class CNNandDinov2(nn.Module):
         from ..backbones.dinov2 import dinov2_vitl14
 
         self.cnn = VGG19BN(num_layers=40)
-        self._dinov2 = [dinov2_vitl14().eval()]
+        # The hub factory's defaults are RoMa's ViT (img 518, patch 14, LayerScale 1.0, MLP FFN, no
+        # block chunks); its weights come from their own file, never fetched at construction.
+        takes_pretrained = "pretrained" in inspect.signature(dinov2_vitl14).parameters
+        self._dinov2 = [(dinov2_vitl14(pretrained=False) if takes_pretrained else dinov2_vitl14()).eval()]
         self.amp_dtype = amp_dtype(amp)
 
     @property
@@ -313,8 +317,7 @@ class DenseMatcher(BaseModel):
         keypoints = []
         for index, (image, pad, im_padded) in enumerate(zip(images, pads, padded)):
             h_p, w_p = im_padded.shape[-2:]
-            xy = matches[:, 2 * index:2 * index + 2]
-            pixels = torch.stack((w_p * (xy[:, 0] + 1) / 2, h_p * (xy[:, 1] + 1) / 2), dim=-1) - 0.5
+            pixels = normalized_to_pixels(matches[:, 2 * index:2 * index + 2], h_p, w_p)
             pixels = pixels - pixels.new_tensor((pad[0], pad[2]))
             h, w = image.shape[-2:]
             keep &= (pixels[:, 0] >= -0.5) & (pixels[:, 0] < w - 0.5) & (pixels[:, 1] >= -0.5) & (pixels[:, 1] < h - 0.5)

@@ -106,17 +106,20 @@ def local_correlation(feature0: torch.Tensor, feature1: torch.Tensor, radius: in
     return torch.cat(parts, dim=1)
 
 
-def kde(x: torch.Tensor, std: float = 0.1, chunk: int = 4096) -> torch.Tensor:
-    """Gaussian kernel density of each row of x (N, D) among all rows: ``sum_j exp(-|xi-xj|^2/2s^2)``.
+def kde(x: torch.Tensor, std: float = 0.1, stride: int = 1, chunk: int = 4096) -> torch.Tensor:
+    """Gaussian kernel density of each row of x (N, D): ``sum_j exp(-|xi - xj|^2 / 2 std^2)``.
 
-    Computed in blocks of ``chunk`` rows so memory stays O(chunk * N).
+    ``stride`` > 1 sums over every stride-th row only (Tiny RoMa's CPU shortcut). Computed in
+    blocks of ``chunk`` rows so memory stays O(chunk * N).
     """
-    return torch.cat([(-torch.cdist(block, x) ** 2 / (2 * std ** 2)).exp().sum(dim=-1)
+    support = x[::stride]
+    return torch.cat([(-torch.cdist(block, support) ** 2 / (2 * std ** 2)).exp().sum(dim=-1)
                       for block in x.split(chunk)])
 
 
 def sample_matches(matches: torch.Tensor, certainty: torch.Tensor, num: int, threshold: float | None,
-                   balanced: bool, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   balanced: bool, generator: torch.Generator | None = None, kde_stride: int = 1
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """RoMa's match sampling: certainty-weighted draws, then thinned to a spatially balanced set.
 
     matches (..., 4) warp entries ``[xA, yA, xB, yB]``, certainty (...) in [0, 1].
@@ -125,7 +128,8 @@ def sample_matches(matches: torch.Tensor, certainty: torch.Tensor, num: int, thr
        probability proportional to that weight.
     2. Balanced: estimate the density of the draws in the 4-D match space (Gaussian KDE, std 0.1)
        and draw ``num`` of them with probability ``1 / (1 + density)``, nearly never (1e-7)
-       where fewer than 10 neighbours support a match (isolated outliers).
+       where fewer than 10 neighbours support a match (isolated outliers); ``kde_stride`` as in
+       :func:`kde`.
     Returns the sampled matches (M, 4) and their original (un-thresholded) certainties (M,).
     """
     matches, certainty = matches.reshape(-1, 4), certainty.reshape(-1)
@@ -140,8 +144,17 @@ def sample_matches(matches: torch.Tensor, certainty: torch.Tensor, num: int, thr
     if not balanced:
         return matches[first], certainty[first]
     drawn = matches[first].float()
-    density = kde(drawn, std=0.1)
+    density = kde(drawn, std=0.1, stride=kde_stride)
     p = 1 / (density + 1)
     p[density < 10] = 1e-7
     second = first[torch.multinomial(p, min(num, len(first)), replacement=False, generator=generator)]
     return matches[second], certainty[second]
+
+
+def normalized_to_pixels(xy: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Normalised coordinates (..., 2) (``align_corners=False``) -> pixels of a height x width image.
+
+    Output in hloc's keypoint convention: the centre of the top-left pixel is (0, 0) (the
+    official ``to_pixel_coordinates`` puts it at (0.5, 0.5)).
+    """
+    return torch.stack((width * (xy[..., 0] + 1) / 2, height * (xy[..., 1] + 1) / 2), dim=-1) - 0.5
