@@ -66,19 +66,18 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(args.worker, args.pairs, args.device, args.threads)))
         return
-    rows = []
-    for name in args.models:
+    print(f"device={args.device} pairs/model={args.pairs} input 768x1024, random weights")
+    print(f"{'model':14} {'coarse':>10} {'upsample':>11} {'s/pair':>8} {'pairs/s':>8} {'x ref':>6} "
+          f"{'RSS built MiB':>14} {'peak RSS MiB':>13} {'matches':>8}", flush=True)
+    reference = None
+    for name in args.models:  # each row is printed as soon as its model finishes
         command = [sys.executable, __file__, "--worker", name, "--pairs", str(args.pairs), "--device", args.device,
                    "--threads", str(args.threads)]
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             sys.exit(f"{name} failed:\n{result.stderr[-3000:]}")
-        rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
-    reference = rows[0]["seconds_per_pair"]
-    print(f"device={args.device} pairs/model={args.pairs} input 768x1024, random weights")
-    print(f"{'model':14} {'coarse':>10} {'upsample':>11} {'s/pair':>8} {'pairs/s':>8} {'x ref':>6} "
-          f"{'RSS built MiB':>14} {'peak RSS MiB':>13} {'matches':>8}")
-    for row in rows:
+        row = json.loads(result.stdout.strip().splitlines()[-1])
+        reference = reference or row["seconds_per_pair"]
         coarse = "x".join(map(str, row["conf"]["coarse_res"]))
         upsample = "x".join(map(str, row["conf"]["upsample_res"]))
         line = (f"{row['model']:14} {coarse:>10} {upsample:>11} {row['seconds_per_pair']:8.1f} "
@@ -86,8 +85,7 @@ def main() -> None:
                 f"{row['rss_after_build_mb']:14.0f} {row['peak_rss_mb']:13.0f} {row['matches']:8d}")
         if row["cuda_peak_mb"] is not None:
             line += f"  cuda peak {row['cuda_peak_mb']:.0f} MiB"
-        print(line)
-
+        print(line, flush=True)
 
 if __name__ == "__main__":
     main()
