@@ -2,9 +2,13 @@
 and the dense matcher's sparse output checked on an exact synthetic warp."""
 from __future__ import annotations
 
+import sys
+import types
+
 import torch
 
 import matchers
+from matchers import weights
 from matchers.backbones.resnet import ResNet50
 from matchers.dkm import CAB, DKMv3
 from matchers.gim import GIMDKM, GIMRoMa, gim_dkm_state_dict, lightning_state_dict
@@ -53,6 +57,23 @@ def test_lightning_checkpoints_are_remapped_like_gims_loader() -> None:
     remapped = lightning_state_dict({"state_dict": {"model." + k: torch.zeros(1) for k in roma_keys}})
     assert list(remapped) == roma_keys
     assert set(lightning_state_dict({"model.model.x": torch.zeros(1)})) == {"model.x"}  # one prefix only
+
+
+def test_lightning_file_with_pickled_configs_loads_weights_only(tmp_path, monkeypatch) -> None:
+    # A Lightning checkpoint as GIM's trainer writes it: hyper-parameters are yacs CfgNodes.
+    module = types.ModuleType("yacs.config")
+    cfg_node = type("CfgNode", (dict,), {"__module__": "yacs.config"})
+    module.CfgNode = cfg_node
+    monkeypatch.setitem(sys.modules, "yacs", types.ModuleType("yacs"))
+    monkeypatch.setitem(sys.modules, "yacs.config", module)
+    keys = list(manifest("gim_dkm"))[:5]
+    path = tmp_path / "gim_dkm_100h.ckpt"
+    torch.save({"epoch": 1, "hyper_parameters": {"pcfg": cfg_node(weight="gim_dkm", sub=cfg_node(x=1))},
+                "state_dict": {**{"model." + k: torch.full((2,), float(i)) for i, k in enumerate(keys)},
+                               "model.encoder.net.fc.bias": torch.zeros(3)}}, path)
+    monkeypatch.delitem(sys.modules, "yacs.config")  # the reader does not have yacs
+    state = weights.load_state_dict(path, entry="gim_dkm_100h")
+    assert list(state) == keys and all(torch.equal(state[k], torch.full((2,), float(i))) for i, k in enumerate(keys))
 
 
 def test_registry_builds_gim_variants_with_gim_recipe() -> None:
