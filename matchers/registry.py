@@ -53,3 +53,8 @@ register("omniglue_superpoint", ".omniglue", "OmniGlueSuperPoint", default_weigh
          loader="load_weights")
 register("superpoint_v6", ".superpoint_v6", "SuperPointV6", default_weights="superpoint_v6_from_tf")
 register("omniglue", ".omniglue", "OmniGlue", default_weights="omniglue")
+register("roma_outdoor", ".roma", "RoMa", default_weights="roma_outdoor", loader="load_weights")
+register("roma_indoor", ".roma", "RoMa", default_weights="roma_indoor", loader="load_weights")
+register("gim_roma", ".gim", "GIMRoMa", default_weights="gim_roma_100h", loader="load_weights")
+register("gim_dkm", ".gim", "GIMDKM", default_weights="gim_dkm_100h", loader="load_weights")
+register("tiny_roma_v1_outdoor", ".roma.tiny", "TinyRoMa", default_weights="tiny_roma_v1_outdoor")
