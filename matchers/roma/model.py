@@ -23,7 +23,6 @@ Deviations from the official code (documented, numerically negligible or behavio
 """
 from __future__ import annotations
 
-import inspect
 import math
 import os
 from typing import Any, ClassVar
@@ -33,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import weights as weights_registry
+from ..backbones import dinov2 as _dinov2  # also registers the DINOV2_CHECKPOINT entry
 from ..backbones.vgg import VGG19BN
 from ..base import BaseModel, ConfigError
 from .layers import GP, ConvRefiner, Decoder, TransformerDecoder, autocast
@@ -50,11 +50,6 @@ weights_registry.register_checkpoint(weights_registry.Checkpoint(
     name="roma_indoor", url="https://github.com/Parskatt/storage/releases/download/roma/roma_indoor.pth",
     filename="roma_indoor.pth", license="MIT (Parskatt/RoMa)",
     notes="Same keys as roma_outdoor.pth; trained on ScanNet."))
-if DINOV2_CHECKPOINT not in weights_registry.checkpoints():  # the DINOv2 module may register it first
-    weights_registry.register_checkpoint(weights_registry.Checkpoint(
-        name=DINOV2_CHECKPOINT, url="https://dl.fbaipublicfiles.com/dinov2/dinov2_vitl14/dinov2_vitl14_pretrain.pth",
-        filename="dinov2_vitl14_pretrain.pth", license="Apache-2.0 (facebookresearch/dinov2)",
-        notes="Official DINOv2 ViT-L/14 hub weights (flat state dict)."))
 
 
 def amp_dtype(enabled: bool) -> torch.dtype | None:
@@ -72,13 +67,10 @@ class CNNandDinov2(nn.Module):
 
     def __init__(self, amp: bool = True) -> None:
         super().__init__()
-        from ..backbones.dinov2 import dinov2_vitl14
-
         self.cnn = VGG19BN(num_layers=40)
         # The hub factory's defaults are RoMa's ViT (img 518, patch 14, LayerScale 1.0, MLP FFN, no
         # block chunks); its weights come from their own file, never fetched at construction.
-        takes_pretrained = "pretrained" in inspect.signature(dinov2_vitl14).parameters
-        self._dinov2 = [(dinov2_vitl14(pretrained=False) if takes_pretrained else dinov2_vitl14()).eval()]
+        self._dinov2 = [_dinov2.dinov2_vitl14().eval()]
         self.amp_dtype = amp_dtype(amp)
 
     @property
