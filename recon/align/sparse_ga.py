@@ -242,7 +242,7 @@ def quaternion_to_matrix(q: torch.Tensor) -> torch.Tensor:
 def matrix_to_quaternion(m: torch.Tensor) -> torch.Tensor:
     """(..., 3, 3) rotations -> (..., 4) unit quaternions (x, y, z, w), numerically stable branch."""
     r = m.reshape(-1, 3, 3).double()
-    trace = flat.diagonal(dim1=1, dim2=2).sum(-1)
+    trace = r.diagonal(dim1=1, dim2=2).sum(-1)
     diag = r.diagonal(dim1=1, dim2=2)
     choice = torch.cat((diag, trace[:, None]), -1).argmax(-1)
     # four formulas; each row takes the one with the largest pivot
@@ -264,13 +264,13 @@ class SparseScene(torch.nn.Module):
         n, c = data.num_images, data.num_cameras
         device, dtype = data.points.device, data.points.dtype
         # 1. focals per image, averaged per camera weighted by mean canonical confidence
-        base = estimate_focals(data, options.focal_iterations)
+        diag = data.image_size.norm(dim=-1)
+        self.register_buffer("min_focal", 0.25 * diag)  # the reference's plausible range
+        self.register_buffer("max_focal", 10 * diag)
+        base = estimate_focals(data, options.focal_iterations).nan_to_num(0).clamp(min=self.min_focal, max=self.max_focal)
         mean_conf = segment_sum(data.confidence, data.anchor_image, n) / torch.bincount(data.anchor_image, minlength=n).clamp(min=1)
         camera_focal = segment_sum(mean_conf * base, data.image_camera, c) / segment_sum(mean_conf, data.image_camera, c).clamp(min=1e-12)
         self.register_buffer("base_focal", camera_focal[data.image_camera])
-        diag = data.image_size.norm(dim=-1)
-        self.register_buffer("min_focal", 0.25 * diag)
-        self.register_buffer("max_focal", 10 * diag)
         # 2. kinematic chain
         order, parent = spanning_tree(pair_scores(data, used))
         self.parent = torch.as_tensor(parent, device=device)
@@ -413,4 +413,4 @@ def _optimise(scene: SparseScene, params: list[torch.nn.Parameter], loss_fn, lr_
             scene.quat /= scene.quat.norm(dim=-1, keepdim=True)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"sparse alignment {desc}: the loss became {float(loss)}")
-    return float(loss)
+    return float(loss.detach())
