@@ -50,8 +50,10 @@ def test_exact_pointmaps_and_matches_give_back_the_cameras():
 
 
 def test_noisy_pointmaps_and_keypoints_stay_close():
-    """1% depth noise on the pointmaps, 0.5 px on the keypoints: measured max rotation error 0.03-0.1
-    degree and focal error < 0.5% on this scene; the bounds leave a margin."""
+    """1% depth noise on the pointmaps, 0.5 px on the keypoints. Measured on this scene: max pair
+    rotation error 0.37 degree, focal error 0.18%; bundle adjustment of the same observations
+    reaches 0.26 degree and 0.31%, i.e. this is the pixel-noise floor of a 256x192 scene (the
+    depth noise alone is removed entirely by the fine stage: 0.00 degree)."""
     scene = synthetic_scene(num_images=5, num_points=500, depth_noise=0.01, pixel_noise=0.5, seed=1)
     result = sparse_global_alignment(scene.data, AlignmentOptions(opt_pp=False, **FAST))
     errors = rotation_errors(result.rotation.double().numpy(), scene.rotations)
@@ -72,6 +74,7 @@ def test_cameras_keep_their_own_intrinsics_and_ba_refines_the_model():
     assert model.num_reg_images() == 6 and model.num_points3D() > 300
     summary = adjust(model, BAOptions(refine_principal_point=True, max_num_iterations=50, device="cpu"))
     assert summary.termination != "FAILURE"
+    model.update_point_3d_errors()
     assert model.compute_mean_reprojection_error() < 0.1
     rotations = np.stack([model.image(k).cam_from_world().rotation.matrix() for k in range(1, 7)])
     assert rotation_errors(rotations, scene.rotations).max() < 0.1

@@ -80,4 +80,5 @@ def to_reconstruction(data: AlignmentInput, result: AlignmentResult, layout: Mod
         element = pycolmap.Track()
         element.add_elements([pycolmap.TrackElement(int(ids[image_of[m]]), int(slot[m])) for m in members])
         rec.add_point3D(centres[t], element)
+    rec.update_point_3d_errors()  # pycolmap reports stored errors, not recomputed ones
     return rec

@@ -46,6 +46,7 @@ def mast3r_sga(database_path: Path, image_dir: Path, output_dir: Path, conf: dic
     if conf["bundle_adjustment"] and model.num_points3D():
         adjust(model, BAOptions(loss=conf["ba_loss"], loss_scale=conf["ba_loss_scale"],
                                 max_num_iterations=conf["ba_iterations"], device=str(device)))
+        model.update_point_3d_errors()
     return model
 
 
