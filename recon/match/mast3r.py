@@ -18,10 +18,13 @@ per image ``points`` (K, 3) float32 (camera frame, network units), ``confidence`
 the attribute ``pairs`` listing the pairs accumulated.
 
 Resumable per pair: the canonical file records which pairs it holds, and matches.h5 and it are
-published together every few seconds; a pair missing from the canonical file is (re)done.
+published together every few seconds; a pair missing from the canonical file is (re)done. All three
+files are fingerprinted with the stage options and the images' content (file bytes' hash), so an
+edited image invalidates them.
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 from typing import Any
@@ -65,7 +68,7 @@ def match_mast3r(pairs: list[tuple[str, str]], infos: list[ImageInfo], image_dir
     """Match ``pairs`` with MASt3R into ``output_dir`` (features.h5, matches.h5, mast3r-canonical.h5);
     return how many pairs were computed (0 when everything was up to date)."""
     names = sorted({n for pair in pairs for n in pair})
-    stamp = fingerprint("mast3r", conf, names)
+    stamp = fingerprint("mast3r", conf, [(n, _content_digest(image_dir / n)) for n in names])
     canonical_path = output_dir / CANONICAL_FILE
     features_path, matches_path = output_dir / "features.h5", output_dir / "matches.h5"
     done = _done_pairs(canonical_path, stamp) if _stamp(matches_path) == _stamp(features_path) == stamp else set()
@@ -102,6 +105,12 @@ def match_mast3r(pairs: list[tuple[str, str]], infos: list[ImageInfo], image_dir
                 last_flush = time.time()
     _write_canonical(canonical_path, stamp, accumulators, images, subsample, done)
     return len(todo)
+
+
+def _content_digest(path: Path) -> str:
+    """Hash of an image file's bytes: cached results follow the image content, not its name (the
+    reference keyed its cache by path, so an edited image kept stale predictions)."""
+    return hashlib.sha1(path.read_bytes()).hexdigest()
 
 
 def _check_sizes(images: dict[str, PreparedImage], sizes: dict[str, tuple[int, int]]) -> None:
