@@ -27,6 +27,7 @@ class ModelLayout:
 def tracks(data: AlignmentInput, used: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Tracks as connected components of the used matches: (anchors (T,), track id (T,)) with one
     anchor per image and track (the first) and only tracks seen in at least two images."""
+    used = used.to(data.match0.device)  # the alignment may have run on another device
     a, b = data.match0[used].cpu().numpy(), data.match1[used].cpu().numpy()
     count = data.anchor_image.shape[0]
     _, label = connected_components(coo_matrix((np.ones(len(a)), (a, b)), shape=(count, count)), directed=False)
