@@ -78,3 +78,48 @@ def test_cameras_keep_their_own_intrinsics_and_ba_refines_the_model():
     assert model.compute_mean_reprojection_error() < 0.1
     rotations = np.stack([model.image(k).cam_from_world().rotation.matrix() for k in range(1, 7)])
     assert rotation_errors(rotations, scene.rotations).max() < 0.1
+
+
+def test_mast3r_sga_mapper_reads_the_stage_files(tmp_path):
+    """The mapper end to end from files laid out as the MASt3R stage writes them (canonical
+    pointmaps with hloc keypoints, hloc matches, pairs.txt) plus a database: exact input gives
+    back the cameras, so the pixel conventions and id bookkeeping between the files agree."""
+    import pycolmap
+
+    from recon.io import h5
+    from recon.io.pairs import write_pairs
+    from recon.mapping import MAPPERS
+
+    scene = synthetic_scene(num_images=4, num_points=400, seed=3)
+    data, n = scene.data, 4
+    names = [f"view{k}.png" for k in range(n)]
+    image = data.anchor_image.numpy()
+    offsets = np.searchsorted(image, np.arange(n))
+    with pycolmap.Database.open(str(tmp_path / "database.db")) as db:
+        camera_id = db.write_camera(pycolmap.Camera.create_from_model_name(1, "SIMPLE_RADIAL", 300.0, 256, 192))
+        for name in reversed(names):  # database ids in another order than the names
+            db.write_image(pycolmap.Image(name=name, camera_id=camera_id))
+    with h5.H5Writer(tmp_path / "mast3r-canonical.h5") as writer:
+        for k, name in enumerate(names):
+            rows = image == k
+            group = writer.file.create_group(name)
+            group.create_dataset("points", data=data.points[rows].numpy())
+            group.create_dataset("confidence", data=data.confidence[rows].numpy())
+            group.create_dataset("keypoints", data=data.keypoints[rows].numpy() - 0.5)  # hloc convention
+    pairs = [(names[i], names[j]) for i in range(n) for j in range(i + 1, n)]
+    write_pairs(tmp_path / "pairs.txt", pairs)
+    a, b = data.match0.numpy(), data.match1.numpy()
+    with h5.H5Writer(tmp_path / "matches.h5") as writer:
+        for i, j in ((i, j) for i in range(n) for j in range(i + 1, n)):
+            sel = (image[a] == i) & (image[b] == j)
+            matches0 = np.full(np.count_nonzero(image == i), -1)
+            matches0[a[sel] - offsets[i]] = b[sel] - offsets[j]
+            h5.write_matches(writer, names[i], names[j], matches0, np.where(matches0 >= 0, 10.0, 0.0))
+    conf = {**MAPPERS.get("mast3r_sga").defaults, "niter1": 300, "niter2": 300}
+    model = MAPPERS.get("mast3r_sga").function(tmp_path / "database.db", tmp_path, tmp_path, conf, torch.device("cpu"))
+    assert model.num_reg_images() == n
+    by_name = {im.name: im for im in model.images.values()}
+    rotations = np.stack([by_name[name].cam_from_world().rotation.matrix() for name in names])
+    assert rotation_errors(rotations, scene.rotations).max() < 0.1
+    assert abs(model.cameras[camera_id].focal_length / scene.focals[0] - 1) < 0.005
+    assert model.compute_mean_reprojection_error() < 0.05
