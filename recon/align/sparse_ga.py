@@ -172,7 +172,8 @@ def spanning_tree(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         sizes = np.bincount(labels)
         raise RuntimeError(f"sparse alignment: the matched images form {components} unconnected groups "
                            f"(sizes {sorted(sizes.tolist(), reverse=True)}); every image needs a chain of "
-                           "confident matches to the others")
+                           "confident matches to the others (a lower matching_conf_thr admits less "
+                           "confident pairs)")
     if n == 1:
         return np.zeros(1, np.int64), np.full(1, -1)
     positive = np.where(scores > 0, scores.max() + 1 - scores, 0)  # max spanning tree via min
@@ -223,7 +224,8 @@ def chain_poses(data: AlignmentInput, used: torch.Tensor, order: np.ndarray, par
 
 def median_per_image(values: torch.Tensor, index: torch.Tensor, count: int) -> torch.Tensor:
     """(count,) median of ``values`` per segment (sorted once; segments' lower medians)."""
-    order = torch.argsort(index * (values.abs().max() * 4 + 1) + values)
+    by_value = torch.argsort(values, stable=True)
+    order = by_value[torch.argsort(index[by_value], stable=True)]  # by segment, then by value
     sorted_index = index[order]
     counts = torch.bincount(sorted_index, minlength=count)
     starts = torch.cumsum(counts, 0) - counts

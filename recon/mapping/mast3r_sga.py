@@ -5,7 +5,8 @@ It reads what :mod:`recon.match.mast3r` left in the output folder (``mast3r-cano
 ``matches.h5``, ``pairs.txt``) and, from the database, the image ids and cameras: images that
 share a COLMAP camera share intrinsics in the alignment. The alignment uses MASt3R's raw anchor
 matches weighted by their confidence (as MASt3R-SfM does), not COLMAP's verified subset; the
-final BA uses a Cauchy loss so remaining outliers do not pull the model.
+final BA uses a Cauchy loss so remaining outliers do not pull the model, and points still
+reprojecting worse than ``max_reproj_error`` pixels are dropped afterwards.
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ from . import MAPPERS
 
 
 @MAPPERS.register("mast3r_sga", lr1=0.2, niter1=500, lr2=0.02, niter2=500, matching_conf_thr=5.0, opt_pp=False,
-                  opt_depth=True, bundle_adjustment=True, ba_loss="cauchy", ba_loss_scale=1.0, ba_iterations=100)
+                  opt_depth=True, bundle_adjustment=True, ba_loss="cauchy", ba_loss_scale=1.0, ba_iterations=100,
+                  max_reproj_error=4.0)
 def mast3r_sga(database_path: Path, image_dir: Path, output_dir: Path, conf: dict[str, Any],
                device: torch.device, seed: int = 0) -> pycolmap.Reconstruction:
     """Sparse global alignment + BA. ``opt_pp`` is off by default (unlike the reference): on exact
@@ -47,7 +49,21 @@ def mast3r_sga(database_path: Path, image_dir: Path, output_dir: Path, conf: dic
         adjust(model, BAOptions(loss=conf["ba_loss"], loss_scale=conf["ba_loss_scale"],
                                 max_num_iterations=conf["ba_iterations"], device=str(device)))
         model.update_point_3d_errors()
+    if conf["max_reproj_error"] > 0:
+        drop_inaccurate_points(model, conf["max_reproj_error"])
     return model
+
+
+def drop_inaccurate_points(model: pycolmap.Reconstruction, max_error: float) -> int:
+    """Delete 3D points whose mean reprojection error exceeds ``max_error`` pixels (COLMAP's
+    ``filter_max_reproj_error``, 4 px by default); return how many."""
+    model.update_point_3d_errors()
+    ids = np.fromiter(model.points3D.keys(), np.int64, model.num_points3D())
+    errors = np.fromiter((point.error for point in model.points3D.values()), np.float64, model.num_points3D())
+    bad = ids[~(errors <= max_error)]  # NaN errors count as bad
+    for point_id in bad:  # pycolmap deletes one point at a time
+        model.delete_point3D(int(point_id))
+    return len(bad)
 
 
 def read_alignment_input(database_path: Path, canonical_path: Path, matches_path: Path,
