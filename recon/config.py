@@ -62,6 +62,11 @@ FEATURES_EXTRA: dict[str, Any] = {"resize_max": 1600, "weights": "official"}
 MATCHER_EXTRA: dict[str, Any] = {"weights": "official", "batch_size": 0}  # 0: auto (see recon.match)
 # Dense matchers also sample, resize and quantise (see recon.match.dense).
 DENSE_EXTRA: dict[str, Any] = {"resize_max": 1024, "max_matches": 10000, "min_score": 0.0, "cell_size": 2.0}
+# Pair networks (MASt3R) take their architecture from the checkpoint; the stage's options are
+# the network's input size, the anchor grid, the match confidence floor and the encoder batch
+# (see recon.match.mast3r).
+PAIR_MODEL_EXTRA: dict[str, Any] = {"weights": "official", "size": 512, "subsample": 8, "min_conf": 0.0,
+                                    "encoder_batch": 4}
 
 
 def stage_defaults(stage: str, name: str) -> dict[str, Any]:
@@ -72,6 +77,8 @@ def stage_defaults(stage: str, name: str) -> dict[str, Any]:
         if stage == "features" and name == "none":
             return {}
         cls = _model_class(stage, name)
+        if cls.kind == "pair_model":
+            return dict(PAIR_MODEL_EXTRA)
         extra = FEATURES_EXTRA if stage == "features" else MATCHER_EXTRA
         if stage == "features":
             extra = {**extra, "resize_max": getattr(cls, "default_resize_max", extra["resize_max"])}
@@ -82,7 +89,7 @@ def stage_defaults(stage: str, name: str) -> dict[str, Any]:
 
 
 def _model_class(stage: str, name: str):
-    kinds = ("extractor",) if stage == "features" else ("matcher", "dense_matcher")
+    kinds = ("extractor",) if stage == "features" else ("matcher", "dense_matcher", "pair_model")
     try:
         cls = matchers.model_class(name)
     except KeyError as error:

@@ -32,6 +32,7 @@ from .io.pairs import read_pairs, unique_pairs, write_pairs
 from .mapping import MAPPERS
 from .match import extract_features, match_pairs
 from .match.dense import match_dense
+from .match.mast3r import match_mast3r
 from .priors import PRIORS
 from .viz.report import write_run_pictures
 
@@ -119,11 +120,21 @@ class Pipeline:
         return self.pairs
 
     @property
+    def matcher_kind(self) -> str:
+        return matchers.model_class(self.config["matcher"]["name"]).kind
+
+    @property
     def dense(self) -> bool:
-        return matchers.model_class(self.config["matcher"]["name"]).kind == "dense_matcher"
+        """Dense matchers and pair networks write features.h5 themselves (no extractor runs)."""
+        return self.matcher_kind in ("dense_matcher", "pair_model")
 
     def match(self) -> None:
-        """Sparse matchers match features.h5 keypoints; dense ones write features.h5 themselves."""
+        """Sparse matchers match features.h5 keypoints; dense matchers and pair networks (MASt3R)
+        write features.h5 themselves."""
+        if self.matcher_kind == "pair_model":
+            self.computed["matches"] = self.timed("matches", match_mast3r, self.pairs, self.infos, self.image_dir,
+                                                  self.config["matcher"], self.output_dir, self.device)
+            return
         if self.dense:
             self.computed["matches"] = self.timed("matches", match_dense, self.pairs, self.infos, self.image_dir,
                                                   self.config["matcher"], self.output_dir, self.device, self.seed)

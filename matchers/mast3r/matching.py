@@ -176,6 +176,24 @@ def anchor_pixels(size: tuple[int, int], subsample: int) -> torch.Tensor:
     return torch.stack((xx.reshape(-1), yy.reshape(-1)), dim=-1)
 
 
+def anchor_keypoints(image: PreparedImage, subsample: int = 8) -> np.ndarray:
+    """(K, 2) float64 original-image pixels (hloc convention) of ``image``'s anchors, in id order:
+    the keypoints an image gets in features.h5."""
+    return image.to_original(anchor_pixels(image.size, subsample)).numpy()
+
+
+def hloc_matches(matches: AnchorMatches, size0: tuple[int, int], subsample: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Anchor matches -> hloc ``matches0`` (K0,) int32 (-1 = none) and ``matching_scores0`` (K0,)
+    float32, indexed by the anchors of image 0 (of network size ``size0`` = (H, W))."""
+    count = (size0[0] // subsample) * (size0[1] // subsample)
+    matches0 = np.full(count, -1, np.int32)
+    scores0 = np.zeros(count, np.float32)
+    ids0 = matches.ids0.cpu().numpy()
+    matches0[ids0] = matches.ids1.cpu().numpy()
+    scores0[ids0] = matches.scores.cpu().numpy()
+    return matches0, scores0
+
+
 def _best_per_key(keys: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
     """Indices of the highest-score entry for each distinct key (ties: lowest index)."""
     order = torch.argsort(-scores, stable=True)
@@ -245,18 +263,12 @@ def match_images_to_hloc(model: AsymmetricMASt3R, image_dir: str | os.PathLike, 
     cache = cache or EncoderCache(model)
     with H5Writer(features_path) as writer:
         for name, image in images.items():
-            write_features(writer, name, image.to_original(anchor_pixels(image.size, subsample)).numpy(),
-                           None, None, image.original_size)
+            write_features(writer, name, anchor_keypoints(image, subsample), None, None, image.original_size)
     todo = [p for p in pairs if not (Path(matches_path).exists() and has_pair(matches_path, *p))]
     cache.encode_all({n: images[n] for n in dict.fromkeys(n for p in todo for n in p)})
     with H5Writer(matches_path) as writer:
         for name0, name1 in tqdm(todo, desc="MASt3R matching"):
             m = match_pair(model, cache(name0, images[name0]), cache(name1, images[name1]), subsample,
                            symmetric, min_conf)
-            n0 = anchor_pixels(images[name0].size, subsample).shape[0]
-            matches0 = np.full(n0, -1, np.int32)
-            scores0 = np.zeros(n0, np.float32)
-            matches0[m.ids0.cpu().numpy()] = m.ids1.cpu().numpy()
-            scores0[m.ids0.cpu().numpy()] = m.scores.cpu().numpy()
-            write_matches(writer, name0, name1, matches0, scores0)
+            write_matches(writer, name0, name1, *hloc_matches(m, images[name0].size, subsample))
     return cache

@@ -12,3 +12,4 @@ from ..stages import StageRegistry
 MAPPERS = StageRegistry("mapper")
 
 from . import colmap_mappers  # noqa: E402,F401  (registers colmap_incremental, colmap_global)
+from . import mast3r_sga  # noqa: E402,F401  (registers mast3r_sga)
