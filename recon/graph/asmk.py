@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 import os
 import pickle
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,14 +50,21 @@ PACK_BITS = 32
 
 
 def auto_codebook_size(num_tokens: int) -> int:
-    """Words for a collection of ``num_tokens`` descriptors: one word per ~64 descriptors,
-    rounded to a power of two, within [256, 65536] (65536 is MASt3R's official '64k').
+    """Words for a collection of ``num_tokens`` descriptors: one word per ~16 descriptors,
+    rounded to a power of two, within [256, 131072] (MASt3R's official codebook has 65536).
 
-    Growing the vocabulary with the collection keeps the inverted-file lists short, which is
-    what makes the similarity cost grow roughly linearly with the number of images.
+    Growing the vocabulary with the collection keeps the inverted-file lists short (their
+    products are the similarity cost), so that cost grows about linearly with the number of
+    images up to the cap, instead of quadratically.
     """
-    size = 2 ** round(math.log2(max(num_tokens, 1) / 64))
-    return int(min(max(size, 256), 65536))
+    size = 2 ** round(math.log2(max(num_tokens, 1) / 16))
+    return int(min(max(size, 256), 131072))
+
+
+def _nearest(x: torch.Tensor, centroids: torch.Tensor, squared: torch.Tensor, k: int) -> torch.Tensor:
+    """(n, k) indices of the k nearest ``centroids`` (L2) of each row of x, closest first.
+    ``squared`` = squared norms of the centroids (the rows' own norms do not change the order)."""
+    return torch.topk(squared - 2 * x @ centroids.T, k, dim=1, largest=False).indices
 
 
 def _kmeans(points: np.ndarray, k: int, niter: int, seed: int) -> np.ndarray:
@@ -66,6 +74,7 @@ def _kmeans(points: np.ndarray, k: int, niter: int, seed: int) -> np.ndarray:
     clustering.seed = seed
     clustering.verbose = False
     clustering.max_points_per_centroid = 1 << 30  # we subsample ourselves, reproducibly
+    clustering.min_points_per_centroid = 1  # small cells are expected; no warning per call
     index = faiss.IndexFlatL2(points.shape[1])
     clustering.train(np.ascontiguousarray(points, dtype=np.float32), index)
     return faiss.vector_float_to_array(clustering.centroids).reshape(k, points.shape[1])
@@ -88,18 +97,33 @@ class _SafeCodebookUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
+@contextmanager
+def _faiss_threads(count: int):
+    """Run faiss with ``count`` OpenMP threads: many tiny k-means calls are 20x slower with
+    several threads on a busy machine (OpenMP spin-waiting), and gain nothing from them."""
+    previous = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(count)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(previous)
+
+
 @dataclass
 class Codebook:
-    """Visual words ``centroids`` (K, D) float32 with an optional coarse index for fast CPU search.
+    """Visual words ``centroids`` (K, D) float32, optionally grouped under coarse cells.
 
-    ``coarse`` (C, D): when set (large codebooks), CPU quantisation uses a faiss ``IndexIVFFlat``
-    whose lists hold the words, searched in the ``probes`` nearest coarse cells: the returned words
-    are the exact nearest among the words of those cells (exact for ``probes >= C``). CUDA always
-    searches all words exactly.
+    Flat (``coarse is None``, the official method): a descriptor's words are its exact nearest
+    words. Two-level (``coarse`` (C, D), ``cell_start`` (C + 1,): the words of cell c are
+    ``centroids[cell_start[c]:cell_start[c + 1]]``): its words are the exact nearest among the
+    words of its ``probes`` nearest coarse cells (all words for ``probes >= C``), which costs
+    ``C + probes * K / C`` instead of K distances per descriptor. Both run as matrix products in
+    torch, identically on CPU and CUDA.
     """
 
     centroids: torch.Tensor
     coarse: torch.Tensor | None = None
+    cell_start: torch.Tensor | None = None
     probes: int = 8
 
     @property
@@ -112,14 +136,14 @@ class Codebook:
 
     @classmethod
     def train(cls, descriptors: torch.Tensor, size: int, *, coarse_size: int = 0, probes: int = 8,
-              niter: int = 10, points_per_word: int = 64, seed: int = 0) -> "Codebook":
+              niter: int = 10, points_per_word: int = 32, seed: int = 0) -> "Codebook":
         """k-means codebook from ``descriptors`` (M, D), subsampled to ``points_per_word * size``.
 
-        ``coarse_size == 0`` trains ``size`` words with one flat k-means (the official method).
-        ``coarse_size = C > 0`` trains a two-level vocabulary: C coarse centroids, then
-        ``size // C`` words by k-means inside each coarse cell. The training cost then grows with
-        ``size / C`` instead of ``size``, which is what makes 32k-word vocabularies trainable on
-        two CPU cores; the words are searched through the coarse cells (see the class doc).
+        ``coarse_size == 0`` trains ``size`` words with one flat k-means (the official method;
+        faiss ``Clustering``, 10 iterations; seed 1234 is faiss's default, which the official
+        package uses). ``coarse_size = C > 0`` trains a two-level vocabulary: C coarse centroids,
+        then ``size // C`` words by k-means inside each coarse cell, so the training cost grows
+        with ``size / C`` instead of ``size``.
         """
         points = descriptors.detach().float().cpu().numpy()
         if points.shape[0] < size:
@@ -133,13 +157,15 @@ class Codebook:
         coarse = _kmeans(points, coarse_size, niter, seed)
         _, cell = faiss.knn(points, coarse, 1)
         words_per_cell = max(size // coarse_size, 1)
-        words = []
-        for c in tqdm(range(coarse_size), desc="codebook cells", leave=False, disable=coarse_size < 64):
-            members = points[cell[:, 0] == c]
-            k = min(words_per_cell, len(members))
-            if k > 0:
+        words, counts = [], []
+        with _faiss_threads(1):
+            for c in tqdm(range(coarse_size), desc="codebook cells", leave=False, disable=coarse_size < 256):
+                members = points[cell[:, 0] == c]
+                k = min(words_per_cell, len(members))
                 words.append(_kmeans(members, k, niter, seed + c) if k < len(members) else members)
-        return cls(torch.from_numpy(np.concatenate(words)), torch.from_numpy(coarse), probes)
+                counts.append(len(words[-1]))
+        start = torch.cumsum(torch.tensor([0] + counts), 0)
+        return cls(torch.from_numpy(np.concatenate(words)), torch.from_numpy(coarse), start, probes)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Codebook":
@@ -161,7 +187,7 @@ class Codebook:
             pickle.dump(state, handle)
         os.replace(tmp, path)
 
-    def quantize(self, descriptors: torch.Tensor, assignments: int, chunk: int = 65536) -> torch.Tensor:
+    def quantize(self, descriptors: torch.Tensor, assignments: int, chunk: int = 32768) -> torch.Tensor:
         """The ``assignments`` nearest words (L2) of each descriptor, closest first.
 
         descriptors: (M, D) -> (M, assignments) long, on the descriptors' device.
@@ -169,27 +195,44 @@ class Codebook:
         if assignments > self.size:
             raise ValueError(f"{assignments} assignments need a codebook of at least that many words, got {self.size}")
         device = descriptors.device
-        if device.type == "cpu" and self.coarse is not None:
-            return self._quantize_ivf(descriptors, assignments)
         centroids = self.centroids.to(device)
         squared = (centroids * centroids).sum(1)
-        out = [torch.topk(squared - 2 * part.float() @ centroids.T, assignments, dim=1, largest=False).indices
-               for part in descriptors.split(chunk)]
-        return torch.cat(out) if out else torch.empty(0, assignments, dtype=torch.long, device=device)
+        if self.coarse is None:
+            parts = [_nearest(part.float(), centroids, squared, assignments) for part in descriptors.split(chunk)]
+        else:
+            parts = [self._quantize_two_level(part.float(), centroids, squared, assignments)
+                     for part in descriptors.split(chunk)]
+        return torch.cat(parts) if parts else torch.empty(0, assignments, dtype=torch.long, device=device)
 
-    def _quantize_ivf(self, descriptors: torch.Tensor, assignments: int) -> torch.Tensor:
-        coarse = self.coarse.numpy()
-        quantizer = faiss.IndexFlatL2(self.dim)
-        quantizer.add(coarse)
-        index = faiss.IndexIVFFlat(quantizer, self.dim, coarse.shape[0])
-        index.is_trained = True
-        index.add(self.centroids.numpy())
-        index.nprobe = min(self.probes, coarse.shape[0])
-        _, words = index.search(np.ascontiguousarray(descriptors.float().numpy()), assignments)
-        if (words < 0).any():
+    def _quantize_two_level(self, x: torch.Tensor, centroids: torch.Tensor, squared: torch.Tensor,
+                            assignments: int) -> torch.Tensor:
+        """Nearest words among the words of each descriptor's ``probes`` nearest cells.
+
+        Per coarse cell, one matrix product with the descriptors that probe it and a top-k; the
+        per-cell candidates (n, probes, k) are then reduced by one more top-k.
+        """
+        device = x.device
+        coarse = self.coarse.to(device)
+        start = self.cell_start.to(device)
+        probes = min(self.probes, len(coarse))
+        cells = _nearest(x, coarse, (coarse * coarse).sum(1), probes)  # (n, p)
+        values = torch.full((len(x) * probes, assignments), math.inf, device=device)
+        words = torch.zeros((len(x) * probes, assignments), dtype=torch.long, device=device)
+        order = torch.argsort(cells.reshape(-1))  # probe slots (row * p + rank), grouped by cell
+        counts = torch.bincount(cells.reshape(-1), minlength=len(coarse)).tolist()
+        for c, slots in enumerate(torch.split(order, counts)):
+            lo, hi = int(start[c]), int(start[c + 1])
+            if len(slots) == 0 or hi == lo:
+                continue
+            distance = squared[lo:hi] - 2 * x[slots // probes] @ centroids[lo:hi].T
+            top = torch.topk(distance, min(assignments, hi - lo), dim=1, largest=False)
+            missing = assignments - top.values.shape[1]
+            values.index_copy_(0, slots, torch.nn.functional.pad(top.values, (0, missing), value=math.inf))
+            words.index_copy_(0, slots, torch.nn.functional.pad(top.indices + lo, (0, missing)))
+        best = torch.topk(values.view(len(x), -1), assignments, dim=1, largest=False)
+        if torch.isinf(best.values).any():
             raise RuntimeError("fewer words than assignments in the probed cells; raise codebook probes")
-        return torch.from_numpy(words).long()
-
+        return words.view(len(x), -1).gather(1, best.indices)
 
 @dataclass
 class AggregatedSet:
@@ -221,12 +264,16 @@ def pack_bits(positive: torch.Tensor) -> torch.Tensor:
     return (padded.view(positive.shape[0], -1, 8) * weights).sum(-1, dtype=torch.uint8)
 
 
+def _sign_table(device: torch.device) -> torch.Tensor:
+    """(256, 8) float32: the +-1 signs of each byte value, MSB first."""
+    values = torch.arange(256, device=device, dtype=torch.uint8)
+    return ((values[:, None] & _BIT_WEIGHTS.to(device)) > 0).float() * 2 - 1
+
+
 def unpack_signs(bits: torch.Tensor, dim: int) -> torch.Tensor:
     """(..., ceil(D/8)) uint8 -> (..., D) float32 with +1 for a set bit and -1 otherwise."""
-    weights = _BIT_WEIGHTS.to(bits.device)
-    unpacked = (bits.unsqueeze(-1) & weights) > 0
-    signs = unpacked.flatten(-2)[..., :dim].float()
-    return signs * 2 - 1
+    signs = _sign_table(bits.device)[bits.long()]
+    return signs.flatten(-2)[..., :dim]
 
 
 def aggregate(descriptors: torch.Tensor, word_ids: torch.Tensor, image_ids: torch.Tensor,
@@ -298,7 +345,8 @@ def asmk_similarity(query: AggregatedSet, database: AggregatedSet, num_query: in
     shared = torch.nonzero((count_q > 0) & (count_d > 0)).squeeze(1)
     shared = shared[torch.argsort(count_q[shared] * count_d[shared])]  # similar sizes batch together
 
-    scores = torch.zeros(num_query * num_database, device=device)
+    scores = torch.zeros(num_query * num_database + 1, device=device)  # last slot: padding
+    padding = num_query * num_database
     batches = _batches(count_q[shared], count_d[shared], query.dim, pair_budget)
     for part in tqdm(batches, desc="ASMK inverted file", disable=not progress, leave=False):
         words = shared[part]
@@ -306,12 +354,14 @@ def asmk_similarity(query: AggregatedSet, database: AggregatedSet, num_query: in
         rows_d = _gather_rows(order_d, start_d[words], count_d[words])
         u = word_similarity(unpack_signs(query.bits[rows_q.clamp(min=0)], query.dim),
                             unpack_signs(database.bits[rows_d.clamp(min=0)], database.dim), query.dim)
-        keep = (rows_q[:, :, None] >= 0) & (rows_d[:, None, :] >= 0) & (u >= threshold)
-        w, a, b = torch.nonzero(keep, as_tuple=True)
-        values = u[w, a, b] ** alpha * idf[words[w]]
-        target = query.images[rows_q[w, a]] * num_database + database.images[rows_d[w, b]]
-        scores.index_add_(0, target, values)
-    scores = scores.view(num_query, num_database)
+        values = torch.where(u >= threshold, u.pow_(alpha), 0.0)
+        if use_idf:
+            values *= idf[words][:, None, None]
+        valid = (rows_q >= 0)[:, :, None] & (rows_d >= 0)[:, None, :]
+        target = query.images[rows_q][:, :, None] * num_database + database.images[rows_d][:, None, :]
+        target = torch.where(valid, target, padding)
+        scores.index_add_(0, target.view(-1), values.view(-1))
+    scores = scores[:padding].view(num_query, num_database)
     return scores / (norm_q.clamp(min=1e-12).sqrt()[:, None] * norm_d.clamp(min=1e-12).sqrt()[None, :])
 
 
@@ -323,7 +373,7 @@ def _gather_rows(order: torch.Tensor, start: torch.Tensor, count: torch.Tensor) 
     return torch.where(valid, rows, torch.full_like(rows, -1))
 
 
-@dataclass
+@dataclass(frozen=True)
 class ASMKParams:
     """MASt3R's ASMK settings (``Retriever``): 1 database / 5 query assignments, alpha 3, threshold 0."""
 
@@ -334,15 +384,14 @@ class ASMKParams:
     use_idf: bool = False
 
 
-def collection_similarity(descriptors: torch.Tensor, image_ids: torch.Tensor, num_images: int,
-                          codebook: Codebook, params: ASMKParams = ASMKParams(),
-                          chunk_images: int = 512, progress: bool = False) -> torch.Tensor:
-    """ASMK similarity of a collection against itself (database = queries, as in MASt3R).
+def aggregate_collection(descriptors: torch.Tensor, image_ids: torch.Tensor, num_images: int,
+                         codebook: Codebook, params: ASMKParams = ASMKParams(), chunk_images: int = 512,
+                         progress: bool = False) -> tuple[AggregatedSet, AggregatedSet]:
+    """Query-side and database-side aggregated sets of a collection.
 
     descriptors: (M, D) all images' selected tokens; image_ids: (M,) in [0, num_images), sorted
-    ascending (tokens grouped by image). Quantises once with ``max(assignments)`` words (the database side keeps the first
-    column: nearest first), aggregates per block of images, then scores through the inverted file.
-    Returns S (num_images, num_images) float32, rows = query.
+    ascending (tokens grouped by image). Quantises once with ``max(assignments)`` words (the
+    database side keeps the first columns: nearest first), then aggregates per block of images.
     """
     assignments = max(params.query_assignments, params.database_assignments)
     words = codebook.quantize(descriptors, assignments)
@@ -358,6 +407,16 @@ def collection_similarity(descriptors: torch.Tensor, image_ids: torch.Tensor, nu
             database_parts.append(aggregate(x, w[:, :params.database_assignments], ids, centroids))
     if not query_parts:
         raise ValueError("no descriptors: every image has an empty token set")
-    return asmk_similarity(AggregatedSet.cat(query_parts), AggregatedSet.cat(database_parts), num_images,
-                           num_images, codebook.size, alpha=params.alpha, threshold=params.threshold,
-                           use_idf=params.use_idf, progress=progress)
+    return AggregatedSet.cat(query_parts), AggregatedSet.cat(database_parts)
+
+
+def collection_similarity(descriptors: torch.Tensor, image_ids: torch.Tensor, num_images: int,
+                          codebook: Codebook, params: ASMKParams = ASMKParams(), progress: bool = False,
+                          ) -> torch.Tensor:
+    """ASMK similarity of a collection against itself (database = queries, as in MASt3R).
+
+    Inputs as :func:`aggregate_collection`. Returns S (num_images, num_images) float32, rows = query.
+    """
+    query, database = aggregate_collection(descriptors, image_ids, num_images, codebook, params, progress=progress)
+    return asmk_similarity(query, database, num_images, num_images, codebook.size, alpha=params.alpha,
+                           threshold=params.threshold, use_idf=params.use_idf, progress=progress)
