@@ -124,10 +124,11 @@ def covisibility_counts(model, image_ids: list[int]) -> torch.Tensor:
     slot = {image_id: k for k, image_id in enumerate(image_ids)}
     observations = np.array([(point_id, slot[e.image_id]) for point_id, point in model.points3D.items()
                              for e in point.track.elements if e.image_id in slot], dtype=np.int64).reshape(-1, 2)
-    points, images = np.unique(observations, axis=0).T if len(observations) else (np.zeros(0, int),) * 2
+    if len(observations) == 0:
+        return torch.zeros(len(image_ids), len(image_ids))
+    points, images = np.unique(observations, axis=0).T
     _, rows = np.unique(points, return_inverse=True)
-    incidence = scipy.sparse.csr_matrix((np.ones(len(rows)), (rows, images)),
-                                        shape=(int(rows.max(initial=-1)) + 1, len(image_ids)))
+    incidence = scipy.sparse.csr_matrix((np.ones(len(rows)), (rows, images)), shape=(rows.max() + 1, len(image_ids)))
     counts = torch.from_numpy((incidence.T @ incidence).toarray()).float()
     counts.fill_diagonal_(0)
     return counts
