@@ -24,12 +24,13 @@ exact definitions of the official ``jenicek/asmk`` package and the parameters th
   ``S`` is not symmetric: the query side uses more assignments.
 
 The inverted file (:func:`asmk_similarity`) only ever compares aggregated entries that share a word:
-entries are sorted by word, words are batched by size, and each batch is one padded ``bmm``. The
-cost is ``sum_w n_query(w) * n_db(w) * D``, so with a codebook that grows with the collection
-(:func:`auto_codebook_size`) it grows about linearly in the number of images instead of with the
-``N^2`` dense comparison. On CPU a large codebook is searched through a faiss inverted index over
-the words (``probes`` coarse cells, see :class:`Codebook`); on CUDA and for small codebooks the
-word search is an exact flat search in torch.
+entries are sorted by word, words are batched by list size, and each batch is one padded ``bmm``
+of +-1 signs. The cost is ``sum_w n_query(w) * n_db(w) * D``; with a vocabulary that grows with
+the collection (:func:`auto_codebook_size`) it grows about linearly with the number of images
+instead of with the ``N^2`` dense comparison. Large vocabularies are two-level (coarse cells of
+words, :class:`Codebook`) so that training and quantisation stay cheap on a CPU. Scores are
+accumulated into a dense (N, N) float32 matrix (400 MB at 10,000 images), which the graph needs
+row by row anyway.
 """
 from __future__ import annotations
 

@@ -90,8 +90,14 @@ class TokenCache:
                 writer.delete(name)
                 writer.file.create_group(name).create_dataset("tokens", data=tokens)
 
+    def _cached(self, name: str) -> bool:
+        if not self.path.exists():
+            return False
+        with h5py.File(self.path, "r") as f:
+            return f"{name}/tokens" in f
+
     def tokens(self, name: str) -> torch.Tensor:
-        if name not in set(list_names(self.path)):
+        if not self._cached(name):
             self.fill([name])
         with h5py.File(self.path, "r") as f:
             return torch.from_numpy(f[name]["tokens"][()].astype(np.float32))
