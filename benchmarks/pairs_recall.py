@@ -71,6 +71,7 @@ def ring_scene(num_views: int, seed: int, num_points: int = 60_000, dim: int = 1
     horizontal / 45-degree vertical field of view (640 x 480 pinhole), closer than 14 m.
     """
     rng = np.random.default_rng(seed)
+    saliency = rng.uniform(0, 1, num_points)  # a detector's response: a property of the point, hence repeatable
     angle = rng.uniform(0, 2 * np.pi, num_points)
     points = np.stack([10 * np.cos(angle), 10 * np.sin(angle), rng.uniform(0, 3, num_points)], 1)
     point_descriptors = rng.standard_normal((num_points, dim)).astype(np.float32)
@@ -89,14 +90,15 @@ def ring_scene(num_views: int, seed: int, num_points: int = 60_000, dim: int = 1
         u = focal * (rel @ right) / np.maximum(z, 1e-6) + width / 2
         v = focal * (rel @ down) / np.maximum(z, 1e-6) + height / 2
         visible = np.nonzero((z > 0.5) & (z < 14) & (u >= 0) & (u < width) & (v >= 0) & (v < height))[0]
-        visible = rng.permutation(visible)[:1500]  # a detector's budget
+        visible = visible[np.argsort(-saliency[visible])[:1500]]  # a detector's budget, strongest first
         clutter = rng.standard_normal((200, dim)).astype(np.float32)
         noisy = point_descriptors[visible] + 0.5 * rng.standard_normal((len(visible), dim)).astype(np.float32)
         descriptors = np.concatenate([noisy, clutter])
         descriptors /= np.linalg.norm(descriptors, axis=1, keepdims=True)
         keypoints = np.concatenate([np.stack([u[visible], v[visible]], 1),
                                     rng.uniform(0, [width, height], (200, 2))]).astype(np.float32)
-        views.append((keypoints, descriptors))
+        scores = np.concatenate([saliency[visible] + 0.1 * rng.uniform(0, 1, len(visible)), rng.uniform(0, 1.1, 200)])
+        views.append((keypoints, descriptors, scores.astype(np.float32)))
         visible_sets.append(visible)
     incidence = np.zeros((num_views, num_points), dtype=np.float32)
     for i, visible in enumerate(visible_sets):
@@ -105,10 +107,9 @@ def ring_scene(num_views: int, seed: int, num_points: int = 60_000, dim: int = 1
 
 
 def write_views(path: Path, names: list[str], views) -> None:
-    rng = np.random.default_rng(0)
     with H5Writer(path) as writer:
-        for name, (keypoints, descriptors) in zip(names, views):
-            write_features(writer, name, keypoints, descriptors.T, rng.uniform(0, 1, len(keypoints)), (640, 480))
+        for name, (keypoints, descriptors, scores) in zip(names, views):
+            write_features(writer, name, keypoints, descriptors.T, scores, (640, 480))
 
 
 def compare_strategies(names: list[str], features: Path, strong: set, seed: int) -> None:

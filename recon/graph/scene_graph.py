@@ -121,7 +121,7 @@ def scene_graph(similarity: torch.Tensor, num_keyframes: int, num_neighbors: int
         others[keyframes] = False
         rows = torch.nonzero(others).squeeze(1)
         first += [rows]
-        second += [keyframes[torch.argmin(distance[rows][:, keyframes], dim=1)]]
+        second += [keyframes[torch.argmin(distance[:, keyframes][rows], dim=1)]]
     if num_neighbors > 0 and num > 1:
         neighbours = nearest_neighbors(sim, num_neighbors)
         first += [torch.arange(num).repeat_interleave(neighbours.shape[1])]
@@ -185,7 +185,7 @@ def token_source(conf: dict[str, Any], context: PairsContext) -> TokenSource:
 
 #: options shared by every strategy that computes ASMK similarities from tokens
 ASMK_OPTIONS: dict[str, Any] = dict(
-    tokens="features", token_path="", max_read=0, num_tokens=300, whitening="pca", whitening_samples=100_000,
+    tokens="features", token_path="", max_read=1000, num_tokens=300, whitening="pca", whitening_samples=100_000,
     codebook="", codebook_size=0, coarse_size=-1, probes=8, query_assignments=5, database_assignments=1,
     alpha=3.0, threshold=0.0, use_idf=False)
 
@@ -194,7 +194,17 @@ ASMK_OPTIONS: dict[str, Any] = dict(
 def mast3r_graph(names: list[str], conf: dict[str, Any], context: PairsContext) -> list[tuple[str, str]]:
     """MASt3R-SfM scene graph: ASMK on tokens, FPS keyframes + nearest keyframe + kNN.
 
-    ``num_keyframes`` / ``num_neighbors`` = 0 use :func:`auto_graph_size`.
+    Options: ``num_keyframes`` / ``num_neighbors`` (0: :func:`auto_graph_size`); ``symmetrize``;
+    ``tokens`` (``features``: the pipeline's features.h5 or ``token_path``; ``cache``: a network
+    token cache at ``token_path``); ``max_read`` (features: only the highest-scoring keypoints of
+    each image, 1000 by default - a repeatable detector ranks the same 3D points first, which
+    measured better than all keypoints on the synthetic benchmark); ``num_tokens`` (kept by
+    whitened norm, MASt3R's 300); ``whitening`` (``pca`` fitted on ``whitening_samples`` tokens,
+    ``none``, or an official retrieval checkpoint path); ``codebook`` (an official codebook
+    pickle, else trained with ``codebook_size`` words, 0 = :func:`auto_codebook_size`, in
+    ``coarse_size`` cells, -1 = :func:`auto_coarse_size`, searched in ``probes`` cells); the ASMK
+    kernel (``query_assignments`` 5, ``database_assignments`` 1, ``alpha`` 3, ``threshold`` 0,
+    ``use_idf`` False: MASt3R's values).
     """
     if len(names) < 2:
         return []
