@@ -188,11 +188,15 @@ class Codebook:
             pickle.dump(state, handle)
         os.replace(tmp, path)
 
-    def quantize(self, descriptors: torch.Tensor, assignments: int, chunk: int = 32768) -> torch.Tensor:
+    def quantize(self, descriptors: torch.Tensor, assignments: int, chunk_elements: int = 1 << 25) -> torch.Tensor:
         """The ``assignments`` nearest words (L2) of each descriptor, closest first.
 
-        descriptors: (M, D) -> (M, assignments) long, on the descriptors' device.
+        descriptors: (M, D) -> (M, assignments) long, on the descriptors' device. Descriptors go
+        in chunks whose distance tables hold about ``chunk_elements`` floats (a 64k-word official
+        codebook would otherwise need M x 65536 floats at once).
         """
+        columns = self.size if self.coarse is None else len(self.coarse) + self.probes * descriptors.shape[1]
+        chunk = max(1, chunk_elements // columns)
         if assignments > self.size:
             raise ValueError(f"{assignments} assignments need a codebook of at least that many words, got {self.size}")
         device = descriptors.device
@@ -386,15 +390,18 @@ class ASMKParams:
 
 
 def aggregate_collection(descriptors: torch.Tensor, image_ids: torch.Tensor, num_images: int,
-                         codebook: Codebook, params: ASMKParams = ASMKParams(), chunk_images: int = 512,
+                         codebook: Codebook, params: ASMKParams = ASMKParams(), chunk_elements: int = 1 << 25,
                          progress: bool = False) -> tuple[AggregatedSet, AggregatedSet]:
     """Query-side and database-side aggregated sets of a collection.
 
     descriptors: (M, D) all images' selected tokens; image_ids: (M,) in [0, num_images), sorted
     ascending (tokens grouped by image). Quantises once with ``max(assignments)`` words (the
-    database side keeps the first columns: nearest first), then aggregates per block of images.
+    database side keeps the first columns: nearest first), then aggregates per block of images
+    whose residuals (tokens x assignments x D) hold about ``chunk_elements`` floats.
     """
     assignments = max(params.query_assignments, params.database_assignments)
+    per_image = max(len(descriptors) / max(num_images, 1), 1) * assignments * descriptors.shape[1]
+    chunk_images = max(1, int(chunk_elements / per_image))
     words = codebook.quantize(descriptors, assignments)
     centroids = codebook.centroids.to(descriptors.device)
     query_parts, database_parts = [], []
