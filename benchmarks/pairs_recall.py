@@ -38,7 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from recon.graph import PAIR_STRATEGIES, PairsContext  # noqa: E402
 from recon.graph.asmk import ASMKParams, Codebook, aggregate_collection, asmk_similarity, auto_codebook_size  # noqa: E402
 from recon.graph.retrieval import covisibility_counts  # noqa: E402
-from recon.graph.scene_graph import auto_coarse_size, auto_graph_size, scene_graph  # noqa: E402
+from recon.graph.scene_graph import (auto_coarse_size, auto_graph_size, image_similarity, scene_graph,  # noqa: E402
+                                     seeded_start, token_source)
 from recon.io.h5 import H5Writer, list_names, write_features  # noqa: E402
 
 STRONG_PARTNERS = 5
@@ -115,28 +116,28 @@ def write_views(path: Path, names: list[str], views) -> None:
 def compare_strategies(names: list[str], features: Path, strong: set, seed: int,
                        counts: np.ndarray | None = None) -> None:
     """Print recall / pair fraction for our graph, the reference settings and exhaustive; with
-    ``counts``, also the same graph rule on the true co-visibility (the similarity's upper bound)."""
+    ``counts``, also the same graph rule on the true co-visibility (the similarity's upper bound).
+
+    The ASMK similarity is computed once, exactly as the ``mast3r_graph`` strategy computes it
+    (same function, default options), and both graph rules are applied to it.
+    """
     num = len(names)
+    conf = PAIR_STRATEGIES.conf("mast3r_graph", {})
     context = PairsContext(image_dir=features.parent, output_dir=features.parent, features_path=features, seed=seed)
+    start = time.perf_counter()
+    similarity = image_similarity(token_source(conf, context), names, conf, seed)
+    print(f"ASMK similarity of {num} images: {time.perf_counter() - start:.1f} s")
     na, k = auto_graph_size(num)
-    runs = {
-        f"mast3r_graph (auto: Na={na}, k={k})": {},
-        "reference settings (Na=20, k=10 incl. self, S rows)": {"num_keyframes": 20, "num_neighbors": 9,
-                                                               "symmetrize": False},
-    }
-    print(f"{'strategy':56s} {'pairs':>7s} {'of exh.':>8s} {'recall':>7s} {'time s':>7s}")
-    for label, overrides in runs.items():
-        conf = PAIR_STRATEGIES.conf("mast3r_graph", overrides)
-        start = time.perf_counter()
-        pairs = PAIR_STRATEGIES.get("mast3r_graph").function(names, conf, context)
-        elapsed = time.perf_counter() - start
-        result = evaluate(pairs, names, strong)
-        print(f"{label:56s} {result['pairs']:7d} {result['fraction']:8.3f} {result['recall']:7.3f} {elapsed:7.1f}")
+    runs = {f"mast3r_graph (auto: Na={na}, k={k}, S symmetrised)": (similarity, na, k, True),
+            # the official kNN counts the image itself among its k = 10
+            "reference settings (Na=20, k=10 incl. self, S rows)": (similarity, 20, 9, False)}
     if counts is not None:
-        pairs, _ = scene_graph(torch.from_numpy(counts / counts.max()), na, k, start=0)
+        runs["same graph rule on true co-visibility (upper bound)"] = (torch.from_numpy(counts / counts.max()), na, k, True)
+    print(f"{'strategy':56s} {'pairs':>7s} {'of exh.':>8s} {'recall':>7s}")
+    for label, (matrix, keyframes, neighbours, symmetrize) in runs.items():
+        pairs, _ = scene_graph(matrix, keyframes, neighbours, seeded_start(num, seed), symmetrize)
         result = evaluate([(names[i], names[j]) for i, j in pairs.tolist()], names, strong)
-        print(f"{'same graph rule on true co-visibility (upper bound)':56s} {result['pairs']:7d} "
-              f"{result['fraction']:8.3f} {result['recall']:7.3f}")
+        print(f"{label:56s} {result['pairs']:7d} {result['fraction']:8.3f} {result['recall']:7.3f}")
     exhaustive = [(names[i], names[j]) for i in range(num) for j in range(i + 1, num)]
     result = evaluate(exhaustive, names, strong)
     print(f"{'exhaustive':56s} {result['pairs']:7d} {result['fraction']:8.3f} {result['recall']:7.3f}")
