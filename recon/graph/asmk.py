@@ -143,8 +143,8 @@ class Codebook:
         ``coarse_size == 0`` trains ``size`` words with one flat k-means (the official method;
         faiss ``Clustering``, 10 iterations; seed 1234 is faiss's default, which the official
         package uses). ``coarse_size = C > 0`` trains a two-level vocabulary: C coarse centroids,
-        (on 64 points per cell), then ``size // C`` words by k-means inside each coarse cell, so
-        the training cost grows with ``size / C`` instead of ``size``.
+        then ``size // C`` words by k-means inside each coarse cell, so the training cost grows
+        with ``size / C`` instead of ``size``.
         """
         points = descriptors.detach().float().cpu().numpy()
         if points.shape[0] < size:
@@ -155,8 +155,7 @@ class Codebook:
             points = points[np.sort(rng.choice(points.shape[0], budget, replace=False))]
         if coarse_size <= 0:
             return cls(torch.from_numpy(_kmeans(points, size, niter, seed)))
-        coarse_points = points[rng.choice(len(points), min(len(points), 64 * coarse_size), replace=False)]
-        coarse = _kmeans(coarse_points, coarse_size, niter, seed)  # 64 points per cell are plenty
+        coarse = _kmeans(points, coarse_size, niter, seed)
         _, cell = faiss.knn(points, coarse, 1)
         words_per_cell = max(size // coarse_size, 1)
         words, counts = [], []
