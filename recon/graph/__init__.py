@@ -27,3 +27,5 @@ class PairsContext:
 
 
 from . import basic  # noqa: E402,F401  (registers exhaustive, sequential, from_file)
+from . import scene_graph  # noqa: E402,F401  (registers mast3r_graph)
+from . import retrieval  # noqa: E402,F401  (registers retrieval, sequential_retrieval, covisibility, poses)

@@ -1,0 +1,430 @@
+"""ASMK (aggregated selective match kernel) image similarity, as MASt3R-SfM uses it for pair selection.
+
+Our own torch + faiss implementation of the method of Tolias et al. (ECCV 2020 / ICCV 2013) with the
+exact definitions of the official ``jenicek/asmk`` package and the parameters that
+``mast3r.retrieval.processor.Retriever`` hard-codes (checked against
+``shared/fixtures/mast3r/asmk_io.npz`` to 1e-5):
+
+* **Codebook**: K visual words, k-means on local descriptors (faiss, 10 iterations), or loaded
+  from the official codebook pickle (``{'type': 'Codebook', 'params': {'size': K},
+  'state': {'centroids': float32 (K, D)}}``).
+* **Quantisation with multiple assignment**: each descriptor goes to its ``m`` nearest words (L2),
+  ``m = 1`` on the database side and ``m = 5`` on the query side in MASt3R.
+* **Aggregation**: per image and word w, ``V_w = sum (x - c_w)`` over the image's descriptors that
+  have w among their assignments; each image has at most one entry per word.
+* **Binarisation**: ``b = V_w > 0``. The official package packs bits MSB-first into uint32 and
+  normalises Hamming distances by ``32 * ceil(D / 32)``, so for D not a multiple of 32 the padding
+  bits count as agreeing bits. We keep bits packed in bytes and compute the same number as
+  ``u = (pad + <s_q, s_d>) / (D + pad)`` with ``s`` the +-1 signs and ``pad = 32 ceil(D/32) - D``
+  (``u = 1 - 2 h``), which lets a matrix product do the Hamming work.
+* **Selective kernel**: ``k(u) = u ** alpha`` where ``u >= threshold`` else 0 (alpha 3, threshold 0).
+* **Score**: ``S(q, d) = sum over shared words of idf_w k(u_w) / sqrt(n_d) / sqrt(n_q)``, where
+  ``n_x`` sums idf over the image's words (its word count without idf, MASt3R's ``use_idf=False``)
+  and ``idf_w = log(N / count_w) ** 2`` for words present in the database (1 otherwise).
+  ``S`` is not symmetric: the query side uses more assignments.
+
+The inverted file (:func:`asmk_similarity`) only ever compares aggregated entries that share a word:
+entries are sorted by word, words are batched by list size, and each batch is one padded ``bmm``
+of +-1 signs. The cost is ``sum_w n_query(w) * n_db(w) * D``; with a vocabulary that grows with
+the collection (:func:`auto_codebook_size`) it grows about linearly with the number of images
+instead of with the ``N^2`` dense comparison. Large vocabularies are two-level (coarse cells of
+words, :class:`Codebook`) so that training and quantisation stay cheap on a CPU. Scores are
+accumulated into a dense (N, N) float32 matrix (400 MB at 10,000 images), which the graph needs
+row by row anyway.
+"""
+from __future__ import annotations
+
+import math
+import os
+import pickle
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+import torch
+from tqdm import tqdm
+
+#: bits of the official packing unit; Hamming distances are normalised by a multiple of it
+PACK_BITS = 32
+
+
+def auto_codebook_size(num_tokens: int) -> int:
+    """Words for a collection of ``num_tokens`` descriptors: one word per ~16 descriptors,
+    rounded to a power of two, within [256, 131072] (MASt3R's official codebook has 65536).
+
+    Growing the vocabulary with the collection keeps the inverted-file lists short (their
+    products are the similarity cost), so that cost grows about linearly with the number of
+    images up to the cap, instead of quadratically.
+    """
+    size = 2 ** round(math.log2(max(num_tokens, 1) / 16))
+    return int(min(max(size, 256), 131072))
+
+
+def _nearest(x: torch.Tensor, centroids: torch.Tensor, squared: torch.Tensor, k: int) -> torch.Tensor:
+    """(n, k) indices of the k nearest ``centroids`` (L2) of each row of x, closest first.
+    ``squared`` = squared norms of the centroids (the rows' own norms do not change the order)."""
+    return torch.topk(squared - 2 * x @ centroids.T, k, dim=1, largest=False).indices
+
+
+def _kmeans(points: np.ndarray, k: int, niter: int, seed: int) -> np.ndarray:
+    """faiss k-means (the official asmk call: ``faiss.Clustering``, L2, ``niter`` iterations)."""
+    clustering = faiss.Clustering(points.shape[1], k)
+    clustering.niter = niter
+    clustering.seed = seed
+    clustering.verbose = False
+    clustering.max_points_per_centroid = 1 << 30  # we subsample ourselves, reproducibly
+    clustering.min_points_per_centroid = 1  # small cells are expected; no warning per call
+    index = faiss.IndexFlatL2(points.shape[1])
+    clustering.train(np.ascontiguousarray(points, dtype=np.float32), index)
+    return faiss.vector_float_to_array(clustering.centroids).reshape(k, points.shape[1])
+
+
+class _SafeCodebookUnpickler(pickle.Unpickler):
+    """Unpickler for the official codebook file: only numpy array reconstruction is allowed.
+
+    The official pickle is a plain dict holding one numpy array; anything else (a class from the
+    asmk package, a callable) is refused, so loading a downloaded file cannot run code.
+    """
+
+    ALLOWED = {("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy._core.multiarray", "scalar"),
+               ("numpy.core.multiarray", "scalar")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"codebook pickle refers to {module}.{name}, which a codebook never needs")
+        return super().find_class(module, name)
+
+
+@contextmanager
+def _faiss_threads(count: int):
+    """Run faiss with ``count`` OpenMP threads: many tiny k-means calls are 20x slower with
+    several threads on a busy machine (OpenMP spin-waiting), and gain nothing from them."""
+    previous = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(count)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(previous)
+
+
+@dataclass
+class Codebook:
+    """Visual words ``centroids`` (K, D) float32, optionally grouped under coarse cells.
+
+    Flat (``coarse is None``, the official method): a descriptor's words are its exact nearest
+    words. Two-level (``coarse`` (C, D), ``cell_start`` (C + 1,): the words of cell c are
+    ``centroids[cell_start[c]:cell_start[c + 1]]``): its words are the exact nearest among the
+    words of its ``probes`` nearest coarse cells (all words for ``probes >= C``), which costs
+    ``C + probes * K / C`` instead of K distances per descriptor. Both run as matrix products in
+    torch, identically on CPU and CUDA.
+    """
+
+    centroids: torch.Tensor
+    coarse: torch.Tensor | None = None
+    cell_start: torch.Tensor | None = None
+    probes: int = 8
+
+    @property
+    def size(self) -> int:
+        return int(self.centroids.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.centroids.shape[1])
+
+    @classmethod
+    def train(cls, descriptors: torch.Tensor, size: int, *, coarse_size: int = 0, probes: int = 8,
+              niter: int = 10, points_per_word: int = 32, seed: int = 0) -> "Codebook":
+        """k-means codebook from ``descriptors`` (M, D), subsampled to ``points_per_word * size``.
+
+        ``coarse_size == 0`` trains ``size`` words with one flat k-means (the official method;
+        faiss ``Clustering``, 10 iterations; seed 1234 is faiss's default, which the official
+        package uses). ``coarse_size = C > 0`` trains a two-level vocabulary: C coarse centroids,
+        then ``size // C`` words by k-means inside each coarse cell, so the training cost grows
+        with ``size / C`` instead of ``size``.
+        """
+        points = descriptors.detach().float().cpu().numpy()
+        if points.shape[0] < size:
+            raise ValueError(f"codebook of {size} words needs at least {size} descriptors, got {points.shape[0]}")
+        rng = np.random.default_rng(seed)
+        budget = points_per_word * size
+        if points.shape[0] > budget:
+            points = points[np.sort(rng.choice(points.shape[0], budget, replace=False))]
+        if coarse_size <= 0:
+            return cls(torch.from_numpy(_kmeans(points, size, niter, seed)))
+        coarse = _kmeans(points, coarse_size, niter, seed)
+        _, cell = faiss.knn(points, coarse, 1)
+        words_per_cell = max(size // coarse_size, 1)
+        words, counts = [], []
+        with _faiss_threads(1):
+            for c in tqdm(range(coarse_size), desc="codebook cells", leave=False, disable=coarse_size < 256):
+                members = points[cell[:, 0] == c]
+                k = min(words_per_cell, len(members))
+                words.append(_kmeans(members, k, niter, seed + c) if k < len(members) else members)
+                counts.append(len(words[-1]))
+        start = torch.cumsum(torch.tensor([0] + counts), 0)
+        return cls(torch.from_numpy(np.concatenate(words)), torch.from_numpy(coarse), start, probes)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Codebook":
+        """Official asmk codebook pickle (see module doc), read with a numpy-only unpickler."""
+        with open(path, "rb") as handle:
+            state = _SafeCodebookUnpickler(handle).load()
+        if not isinstance(state, dict) or state.get("type") != "Codebook":
+            raise ValueError(f"{path} is not an asmk codebook pickle (expected type 'Codebook')")
+        centroids = np.asarray(state["state"]["centroids"], dtype=np.float32)
+        return cls(torch.from_numpy(centroids))
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the official pickle layout (plain dict + numpy array), atomically."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        state = {"type": "Codebook", "params": {"size": self.size},
+                 "state": {"centroids": self.centroids.cpu().numpy()}}
+        with open(tmp, "wb") as handle:
+            pickle.dump(state, handle)
+        os.replace(tmp, path)
+
+    def quantize(self, descriptors: torch.Tensor, assignments: int, chunk_elements: int = 1 << 25) -> torch.Tensor:
+        """The ``assignments`` nearest words (L2) of each descriptor, closest first.
+
+        descriptors: (M, D) -> (M, assignments) long, on the descriptors' device. Descriptors go
+        in chunks whose distance tables hold about ``chunk_elements`` floats (a 64k-word official
+        codebook would otherwise need M x 65536 floats at once).
+        """
+        columns = self.size if self.coarse is None else len(self.coarse) + self.probes * descriptors.shape[1]
+        chunk = max(1, chunk_elements // columns)
+        if assignments > self.size:
+            raise ValueError(f"{assignments} assignments need a codebook of at least that many words, got {self.size}")
+        device = descriptors.device
+        centroids = self.centroids.to(device)
+        squared = (centroids * centroids).sum(1)
+        if self.coarse is None:
+            parts = [_nearest(part.float(), centroids, squared, assignments) for part in descriptors.split(chunk)]
+        else:
+            parts = [self._quantize_two_level(part.float(), centroids, squared, assignments)
+                     for part in descriptors.split(chunk)]
+        return torch.cat(parts) if parts else torch.empty(0, assignments, dtype=torch.long, device=device)
+
+    def _quantize_two_level(self, x: torch.Tensor, centroids: torch.Tensor, squared: torch.Tensor,
+                            assignments: int) -> torch.Tensor:
+        """Nearest words among the words of each descriptor's ``probes`` nearest cells.
+
+        Per coarse cell, one matrix product with the descriptors that probe it and a top-k; the
+        per-cell candidates (n, probes, k) are then reduced by one more top-k.
+        """
+        device = x.device
+        coarse = self.coarse.to(device)
+        start = self.cell_start.to(device)
+        probes = min(self.probes, len(coarse))
+        cells = _nearest(x, coarse, (coarse * coarse).sum(1), probes)  # (n, p)
+        values = torch.full((len(x) * probes, assignments), math.inf, device=device)
+        words = torch.zeros((len(x) * probes, assignments), dtype=torch.long, device=device)
+        order = torch.argsort(cells.reshape(-1))  # probe slots (row * p + rank), grouped by cell
+        counts = torch.bincount(cells.reshape(-1), minlength=len(coarse)).tolist()
+        for c, slots in enumerate(torch.split(order, counts)):
+            lo, hi = int(start[c]), int(start[c + 1])
+            if len(slots) == 0 or hi == lo:
+                continue
+            distance = squared[lo:hi] - 2 * x[slots // probes] @ centroids[lo:hi].T
+            top = torch.topk(distance, min(assignments, hi - lo), dim=1, largest=False)
+            missing = assignments - top.values.shape[1]
+            values.index_copy_(0, slots, torch.nn.functional.pad(top.values, (0, missing), value=math.inf))
+            words.index_copy_(0, slots, torch.nn.functional.pad(top.indices + lo, (0, missing)))
+        best = torch.topk(values.view(len(x), -1), assignments, dim=1, largest=False)
+        if torch.isinf(best.values).any():
+            raise RuntimeError("fewer words than assignments in the probed cells; raise codebook probes")
+        return words.view(len(x), -1).gather(1, best.indices)
+
+@dataclass
+class AggregatedSet:
+    """Binarised aggregated residuals: one entry per (image, word) pair present.
+
+    words: (E,) long; images: (E,) long; bits: (E, ceil(D/8)) uint8, bit j of dimension
+    ``8 * byte + (7 - j)`` (MSB first, as the official packing); dim: D.
+    """
+
+    words: torch.Tensor
+    images: torch.Tensor
+    bits: torch.Tensor
+    dim: int
+
+    @staticmethod
+    def cat(parts: list["AggregatedSet"]) -> "AggregatedSet":
+        return AggregatedSet(torch.cat([p.words for p in parts]), torch.cat([p.images for p in parts]),
+                             torch.cat([p.bits for p in parts]), parts[0].dim)
+
+
+_BIT_WEIGHTS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
+
+
+def pack_bits(positive: torch.Tensor) -> torch.Tensor:
+    """(E, D) bool -> (E, ceil(D/8)) uint8, MSB first, the last byte zero-padded at the end."""
+    pad = (-positive.shape[1]) % 8
+    padded = torch.nn.functional.pad(positive.to(torch.uint8), (0, pad))
+    weights = _BIT_WEIGHTS.to(positive.device)
+    return (padded.view(positive.shape[0], -1, 8) * weights).sum(-1, dtype=torch.uint8)
+
+
+def _sign_table(device: torch.device) -> torch.Tensor:
+    """(256, 8) float32: the +-1 signs of each byte value, MSB first."""
+    values = torch.arange(256, device=device, dtype=torch.uint8)
+    return ((values[:, None] & _BIT_WEIGHTS.to(device)) > 0).float() * 2 - 1
+
+
+def unpack_signs(bits: torch.Tensor, dim: int) -> torch.Tensor:
+    """(..., ceil(D/8)) uint8 -> (..., D) float32 with +1 for a set bit and -1 otherwise."""
+    signs = _sign_table(bits.device)[bits.long()]
+    return signs.flatten(-2)[..., :dim]
+
+
+def aggregate(descriptors: torch.Tensor, word_ids: torch.Tensor, image_ids: torch.Tensor,
+              centroids: torch.Tensor) -> AggregatedSet:
+    """Binarised residual per (image, word): ``V_w = sum (x - c_w) > 0``.
+
+    descriptors: (M, D); word_ids: (M, m) assignments of each descriptor (a descriptor adds its
+    residual to each of its m words); image_ids: (M,). Entries come out sorted by (image, word),
+    like the official per-image ``np.unique`` order.
+    """
+    m = word_ids.shape[1]
+    num_words = centroids.shape[0]
+    token = torch.arange(descriptors.shape[0], device=descriptors.device).repeat_interleave(m)
+    words = word_ids.reshape(-1)
+    keys, inverse = torch.unique(image_ids[token] * num_words + words, return_inverse=True)
+    residuals = descriptors.float()[token] - centroids.to(descriptors.device)[words]
+    summed = torch.zeros(len(keys), descriptors.shape[1], device=descriptors.device)
+    summed.index_add_(0, inverse, residuals)
+    return AggregatedSet(keys % num_words, keys // num_words, pack_bits(summed > 0), descriptors.shape[1])
+
+
+def word_similarity(signs_q: torch.Tensor, signs_d: torch.Tensor, dim: int) -> torch.Tensor:
+    """Official normalised Hamming similarity ``u = 1 - 2 h`` of +-1 sign vectors.
+
+    signs_q: (W, A, D), signs_d: (W, B, D) -> (W, A, B); h is normalised by ``32 ceil(D/32)``
+    bits like the official uint32 packing (padding bits agree).
+    """
+    pad = (-dim) % PACK_BITS
+    return (torch.bmm(signs_q, signs_d.transpose(1, 2)) + pad) / (dim + pad)
+
+
+def _batches(count_q: torch.Tensor, count_d: torch.Tensor, dim: int, budget: int) -> list[slice]:
+    """Consecutive word ranges whose padded blocks (signs and products) stay within ``budget``."""
+    slices, start = [], 0
+    q, d = count_q.tolist(), count_d.tolist()
+    hi_q = hi_d = 0
+    for i in range(len(q)):
+        hi_q, hi_d = max(hi_q, q[i]), max(hi_d, d[i])
+        if (i - start + 1) * (hi_q * hi_d + (hi_q + hi_d) * dim) > budget and i > start:
+            slices.append(slice(start, i))
+            start, hi_q, hi_d = i, q[i], d[i]
+    if len(q) > start:
+        slices.append(slice(start, len(q)))
+    return slices
+
+
+def asmk_similarity(query: AggregatedSet, database: AggregatedSet, num_query: int, num_database: int,
+                    num_words: int, *, alpha: float = 3.0, threshold: float = 0.0, use_idf: bool = False,
+                    pair_budget: int = 1 << 23, progress: bool = False) -> torch.Tensor:
+    """ASMK scores ``S[q, d]`` (num_query, num_database) float32 through an inverted file.
+
+    Only entries that share a word are compared; words are processed in batches of similar list
+    sizes, each batch one padded ``bmm`` of +-1 signs holding at most ``pair_budget`` products.
+    """
+    device = query.bits.device
+    count_q = torch.bincount(query.words, minlength=num_words)
+    count_d = torch.bincount(database.words, minlength=num_words)
+    idf = torch.ones(num_words, device=device)
+    if use_idf:
+        present = count_d > 0
+        idf[present] = torch.log(num_database / count_d[present].float()) ** 2
+    norm_q = torch.zeros(num_query, device=device).index_add_(0, query.images, idf[query.words])
+    norm_d = torch.zeros(num_database, device=device).index_add_(0, database.images, idf[database.words])
+
+    order_q = torch.argsort(query.words, stable=True)
+    order_d = torch.argsort(database.words, stable=True)
+    start_q = torch.cumsum(count_q, 0) - count_q
+    start_d = torch.cumsum(count_d, 0) - count_d
+    shared = torch.nonzero((count_q > 0) & (count_d > 0)).squeeze(1)
+    shared = shared[torch.argsort(count_q[shared] * count_d[shared])]  # similar sizes batch together
+
+    scores = torch.zeros(num_query * num_database + 1, device=device)  # last slot: padding
+    padding = num_query * num_database
+    batches = _batches(count_q[shared], count_d[shared], query.dim, pair_budget)
+    for part in tqdm(batches, desc="ASMK inverted file", disable=not progress, leave=False):
+        words = shared[part]
+        rows_q = _gather_rows(order_q, start_q[words], count_q[words])
+        rows_d = _gather_rows(order_d, start_d[words], count_d[words])
+        u = word_similarity(unpack_signs(query.bits[rows_q.clamp(min=0)], query.dim),
+                            unpack_signs(database.bits[rows_d.clamp(min=0)], database.dim), query.dim)
+        values = torch.where(u >= threshold, u.pow_(alpha), 0.0)
+        if use_idf:
+            values *= idf[words][:, None, None]
+        valid = (rows_q >= 0)[:, :, None] & (rows_d >= 0)[:, None, :]
+        target = query.images[rows_q][:, :, None] * num_database + database.images[rows_d][:, None, :]
+        target = torch.where(valid, target, padding)
+        scores.index_add_(0, target.view(-1), values.view(-1))
+    scores = scores[:padding].view(num_query, num_database)
+    return scores / (norm_q.clamp(min=1e-12).sqrt()[:, None] * norm_d.clamp(min=1e-12).sqrt()[None, :])
+
+
+def _gather_rows(order: torch.Tensor, start: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """(W, max count) indices into the entries of each word (sorted order), -1 past each count."""
+    offsets = torch.arange(int(count.max()), device=order.device)
+    valid = offsets[None, :] < count[:, None]
+    rows = order[(start[:, None] + offsets[None, :]).clamp(max=len(order) - 1)]
+    return torch.where(valid, rows, torch.full_like(rows, -1))
+
+
+@dataclass(frozen=True)
+class ASMKParams:
+    """MASt3R's ASMK settings (``Retriever``): 1 database / 5 query assignments, alpha 3, threshold 0."""
+
+    database_assignments: int = 1
+    query_assignments: int = 5
+    alpha: float = 3.0
+    threshold: float = 0.0
+    use_idf: bool = False
+
+
+def aggregate_collection(descriptors: torch.Tensor, image_ids: torch.Tensor, num_images: int,
+                         codebook: Codebook, params: ASMKParams = ASMKParams(), chunk_elements: int = 1 << 25,
+                         progress: bool = False) -> tuple[AggregatedSet, AggregatedSet]:
+    """Query-side and database-side aggregated sets of a collection.
+
+    descriptors: (M, D) all images' selected tokens; image_ids: (M,) in [0, num_images), sorted
+    ascending (tokens grouped by image). Quantises once with ``max(assignments)`` words (the
+    database side keeps the first columns: nearest first), then aggregates per block of images
+    whose residuals (tokens x assignments x D) hold about ``chunk_elements`` floats.
+    """
+    assignments = max(params.query_assignments, params.database_assignments)
+    per_image = max(len(descriptors) / max(num_images, 1), 1) * assignments * descriptors.shape[1]
+    chunk_images = max(1, int(chunk_elements / per_image))
+    words = codebook.quantize(descriptors, assignments)
+    centroids = codebook.centroids.to(descriptors.device)
+    query_parts, database_parts = [], []
+    bounds = torch.searchsorted(image_ids, torch.arange(0, num_images + chunk_images, chunk_images,
+                                                        device=image_ids.device).clamp(max=num_images))
+    for lo, hi in tqdm(list(zip(bounds[:-1].tolist(), bounds[1:].tolist())), desc="ASMK aggregate",
+                       disable=not progress, leave=False):
+        if hi > lo:
+            x, ids, w = descriptors[lo:hi], image_ids[lo:hi], words[lo:hi]
+            query_parts.append(aggregate(x, w[:, :params.query_assignments], ids, centroids))
+            database_parts.append(aggregate(x, w[:, :params.database_assignments], ids, centroids))
+    if not query_parts:
+        raise ValueError("no descriptors: every image has an empty token set")
+    return AggregatedSet.cat(query_parts), AggregatedSet.cat(database_parts)
+
+
+def collection_similarity(descriptors: torch.Tensor, image_ids: torch.Tensor, num_images: int,
+                          codebook: Codebook, params: ASMKParams = ASMKParams(), progress: bool = False,
+                          ) -> torch.Tensor:
+    """ASMK similarity of a collection against itself (database = queries, as in MASt3R).
+
+    Inputs as :func:`aggregate_collection`. Returns S (num_images, num_images) float32, rows = query.
+    """
+    query, database = aggregate_collection(descriptors, image_ids, num_images, codebook, params, progress=progress)
+    return asmk_similarity(query, database, num_images, num_images, codebook.size, alpha=params.alpha,
+                           threshold=params.threshold, use_idf=params.use_idf, progress=progress)
