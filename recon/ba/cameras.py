@@ -1,0 +1,155 @@
+"""COLMAP camera models for bundle adjustment: projection and analytic Jacobians.
+
+Every model is "normalised image coordinates -> distortion -> focal and principal point", with
+COLMAP's parameter order (``colmap/sensor/models.h``):
+
+================  ================================================
+SIMPLE_PINHOLE    f, cx, cy
+PINHOLE           fx, fy, cx, cy
+SIMPLE_RADIAL     f, cx, cy, k
+RADIAL            f, cx, cy, k1, k2
+OPENCV            fx, fy, cx, cy, k1, k2, p1, p2
+================  ================================================
+
+A model is described by a :class:`CameraModel` (where its focal, principal-point and extra
+parameters sit) plus one distortion function that returns the distorted coordinates and, on
+request, their Jacobians with respect to the undistorted coordinates and to the extra parameters.
+All functions work on batches: ``u, v`` are (N,) tensors and ``params`` is (N, num_params), so one
+call covers every observation of a model (no loop over observations or cameras).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+Tensor = torch.Tensor
+# distortion(extra (N,E), u (N,), v (N,), with_jac) -> ud, vd, J_uv (N,2,2) | None, J_extra (N,2,E) | None
+DistortionFn = Callable[[Tensor, Tensor, Tensor, bool], tuple[Tensor, Tensor, Tensor | None, Tensor | None]]
+
+
+@dataclass(frozen=True)
+class CameraModel:
+    """Layout of one COLMAP camera model's parameter vector."""
+
+    name: str
+    model_id: int  # pycolmap.CameraModelId value
+    num_params: int
+    focal_idxs: tuple[int, ...]  # one (f) or two (fx, fy)
+    pp_idxs: tuple[int, int]
+    extra_idxs: tuple[int, ...]
+    distortion: DistortionFn
+
+
+def _no_distortion(extra: Tensor, u: Tensor, v: Tensor, with_jac: bool):
+    if not with_jac:
+        return u, v, None, None
+    n = u.shape[0]
+    j_uv = torch.zeros(n, 2, 2, dtype=u.dtype, device=u.device)
+    j_uv[:, 0, 0] = 1.0
+    j_uv[:, 1, 1] = 1.0
+    return u, v, j_uv, extra.new_zeros(n, 2, 0)
+
+
+def _radial_distortion(extra: Tensor, u: Tensor, v: Tensor, with_jac: bool):
+    """ud = u (1 + k1 r2 + k2 r2^2 + ...), for one or two radial coefficients (SIMPLE_RADIAL, RADIAL)."""
+    r2 = u * u + v * v
+    powers = [r2]
+    for _ in range(1, extra.shape[1]):
+        powers.append(powers[-1] * r2)
+    radial = sum(extra[:, i] * powers[i] for i in range(extra.shape[1]))
+    scale = 1.0 + radial
+    ud, vd = u * scale, v * scale
+    if not with_jac:
+        return ud, vd, None, None
+    # d radial / d r2 = k1 + 2 k2 r2 + ...
+    dradial = extra[:, 0] + sum((i + 1) * extra[:, i] * powers[i - 1] for i in range(1, extra.shape[1]))
+    two_dr = 2.0 * dradial
+    uv = u * v * two_dr
+    j_uv = torch.stack([torch.stack([scale + u * u * two_dr, uv], -1),
+                        torch.stack([uv, scale + v * v * two_dr], -1)], -2)
+    p = torch.stack(powers, -1)  # (N, E)
+    j_extra = torch.stack([u[:, None] * p, v[:, None] * p], -2)
+    return ud, vd, j_uv, j_extra
+
+
+def _opencv_distortion(extra: Tensor, u: Tensor, v: Tensor, with_jac: bool):
+    """COLMAP's OPENCV distortion: radial k1, k2 and tangential p1, p2."""
+    k1, k2, p1, p2 = extra.unbind(-1)
+    u2, v2, uv = u * u, v * v, u * v
+    r2 = u2 + v2
+    radial = k1 * r2 + k2 * r2 * r2
+    ud = u + u * radial + 2.0 * p1 * uv + p2 * (r2 + 2.0 * u2)
+    vd = v + v * radial + 2.0 * p2 * uv + p1 * (r2 + 2.0 * v2)
+    if not with_jac:
+        return ud, vd, None, None
+    two_dr = 2.0 * (k1 + 2.0 * k2 * r2)
+    cross = uv * two_dr + 2.0 * p1 * u + 2.0 * p2 * v
+    j_uv = torch.stack([torch.stack([1.0 + radial + u2 * two_dr + 2.0 * p1 * v + 6.0 * p2 * u, cross], -1),
+                        torch.stack([cross, 1.0 + radial + v2 * two_dr + 2.0 * p2 * u + 6.0 * p1 * v], -1)], -2)
+    r4 = r2 * r2
+    j_extra = torch.stack([torch.stack([u * r2, u * r4, 2.0 * uv, r2 + 2.0 * u2], -1),
+                           torch.stack([v * r2, v * r4, r2 + 2.0 * v2, 2.0 * uv], -1)], -2)
+    return ud, vd, j_uv, j_extra
+
+
+MODELS: dict[str, CameraModel] = {m.name: m for m in [
+    CameraModel("SIMPLE_PINHOLE", 0, 3, (0,), (1, 2), (), _no_distortion),
+    CameraModel("PINHOLE", 1, 4, (0, 1), (2, 3), (), _no_distortion),
+    CameraModel("SIMPLE_RADIAL", 2, 4, (0,), (1, 2), (3,), _radial_distortion),
+    CameraModel("RADIAL", 3, 5, (0,), (1, 2), (3, 4), _radial_distortion),
+    CameraModel("OPENCV", 4, 8, (0, 1), (2, 3), (4, 5, 6, 7), _opencv_distortion),
+]}
+MODELS_BY_ID: dict[int, CameraModel] = {m.model_id: m for m in MODELS.values()}
+
+
+def get_model(name_or_id: str | int) -> CameraModel:
+    """Look a model up by COLMAP name or id; a clear error for models the BA does not support."""
+    table = MODELS_BY_ID if isinstance(name_or_id, int) else MODELS
+    if name_or_id not in table:
+        raise ValueError(f"camera model {name_or_id!r} is not supported by recon.ba "
+                         f"(supported: {', '.join(MODELS)})")
+    return table[name_or_id]
+
+
+def project(model: CameraModel, params: Tensor, p_cam: Tensor, with_jac: bool = True):
+    """Project camera-frame points with one camera model.
+
+    Args:
+        model: the camera model of every row.
+        params: (N, K>=model.num_params) camera parameters per observation (COLMAP order; extra
+            columns beyond ``num_params`` are ignored padding).
+        p_cam: (N, 3) points in the camera frame (z > 0 in front).
+        with_jac: also return Jacobians.
+    Returns:
+        xy (N, 2) pixels; and when ``with_jac``: J_pcam (N, 2, 3) d xy / d p_cam and
+        J_params (N, 2, K) d xy / d params (zero in padding columns).
+    """
+    z = p_cam[:, 2]
+    inv_z = 1.0 / z
+    u, v = p_cam[:, 0] * inv_z, p_cam[:, 1] * inv_z
+    extra = params[:, list(model.extra_idxs)]
+    ud, vd, j_uv, j_extra = model.distortion(extra, u, v, with_jac)
+    fx = params[:, model.focal_idxs[0]]
+    fy = params[:, model.focal_idxs[-1]]
+    cx, cy = params[:, model.pp_idxs[0]], params[:, model.pp_idxs[1]]
+    xy = torch.stack([fx * ud + cx, fy * vd + cy], -1)
+    if not with_jac:
+        return xy
+    f = torch.stack([fx, fy], -1)[:, :, None]  # (N, 2, 1)
+    # d(u, v)/d p_cam = [[1/z, 0, -u/z], [0, 1/z, -v/z]], multiplied out (tiny batched matmuls are slow).
+    a = f * j_uv * inv_z[:, None, None]  # (N, 2, 2)
+    j_pcam = torch.cat([a, -(a[:, :, 0:1] * u[:, None, None] + a[:, :, 1:2] * v[:, None, None])], -1)
+    j_params = params.new_zeros(params.shape[0], 2, params.shape[1])
+    if len(model.focal_idxs) == 1:
+        j_params[:, 0, model.focal_idxs[0]] = ud
+        j_params[:, 1, model.focal_idxs[0]] = vd
+    else:
+        j_params[:, 0, model.focal_idxs[0]] = ud
+        j_params[:, 1, model.focal_idxs[1]] = vd
+    j_params[:, 0, model.pp_idxs[0]] = 1.0
+    j_params[:, 1, model.pp_idxs[1]] = 1.0
+    if model.extra_idxs:
+        j_params[:, :, list(model.extra_idxs)] = f * j_extra
+    return xy, j_pcam, j_params
