@@ -12,3 +12,4 @@ from ..stages import StageRegistry
 MAPPERS = StageRegistry("mapper")
 
 from . import colmap_mappers  # noqa: E402,F401  (registers colmap_incremental, colmap_global)
+from . import recon_global  # noqa: E402,F401  (registers recon_global)

@@ -1,0 +1,17 @@
+"""Global alignment: from verified two-view geometries to camera poses and points, all at once.
+
+The phases of recon's global mapper (:mod:`recon.mapping.recon_global`), each usable alone:
+
+* :mod:`.view_graph` - the database's verified pairs as a graph of relative poses; focal lengths
+  of uncalibrated cameras from the fundamental matrices; largest connected component.
+* :mod:`.rotation_averaging` - global rotations from relative ones (spanning-tree start, robust
+  IRLS on the rotation Lie algebra).
+* :mod:`.tracks` - multi-view tracks from pairwise matches (connected components), with
+  inconsistent observations removed.
+* :mod:`.positioning` - camera centres and points jointly from ray directions (BATA objective).
+* :mod:`.triangulation` - multi-view triangulation, reprojection errors and triangulation angles
+  for the refinement loop.
+
+Conventions are COLMAP's: rotations are ``cam_from_world`` (x_cam = R x_world + t); a pair
+``(i, j)`` carries ``cam_j_from_cam_i``.
+"""
