@@ -14,8 +14,14 @@ Phases (each a module of :mod:`recon.align`; a tqdm bar names the running phase)
    with recon's BA engine (Cauchy loss, intrinsics fixed), every track re-triangulated from all
    its observations, observations kept by reprojection error (``max_reprojection_error`` px),
    points by triangulation angle (``min_triangulation_angle`` deg) and images by their number of
-   inliers; then a final BA with intrinsics refined as the ``refine_*`` options say, and a last
-   filter.
+   inliers; then a final BA (``final_ba_iterations``) with intrinsics refined as the
+   ``refine_*`` options say, re-triangulation and a last filter.
+
+When a camera has no focal prior (no EXIF) and the fundamental matrices do not pin its focal
+length down (they cannot when all optical axes meet in one point, as on a turntable), phases 1-5
+are repeated (at most ``focal_passes`` times, until no focal moves by more than
+``focal_tolerance``) with the focal lengths the last BA found: relative poses, and so rotations,
+depend on the focal length.
 
 The model has the database's image and camera ids, every keypoint of a registered image as a
 Point2D (so point2D index == keypoint index, as in COLMAP's mappers) and only registered images.
@@ -48,53 +54,75 @@ PHASES = ("view graph", "rotation averaging", "tracks", "global positioning", "r
 
 @MAPPERS.register("recon_global", min_num_inliers=15, calibrate_focal_length=True, max_rotation_error=10.0,
                   max_points=50000, positioning_iterations=60, max_ray_angle=10.0, max_reprojection_error=4.0,
-                  min_triangulation_angle=1.5, min_image_observations=15, refinement_rounds=3, ba_iterations=50,
+                  min_triangulation_angle=1.5, min_image_observations=15, refinement_rounds=2, ba_iterations=30,
+                  focal_passes=5, focal_tolerance=0.005,
+                  final_ba_iterations=100,
                   refine_focal_length=True, refine_principal_point=False, refine_extra_params=True)
 def recon_global(database_path: Path, image_dir: Path, output_dir: Path, conf: dict[str, Any],
                  device: torch.device, seed: int = 0) -> pycolmap.Reconstruction:
     """recon's global mapper (rotation averaging, global positioning, bundle adjustment; GPU when present)."""
     device = torch.device(device)
-    bar = tqdm(PHASES, desc="recon_global", unit="phase", leave=False)
-    phases = iter(bar)
+    bar = tqdm(total=len(PHASES), desc="recon_global", unit="phase", leave=False)
 
-    def phase() -> None:
-        bar.set_postfix_str(next(phases))
+    def phase(name: str) -> None:
+        bar.set_postfix_str(name)
+        bar.update()
 
-    phase()
     graph = read_view_graph(database_path, conf["min_num_inliers"])
+    pairs_read = graph.valid.copy()
     if conf["calibrate_focal_length"]:
         calibrate_focal_lengths(graph, device)
-    estimate_relative_poses(graph)
-    restrict_to_largest_component(graph)
-    phase()
-    rotations = robust_rotations(graph, conf["max_rotation_error"], device)
-    phase()
-    tracks = build_tracks(np.array([len(k) for k in graph.keypoints]), graph.pairs[graph.valid],
-                          [m for m, ok in zip(graph.matches, graph.valid) if ok])
-    if tracks.num_tracks == 0:
-        raise RuntimeError("recon_global: the verified matches form no tracks")
-    state = State.start(graph, tracks, rotations, device)
-    phase()
-    state.position(conf["max_points"], conf["positioning_iterations"], conf["max_ray_angle"], seed)
-    phase()
-    filter_args = (conf["min_triangulation_angle"], conf["min_image_observations"])
-    state.filter(state.inlier, *filter_args)
-    for _ in range(conf["refinement_rounds"]):
-        state.adjust(conf["ba_iterations"], BAOptions(refine_focal_length=False, refine_extra_params=False))
-        state.retriangulate()
-        state.filter(state.reprojection_inliers(conf["max_reprojection_error"]), *filter_args)
-    state.adjust(conf["ba_iterations"], BAOptions(refine_focal_length=conf["refine_focal_length"],
-                                                  refine_principal_point=conf["refine_principal_point"],
-                                                  refine_extra_params=conf["refine_extra_params"]))
-    state.filter(state.reprojection_inliers(conf["max_reprojection_error"]), *filter_args)
-    phase()
+    unknown_focal = not all(camera.has_prior_focal_length for camera in graph.cameras)
+    passes = conf["focal_passes"] if unknown_focal and conf["refine_focal_length"] else 1
+    for number in range(passes):
+        bar.reset()
+        bar.set_description(f"recon_global pass {number + 1}/{passes}")
+        graph.valid = pairs_read.copy()
+        before = np.array([camera.mean_focal_length() for camera in graph.cameras])
+        state = map_once(graph, conf, device, seed, phase)
+        state.current_cameras()  # the refined intrinsics start the next pass
+        after = np.array([camera.mean_focal_length() for camera in graph.cameras])
+        if np.abs(after / before - 1.0).max() < conf["focal_tolerance"]:
+            break
+    phase("model")
     model = state.reconstruction()
+    model.update_point_3d_errors()
     if image_dir is not None and Path(image_dir).is_dir():
         model.extract_colors_for_all_images(str(image_dir))
     bar.close()
     logger.info("recon_global: %d / %d images registered, %d points", model.num_reg_images(), graph.num_images,
                 model.num_points3D())
     return model
+
+
+def map_once(graph: ViewGraph, conf: dict[str, Any], device: torch.device, seed: int, phase) -> "State":
+    """One pass of phases 1-5 with the graph's current cameras; returns the refined state."""
+    phase("view graph")
+    estimate_relative_poses(graph)
+    restrict_to_largest_component(graph)
+    phase("rotation averaging")
+    rotations = robust_rotations(graph, conf["max_rotation_error"], device)
+    phase("tracks")
+    tracks = build_tracks(np.array([len(k) for k in graph.keypoints]), graph.pairs[graph.valid],
+                          [m for m, ok in zip(graph.matches, graph.valid) if ok])
+    if tracks.num_tracks == 0:
+        raise RuntimeError("recon_global: the verified matches form no tracks")
+    state = State.start(graph, tracks, rotations, device)
+    phase("global positioning")
+    state.position(conf["max_points"], conf["positioning_iterations"], conf["max_ray_angle"], seed)
+    phase("refinement")
+    filter_args = (conf["min_triangulation_angle"], conf["min_image_observations"])
+    state.filter(state.inlier, *filter_args)
+    for _ in range(conf["refinement_rounds"]):
+        state.adjust(conf["ba_iterations"], BAOptions(refine_focal_length=False, refine_extra_params=False))
+        state.retriangulate()
+        state.filter(state.reprojection_inliers(conf["max_reprojection_error"]), *filter_args)
+    state.adjust(conf["final_ba_iterations"], BAOptions(refine_focal_length=conf["refine_focal_length"],
+                                                  refine_principal_point=conf["refine_principal_point"],
+                                                  refine_extra_params=conf["refine_extra_params"]))
+    state.retriangulate()
+    state.filter(state.reprojection_inliers(conf["max_reprojection_error"]), *filter_args)
+    return state
 
 
 def robust_rotations(graph: ViewGraph, max_error: float, device: torch.device, rounds: int = 3) -> np.ndarray:
@@ -247,6 +275,7 @@ class State:
         options.loss, options.loss_scale = "cauchy", 1.0
         options.max_num_iterations = iterations
         options.device = self.device.type
+        options.num_threads = 1 if self.device.type == "cpu" else None
         problem = self.problem(self.inlier, options)
         result, summary = solve(problem, options)
         logger.info("%s", summary.brief_report())
