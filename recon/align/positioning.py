@@ -10,7 +10,7 @@ point. It is solved as BATA does, by alternation from a random start: with ``s_e
 fixed the problem is a weighted linear least-squares one in (c, X) - a Laplacian system on the
 bipartite camera/point graph, solved exactly by eliminating the points (each point's block is a
 scalar times I_3) and Cholesky on the dense camera Schur complement - then the scales and the
-robust (Huber) IRLS weights are updated. The gauge: camera 0 at the origin, median
+robust IRLS weights are updated. The gauge: camera 0 at the origin, median
 camera-to-point distance 1 after every iteration.
 """
 from __future__ import annotations
@@ -56,8 +56,9 @@ def solve_bipartite(num_cams: int, num_points: int, cam: torch.Tensor, point: to
     rhs_pt = torch.zeros(num_points, 3, dtype=dtype, device=dev).index_add_(0, point, wu)
     inv_pt = 1.0 / d_pt
     # Schur complement S = D_c - A D_p^-1 A^T with A[n, k] = w_e (an image sees a point once).
-    S = torch.diag(d_cam - torch.zeros_like(d_cam).index_add_(0, cam, weights ** 2 * inv_pt[point]))
-    S.index_put_((cam[left], cam[right]), -weights[left] * weights[right] * inv_pt[point[left]], accumulate=True)
+    coupling = torch.bincount(cam[left] * num_cams + cam[right], weights=weights[left] * weights[right] * inv_pt[point[left]],
+                              minlength=num_cams * num_cams).reshape(num_cams, num_cams)
+    S = torch.diag(d_cam - torch.zeros_like(d_cam).index_add_(0, cam, weights ** 2 * inv_pt[point])) - coupling
     rhs = rhs_cam + torch.zeros_like(rhs_cam).index_add_(0, cam, weights[:, None] * (inv_pt[:, None] * rhs_pt)[point])
     A = S[1:, 1:] + 1e-10 * d_cam[1:].max() * torch.eye(num_cams - 1, dtype=dtype, device=dev)
     centres = torch.zeros(num_cams, 3, dtype=dtype, device=dev)
@@ -67,12 +68,14 @@ def solve_bipartite(num_cams: int, num_points: int, cam: torch.Tensor, point: to
 
 
 def global_positioning(rays: torch.Tensor, cam: torch.Tensor, point: torch.Tensor, num_cams: int, num_points: int,
-                       seed: int = 0, iterations: int = 100, huber: float = 0.1, tolerance: float = 1e-6,
+                       seed: int = 0, iterations: int = 100, loss_scale: float = 0.1, tolerance: float = 1e-6,
                        progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Camera centres and points from unit world-frame rays (see the module docstring).
 
     rays: (M, 3) unit directions from camera ``cam[e]`` towards point ``point[e]``; every camera
-    and point must be observed. Random start in [-1, 1]^3 from ``seed``. Stops when the largest
+    and point must be observed. Random start in [-1, 1]^3 from ``seed``. IRLS weights: Huber
+    (``loss_scale``) for the first half of the iterations, Cauchy (same scale) after, so that
+    wrong rays stop pulling the solution. Stops when the largest
     move of a centre between iterations is below ``tolerance`` (in units of the median
     camera-to-point distance). Returns centres (N, 3), points (P, 3) and the final per-observation
     residuals (M,) ``|d_e / |d_e| - v_e|`` (0 = on the ray, 2 = opposite).
@@ -83,11 +86,14 @@ def global_positioning(rays: torch.Tensor, cam: torch.Tensor, point: torch.Tenso
     points = (torch.rand(num_points, 3, generator=generator, dtype=dtype) * 2 - 1).to(dev)
     centres = centres - centres[:1]
     pairs = point_pairs(point, num_points)
-    for _ in tqdm(range(iterations), desc="global positioning", unit="it", leave=False, disable=not progress):
+    for it in tqdm(range(iterations), desc="global positioning", unit="it", leave=False, disable=not progress):
         diff = points[point] - centres[cam]
         length = diff.norm(dim=1).clamp_min(1e-12)
         residual = (diff / length[:, None] - rays).norm(dim=1)
-        robust = torch.where(residual <= huber, torch.ones_like(residual), huber / residual)
+        if it < iterations // 2:  # Huber from the random start, then Cauchy to shed the outliers' pull
+            robust = torch.where(residual <= loss_scale, torch.ones_like(residual), loss_scale / residual)
+        else:
+            robust = 1.0 / (1.0 + (residual / loss_scale) ** 2)
         # s = 1 / |d|: w s^2 |d - v / s|^2 with offsets u = v |d|.
         new_centres, new_points = solve_bipartite(num_cams, num_points, cam, point, robust / length ** 2,
                                                   rays * length[:, None], pairs)
@@ -95,7 +101,7 @@ def global_positioning(rays: torch.Tensor, cam: torch.Tensor, point: torch.Tenso
         new_centres, new_points = new_centres / scale, new_points / scale
         move = float((new_centres - centres).norm(dim=1).max())
         centres, points = new_centres, new_points
-        if move < tolerance:
+        if move < tolerance and it >= iterations // 2:
             break
     diff = points[point] - centres[cam]
     residual = (diff / diff.norm(dim=1, keepdim=True).clamp_min(1e-12) - rays).norm(dim=1)

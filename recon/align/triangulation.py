@@ -24,7 +24,7 @@ def ray_angles(points: torch.Tensor, centres: torch.Tensor, rays: torch.Tensor) 
 
 
 def triangulate(centres: torch.Tensor, rays: torch.Tensor, track: torch.Tensor, num_tracks: int,
-                iterations: int = 3, scale_deg: float = 1.0) -> torch.Tensor:
+                iterations: int = 2, scale_deg: float = 1.0) -> torch.Tensor:
     """(T, 3) points from rays: centres (M, 3) camera centre of each observation, rays (M, 3)
     unit world directions, track (M,) track index. ``iterations`` Cauchy reweightings with
     angle scale ``scale_deg``. Tracks whose rays are parallel get a least-squares point far away

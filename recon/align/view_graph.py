@@ -129,14 +129,14 @@ def essential_singular_gap(F: torch.Tensor, K_i: torch.Tensor, K_j: torch.Tensor
     return (s[:, 0] - s[:, 1]) / (s[:, 0] + s[:, 1]).clamp_min(1e-300)
 
 
-def calibrate_focal_lengths(graph: ViewGraph, device: torch.device | str = "cpu", max_iterations: int = 100,
+def calibrate_focal_lengths(graph: ViewGraph, device: torch.device | str = "cpu", max_iterations: int = 30,
                             loss_scale: float = 0.05, refine_all: bool = False,
                             min_improvement: float = 0.2) -> np.ndarray:
     """Refine the focal length of every camera without a focal prior from the pairs' F (in place).
 
     One focal per camera (shared by its images), principal point fixed; minimises the robust
     (Cauchy, ``loss_scale``) inlier-weighted sum of :func:`essential_singular_gap` over every pair
-    with a fundamental matrix, in log-focal space by L-BFGS. A camera's focal is kept when the
+    with a fundamental matrix, in log-focal space by damped Newton steps (C x C Hessian by autograd). A camera's focal is kept when the
     optimum leaves [0.2, 10] x its start or lowers the cost by less than ``min_improvement``
     (a fraction): then the pairs do not constrain it (e.g. all optical axes through one point, a
     known degeneracy of focal lengths from F), and BA has to find it. ``refine_all`` also
@@ -160,26 +160,27 @@ def calibrate_focal_lengths(graph: ViewGraph, device: torch.device | str = "cpu"
     principal = torch.as_tensor(np.array([_principal_point(camera) for camera in graph.cameras]), **f64)
     log_start = torch.as_tensor(np.log(start), **f64)
     free_t = torch.as_tensor(free, device=dev)
-    delta = torch.zeros_like(log_start, requires_grad=True)
-
-    def cost() -> torch.Tensor:
+    def cost(delta: torch.Tensor) -> torch.Tensor:
         K = calibration_matrices(torch.exp(log_start + delta * free_t), principal)
         gap = essential_singular_gap(F_t, K[cam_i], K[cam_j])
         return (weights * torch.log1p((gap / loss_scale) ** 2)).sum()
 
-    optimizer = torch.optim.LBFGS([delta], lr=1.0, max_iter=max_iterations, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        value = cost()
-        value.backward()
-        return value
-
-    with torch.no_grad():
-        initial = float(cost())
-    optimizer.step(closure)
-    with torch.no_grad():
-        final = float(cost())
+    delta = torch.zeros_like(log_start)
+    initial = float(cost(delta))
+    value, damping = initial, 1e-3
+    for _ in range(max_iterations):  # Levenberg-Marquardt-damped Newton steps in log focal
+        gradient = torch.autograd.functional.jacobian(cost, delta) * free_t
+        hessian = torch.autograd.functional.hessian(cost, delta) * (free_t[:, None] & free_t[None, :])
+        hessian = hessian + torch.diag(damping * hessian.diagonal().abs().clamp_min(1e-12) + (~free_t).double())
+        step = -torch.linalg.solve(hessian, gradient)
+        candidate = float(cost(delta + step))
+        if candidate < value:
+            delta, value, damping = delta + step, candidate, damping / 3
+            if float(step.abs().max()) < 1e-6:
+                break
+        else:
+            damping *= 4
+    final = value
     focal = np.exp(np.log(start) + delta.detach().cpu().numpy() * free)
     plausible = (focal > 0.2 * start) & (focal < 10 * start) & np.isfinite(focal)
     decisive = final < (1.0 - min_improvement) * initial

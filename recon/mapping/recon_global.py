@@ -17,6 +17,9 @@ Phases (each a module of :mod:`recon.align`; a tqdm bar names the running phase)
    inliers; then a final BA (``final_ba_iterations``) with intrinsics refined as the
    ``refine_*`` options say, re-triangulation and a last filter.
 
+``num_threads``: torch CPU threads while mapping (0: leave torch's setting); 1 is the measured
+fastest on a busy machine, where every multi-threaded op waits for all its threads.
+
 When a camera has no focal prior (no EXIF) and the fundamental matrices do not pin its focal
 length down (they cannot when all optical axes meet in one point, as on a turntable), phases 1-5
 are repeated (at most ``focal_passes`` times, until no focal moves by more than
@@ -54,14 +57,25 @@ PHASES = ("view graph", "rotation averaging", "tracks", "global positioning", "r
 
 @MAPPERS.register("recon_global", min_num_inliers=15, calibrate_focal_length=True, max_rotation_error=10.0,
                   max_points=50000, positioning_iterations=60, max_ray_angle=10.0, max_reprojection_error=4.0,
-                  min_triangulation_angle=1.5, min_image_observations=15, refinement_rounds=2, ba_iterations=30,
+                  min_triangulation_angle=1.5, min_image_observations=15, refinement_rounds=2, ba_iterations=20,
                   focal_passes=5, focal_tolerance=0.005,
-                  final_ba_iterations=100,
+                  final_ba_iterations=50, num_threads=1,
                   refine_focal_length=True, refine_principal_point=False, refine_extra_params=True)
 def recon_global(database_path: Path, image_dir: Path, output_dir: Path, conf: dict[str, Any],
                  device: torch.device, seed: int = 0) -> pycolmap.Reconstruction:
     """recon's global mapper (rotation averaging, global positioning, bundle adjustment; GPU when present)."""
     device = torch.device(device)
+    threads = torch.get_num_threads()
+    if device.type == "cpu" and conf["num_threads"] > 0:
+        torch.set_num_threads(conf["num_threads"])
+    try:
+        return _recon_global(database_path, image_dir, conf, device, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _recon_global(database_path: Path, image_dir: Path | None, conf: dict[str, Any], device: torch.device,
+                  seed: int) -> pycolmap.Reconstruction:
     bar = tqdm(total=len(PHASES), desc="recon_global", unit="phase", leave=False)
 
     def phase(name: str) -> None:
@@ -275,7 +289,6 @@ class State:
         options.loss, options.loss_scale = "cauchy", 1.0
         options.max_num_iterations = iterations
         options.device = self.device.type
-        options.num_threads = 1 if self.device.type == "cpu" else None
         problem = self.problem(self.inlier, options)
         result, summary = solve(problem, options)
         logger.info("%s", summary.brief_report())
