@@ -3,7 +3,7 @@
 Every mapper is registered in :data:`MAPPERS` with its typed options and is called as
 ``mapper(database_path, image_dir, output_dir, conf, device, seed) -> pycolmap.Reconstruction`` (the
 largest model). COLMAP's incremental and global mappers are the references; recon's own global
-mapper (``recon_global``) plugs in the same way.
+mapper (``recon_global``, :mod:`.recon_global`) plugs in the same way.
 """
 from __future__ import annotations
 
