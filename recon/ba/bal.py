@@ -102,7 +102,7 @@ def synthetic_bal(num_cameras: int, num_points: int, mean_track: int = 5, noise_
     sideways at +y); each point lies 8-20 units from the street and is seen by 2 to
     ``2 mean_track - 2`` consecutive cameras. Observations get Gaussian pixel noise (``noise_px``),
     ``outlier_ratio`` of them are replaced by gross outliers (uniform +-100 px offsets); the
-    initial poses, intrinsics and points are perturbed by ``pose_noise`` (rad / units),
+    initial orientations, camera centres, intrinsics and points are perturbed by ``pose_noise`` (rad / units),
     1% (focal) and ``point_noise`` (units). ``truth`` has the noise-free observations' parameters
     and the same (noisy) observations.
     """
@@ -143,8 +143,11 @@ def synthetic_bal(num_cameras: int, num_points: int, mean_track: int = 5, noise_
     xy[outliers] += 200.0 * rand(int(outliers.sum()), 2) - 100.0
     truth.obs_xy = xy
     noisy = truth.clone()
+    # Perturb orientation and camera centre (not t directly: far from the origin a small rotation
+    # of cam_from_world with t kept would move the centre by |t| x angle).
     noisy.rotations = so3_exp(pose_noise * randn(num_cameras, 3)) @ rotations
-    noisy.translations = translations + pose_noise * randn(num_cameras, 3)
+    noisy_centres = centers + pose_noise * randn(num_cameras, 3)
+    noisy.translations = -(noisy.rotations @ noisy_centres[:, :, None])[:, :, 0]
     noisy.camera_params[:, 0] *= 1.0 + 0.01 * randn(num_cameras)
     noisy.points = points + point_noise * randn(num_points, 3)
     return noisy, truth

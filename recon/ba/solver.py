@@ -33,7 +33,7 @@ import torch
 
 from . import losses
 from .cameras import get_model, project
-from .geometry import skew, so3_exp
+from .geometry import so3_exp
 from .problem import Problem
 
 Tensor = torch.Tensor
@@ -56,6 +56,8 @@ class BAOptions:
         pcg_min_iterations, pcg_max_iterations, pcg_eta: CG stops with Ceres' truncated-Newton
             rule ``i (Q_i - Q_{i-1}) >= eta Q_i`` (Q the quadratic model, Ceres' ``eta``).
         jacobian: ``analytic | autodiff`` (both float64; analytic is the measured faster one).
+        schur_float32: store the per-pair factors of the dense Schur assembly in float32 (GEMMs in
+            float32, block sums in float64); everything else stays float64.
         device: ``auto | cpu | cuda``.
         num_threads: CPU threads for torch during the solve (restored afterwards); None keeps
             torch's setting. On a busy machine 1 thread is often fastest: every torch op is a
@@ -86,6 +88,7 @@ class BAOptions:
     pcg_max_iterations: int = 200
     pcg_eta: float = 0.1
     jacobian: str = "analytic"
+    schur_float32: bool = False
     device: str = "auto"
     num_threads: int | None = None
     progress: bool = False
@@ -227,14 +230,13 @@ def padded(shape: tuple[int, ...], like: Tensor) -> Tensor:
 class Structure:
     """Index bookkeeping fixed for a problem: observation order, free columns, point pairs.
 
-    Observations are sorted by point so each point's track is contiguous; the pairs (a < b) of
-    observations of the same point give the off-diagonal blocks of the Schur complement.
+    Observations are sorted by point so each point's track is contiguous; the pairs (a <= b) of
+    observations of the same point give the blocks of the Schur complement (dense solver).
     """
 
     def __init__(self, problem: Problem, options: BAOptions):
         dev = problem.device
         order = torch.argsort(problem.obs_point, stable=True)
-        self.order = order
         self.obs_img = problem.obs_image[order]
         self.obs_pt = problem.obs_point[order]
         self.obs_xy = problem.obs_xy[order]
@@ -451,6 +453,7 @@ class NormalEquations:
 
     def __init__(self, st: Structure, lin: Linearization, options: BAOptions):
         self.st, self.lin = st, lin
+        self.schur_float32 = options.schur_float32
         jc, jp, r = lin.jac_cam, lin.jac_pts, lin.residuals
         self.wt_pad = padded((st.num_obs, 3, st.m), jc)
         self.wt = outer_sum(jp, jc, out=self.wt_pad[:-1])  # W_a^T = Jp^T Jc (M, 3, m), zero row after
@@ -532,7 +535,11 @@ def solve_dense(ne: NormalEquations, lam: float) -> tuple[Tensor, Tensor, int] |
     y = ne.eliminate(vinv)
     rhs = ne.reduced_rhs(y)
     blocks = torch.zeros(n_img * n_img + n_img, m, m, dtype=y.dtype, device=y.device)
-    add_rows(blocks, st.pair_chunk_block, chunk_gram(y, ne.wt_pad, st.pair_a_idx, st.pair_b_idx, CHUNK))
+    if ne.schur_float32:
+        gram = chunk_gram(y.float(), ne.wt_pad.float(), st.pair_a_idx, st.pair_b_idx, CHUNK).double()
+    else:
+        gram = chunk_gram(y, ne.wt_pad, st.pair_a_idx, st.pair_b_idx, CHUNK)
+    add_rows(blocks, st.pair_chunk_block, gram)
     off = blocks[:n_img * n_img].view(n_img, n_img, m, m)
     s_blocks = -(off + off.permute(1, 0, 3, 2))
     diag = s_blocks.diagonal(dim1=0, dim2=1)  # (m, m, I) view
