@@ -136,3 +136,18 @@ def test_recon_global_reconstructs_temple_views(tmp_path):
     metrics = evaluate(model, truth)
     assert metrics["auc"]["5"] > 0.5 and metrics["rra15"] == 1.0
     assert metrics["focal_error_median"] < 0.1
+
+
+def test_positioning_camera_coupling_dense_equals_pairwise():
+    from recon.align.positioning import camera_coupling, point_pairs
+
+    g = torch.Generator().manual_seed(2)
+    n, p = 6, 40
+    cam, point = torch.arange(n).repeat_interleave(p), torch.arange(p).repeat(n)
+    seen = torch.rand(len(cam), generator=g) < 0.6
+    cam, point = cam[seen], point[seen]
+    weights = torch.rand(len(cam), generator=g, dtype=torch.float64) + 0.1
+    inv_pt = 1.0 / torch.zeros(p, dtype=torch.float64).index_add_(0, point, weights).clamp_min(1e-3)
+    dense = camera_coupling(n, p, cam, point, weights, inv_pt, None)
+    pairwise = camera_coupling(n, p, cam, point, weights, inv_pt, point_pairs(point, p))
+    assert torch.allclose(dense, pairwise, atol=1e-12)

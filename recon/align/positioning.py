@@ -38,17 +38,35 @@ def point_pairs(point: torch.Tensor, num_points: int) -> tuple[torch.Tensor, tor
     return left[distinct], right[distinct]
 
 
+def camera_coupling(num_cams: int, num_points: int, cam: torch.Tensor, point: torch.Tensor, weights: torch.Tensor,
+                    inv_pt: torch.Tensor, pairs: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """(N, N) ``A D_p^-1 A^T`` without its diagonal part from the same observation.
+
+    Two exact ways (the caller takes the cheaper): a dense (N, P) product when ``pairs`` is None
+    (best with long tracks and few points: synthetic or video), else one scatter per observation
+    pair (``pairs``, see :func:`point_pairs`; best with many short tracks).
+    """
+    if pairs is None:
+        A = torch.zeros(num_cams, num_points, dtype=weights.dtype, device=weights.device)
+        A[cam, point] = weights
+        coupling = (A * inv_pt) @ A.T
+        coupling.diagonal().sub_(torch.zeros_like(coupling[0]).index_add_(0, cam, weights ** 2 * inv_pt[point]))
+        return coupling
+    left, right = pairs
+    return torch.bincount(cam[left] * num_cams + cam[right], weights=weights[left] * weights[right] * inv_pt[point[left]],
+                          minlength=num_cams * num_cams).reshape(num_cams, num_cams)
+
+
 def solve_bipartite(num_cams: int, num_points: int, cam: torch.Tensor, point: torch.Tensor, weights: torch.Tensor,
                     offsets: torch.Tensor, pairs: tuple[torch.Tensor, torch.Tensor] | None = None
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Minimise ``sum_e w_e |X_k - c_n - u_e|^2`` with ``c_0 = 0``.
 
     cam, point: (M,) long indices; weights: (M,); offsets u: (M, 3); pairs: :func:`point_pairs`
-    of ``point`` (computed when None). Every point must have an observation with positive
+    of ``point``, or None for the dense coupling (:func:`camera_coupling`). Every point must have an observation with positive
     weight. Returns centres (N, 3) and points (P, 3).
     """
     dtype, dev = weights.dtype, weights.device
-    left, right = point_pairs(point, num_points) if pairs is None else pairs
     d_cam = torch.zeros(num_cams, dtype=dtype, device=dev).index_add_(0, cam, weights)
     d_pt = torch.zeros(num_points, dtype=dtype, device=dev).index_add_(0, point, weights)
     wu = weights[:, None] * offsets
@@ -56,8 +74,7 @@ def solve_bipartite(num_cams: int, num_points: int, cam: torch.Tensor, point: to
     rhs_pt = torch.zeros(num_points, 3, dtype=dtype, device=dev).index_add_(0, point, wu)
     inv_pt = 1.0 / d_pt
     # Schur complement S = D_c - A D_p^-1 A^T with A[n, k] = w_e (an image sees a point once).
-    coupling = torch.bincount(cam[left] * num_cams + cam[right], weights=weights[left] * weights[right] * inv_pt[point[left]],
-                              minlength=num_cams * num_cams).reshape(num_cams, num_cams)
+    coupling = camera_coupling(num_cams, num_points, cam, point, weights, inv_pt, pairs)
     S = torch.diag(d_cam - torch.zeros_like(d_cam).index_add_(0, cam, weights ** 2 * inv_pt[point])) - coupling
     rhs = rhs_cam + torch.zeros_like(rhs_cam).index_add_(0, cam, weights[:, None] * (inv_pt[:, None] * rhs_pt)[point])
     A = S[1:, 1:] + 1e-10 * d_cam[1:].max() * torch.eye(num_cams - 1, dtype=dtype, device=dev)
@@ -85,7 +102,9 @@ def global_positioning(rays: torch.Tensor, cam: torch.Tensor, point: torch.Tenso
     centres = (torch.rand(num_cams, 3, generator=generator, dtype=dtype) * 2 - 1).to(dev)
     points = (torch.rand(num_points, 3, generator=generator, dtype=dtype) * 2 - 1).to(dev)
     centres = centres - centres[:1]
-    pairs = point_pairs(point, num_points)
+    lengths = torch.bincount(point, minlength=num_points)
+    num_pairs = int((lengths * (lengths - 1)).sum())
+    pairs = point_pairs(point, num_points) if num_pairs < num_cams * num_points else None
     for it in tqdm(range(iterations), desc="global positioning", unit="it", leave=False, disable=not progress):
         diff = points[point] - centres[cam]
         length = diff.norm(dim=1).clamp_min(1e-12)
