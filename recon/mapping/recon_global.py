@@ -93,7 +93,7 @@ def _recon_global(database_path: Path, image_dir: Path | None, conf: dict[str, A
         bar.set_description(f"recon_global pass {number + 1}/{passes}")
         graph.valid = pairs_read.copy()
         before = np.array([camera.mean_focal_length() for camera in graph.cameras])
-        state = map_once(graph, conf, device, seed, phase, last=number == passes - 1)
+        state = map_once(graph, conf, device, seed, phase)
         state.current_cameras()  # the refined intrinsics start the next pass
         after = np.array([camera.mean_focal_length() for camera in graph.cameras])
         if np.abs(after / before - 1.0).max() < conf["focal_tolerance"]:
@@ -109,12 +109,8 @@ def _recon_global(database_path: Path, image_dir: Path | None, conf: dict[str, A
     return model
 
 
-def map_once(graph: ViewGraph, conf: dict[str, Any], device: torch.device, seed: int, phase,
-             last: bool = True) -> "State":
-    """One pass of phases 1-5 with the graph's current cameras; returns the refined state.
-
-    A pass that only serves to find focal lengths (``last=False``) refines once, intrinsics free.
-    """
+def map_once(graph: ViewGraph, conf: dict[str, Any], device: torch.device, seed: int, phase) -> "State":
+    """One pass of phases 1-5 with the graph's current cameras; returns the refined state."""
     phase("view graph")
     estimate_relative_poses(graph)
     restrict_to_largest_component(graph)
@@ -131,7 +127,7 @@ def map_once(graph: ViewGraph, conf: dict[str, Any], device: torch.device, seed:
     phase("refinement")
     filter_args = (conf["min_triangulation_angle"], conf["min_image_observations"])
     state.filter(state.inlier, *filter_args)
-    for _ in range(conf["refinement_rounds"] if last else 0):
+    for _ in range(conf["refinement_rounds"]):
         state.adjust(conf["ba_iterations"], BAOptions(refine_focal_length=False, refine_extra_params=False))
         state.retriangulate()
         state.filter(state.reprojection_inliers(conf["max_reprojection_error"]), *filter_args)
