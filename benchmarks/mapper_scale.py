@@ -72,6 +72,7 @@ def run_child(mapper: str, work: Path, num_images: int) -> dict:
     for line in done.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT "):])
+        print(line)  # e.g. a mapper's failure message
     print(done.stderr[-2000:])
     return {"registered": 0, "num_images": num_images, "time": float("nan"), "peak_rss_mb": float("nan")}
 
