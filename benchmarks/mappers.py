@@ -1,0 +1,138 @@
+"""The three mappers - COLMAP incremental, COLMAP global (GLOMAP) and recon_global - on the same
+database per scene, in one process.
+
+Each scene's database is built once with recon's default front end (COLMAP SIFT, mutual NN +
+ratio, exhaustive pairs, EXIF priors, COLMAP verification) through :class:`recon.pipeline.Pipeline`;
+every mapper then runs on its own copy. Prints per scene and mapper: registered images,
+AUC@1/5/10 (pairwise relative poses against ground truth), median camera-centre error after the
+least-squares Sim3 (in ground-truth units), mapping wall time and its ratio to COLMAP
+incremental's. Run from the repository root:
+
+    PYTHONPATH=. python benchmarks/mappers.py                       # every scene found
+    PYTHONPATH=. python benchmarks/mappers.py --scenes temple_sparse --work /tmp/mappers
+    PYTHONPATH=. python benchmarks/mappers.py --scenes temple_sparse --only-database
+
+``--work`` keeps the databases (a rerun reuses them); the large-image scenes (fountain 3072x2048,
+fox 1080x1920) are extracted at ``features.resize_max=1024``, and fox (67 video frames) is matched
+with sequential pairs (overlap 10) instead of all 2,211 pairs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import pycolmap
+
+from recon.config import load_config
+from recon.evaluate import evaluate
+from recon.mapping import MAPPERS
+from recon.pipeline import Pipeline
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+MAPPER_NAMES = ("colmap_incremental", "colmap_global", "recon_global")
+# name -> (images, ground truth or None, recon config overrides)
+SCENES = {
+    "fountain": (SHARED / "strecha_fountain_p11/images", SHARED / "strecha_fountain_p11/gt_colmap_text",
+                 ["features.resize_max=1024"]),
+    "temple_ring": (SHARED / "middlebury_temple/templeRing_partial",
+                    SHARED / "middlebury_temple/templeRing_partial/gt_colmap_text", []),
+    "temple_sparse": (SHARED / "middlebury_temple/templeSparseRing",
+                      SHARED / "middlebury_temple/templeSparseRing/gt_colmap_text", []),
+    "fox": (SHARED / "ngp_fox/images", SHARED / "ngp_fox/ref_colmap_text",
+            ["features.resize_max=1024", "pairs.name=sequential", "pairs.overlap=10"]),
+    "sacre_coeur": (SHARED / "hloc_sacre_coeur/mapping", None, ["database.camera_mode=per_image"]),
+}
+
+
+def build_scene_database(images: Path, work: Path, overrides: list[str]) -> Path:
+    """The default front end up to ``database.db`` (stages skip when their output is current)."""
+    pipeline = Pipeline(images, work, load_config("default", overrides))
+    pipeline.find_images()
+    pipeline.compute_priors()
+    pipeline.extract()
+    pipeline.select_pairs()
+    pipeline.match()
+    pipeline.build_database()
+    return pipeline.database_path
+
+
+def run_mapper(name: str, database: Path, images: Path, scratch: Path, seed: int) -> tuple[pycolmap.Reconstruction | None, float]:
+    """One mapper on a private copy of the database; returns (model or None, wall seconds)."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    copy = scratch / "database.db"
+    shutil.copy(database, copy)
+    config = load_config("default", [f"mapper.name={name}"])
+    conf = {k: v for k, v in config["mapper"].items() if k != "name"}
+    choice = MAPPERS.get(name)
+    device = __import__("matchers").resolve_device(config["device"])
+    start = time.perf_counter()
+    try:
+        model = choice.function(copy, images, scratch, conf, device, seed)
+    except RuntimeError as error:
+        print(f"  {name} failed: {error}")
+        model = None
+    return model, time.perf_counter() - start
+
+
+def scores(model: pycolmap.Reconstruction | None, gt: Path | None, num_images: int) -> dict:
+    result = {"registered": 0 if model is None else model.num_reg_images(), "num_images": num_images}
+    if model is not None and gt is not None:
+        metrics = evaluate(model, gt)
+        result.update({f"auc@{k}": v for k, v in metrics["auc"].items()})
+        result["center_error"] = metrics["center_error_median"]
+        result["num_images"] = metrics["num_images_gt"]
+        result["registered"] = metrics["num_registered"]
+    return result
+
+
+def print_scene(scene: str, rows: dict[str, dict]) -> None:
+    print(f"\n== {scene}")
+    print(f"{'mapper':20} {'registered':>10} {'AUC@1':>7} {'AUC@5':>7} {'AUC@10':>7} {'centre err':>11} "
+          f"{'time s':>8} {'x incr.':>8}")
+    reference = rows.get("colmap_incremental", {}).get("time")
+    for name, r in rows.items():
+        aucs = " ".join(f"{r.get(f'auc@{k}', float('nan')):7.3f}" for k in ("1", "5", "10"))
+        centre = r.get("center_error")
+        centre = f"{centre:11.4g}" if centre is not None else f"{'n/a':>11}"
+        ratio = f"{r['time'] / reference:8.2f}" if reference else f"{'n/a':>8}"
+        print(f"{name:20} {r['registered']:>4}/{r['num_images']:<5} {aucs} {centre} {r['time']:8.2f} {ratio}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenes", nargs="*", default=list(SCENES), choices=list(SCENES))
+    parser.add_argument("--mappers", nargs="*", default=list(MAPPER_NAMES), choices=list(MAPPER_NAMES))
+    parser.add_argument("--work", type=Path, help="keep databases here (default: a temporary folder)")
+    parser.add_argument("--only-database", action="store_true", help="build the databases and stop")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    pycolmap.logging.minloglevel = 2
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.work or Path(tmp)
+        for scene in args.scenes:
+            images, gt, overrides = SCENES[scene]
+            if not images.is_dir():
+                print(f"skipping {scene}: {images} not found")
+                continue
+            database = build_scene_database(images, work / scene, overrides)
+            if args.only_database:
+                continue
+            num_images = len(pycolmap.Database.open(database).read_all_images())
+            rows = {}
+            for name in args.mappers:
+                model, seconds = run_mapper(name, database, images, work / scene / f"run_{name}", args.seed)
+                rows[name] = {**scores(model, gt, num_images), "time": seconds}
+            results[scene] = rows
+            print_scene(scene, rows)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""Global positioning: camera centres and 3D points jointly from ray directions.
+
+With the rotations known, every observation ``e`` of point ``k`` in image ``n`` gives a unit ray
+``v_e`` in world axes; the objective (BATA, used by GLOMAP's global positioning) is
+
+    sum_e rho(| s_e (X_k - c_n) - v_e |),   s_e >= 0,
+
+with a per-observation scale ``s_e`` that makes it insensitive to the distance from camera to
+point. It is solved as BATA does, by alternation from a random start: with ``s_e = 1 / |X_k - c_n|``
+fixed the problem is a weighted linear least-squares one in (c, X) - a Laplacian system on the
+bipartite camera/point graph, solved exactly by eliminating the points (each point's block is a
+scalar times I_3) and Cholesky on the dense camera Schur complement - then the scales and the
+robust IRLS weights are updated. The gauge: camera 0 at the origin, median
+camera-to-point distance 1 after every iteration.
+"""
+from __future__ import annotations
+
+import torch
+from tqdm import tqdm
+
+
+def point_pairs(point: torch.Tensor, num_points: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every ordered pair (a, b), a != b, of observations of one point (their camera-camera coupling).
+
+    point: (M,) point index per observation. Returns two (Q,) observation-index tensors,
+    ``Q = sum_k L_k (L_k - 1)`` for track lengths ``L_k``.
+    """
+    order = torch.argsort(point, stable=True)
+    length = torch.bincount(point, minlength=num_points)
+    start = torch.cumsum(length, 0) - length
+    reps = length[point[order]]
+    left_sorted = torch.repeat_interleave(torch.arange(len(order), device=point.device), reps)
+    base = torch.repeat_interleave(torch.cumsum(reps, 0) - reps, reps)
+    within = torch.arange(len(left_sorted), device=point.device) - base
+    right_sorted = start[point[order][left_sorted]] + within
+    left, right = order[left_sorted], order[right_sorted]
+    distinct = left != right
+    return left[distinct], right[distinct]
+
+
+def camera_coupling(num_cams: int, num_points: int, cam: torch.Tensor, point: torch.Tensor, weights: torch.Tensor,
+                    inv_pt: torch.Tensor, pairs: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """(N, N) ``A D_p^-1 A^T`` without its diagonal part from the same observation.
+
+    Two exact ways (the caller takes the cheaper): a dense (N, P) product when ``pairs`` is None
+    (best with long tracks and few points: synthetic or video), else one scatter per observation
+    pair (``pairs``, see :func:`point_pairs`; best with many short tracks).
+    """
+    if pairs is None:
+        A = torch.zeros(num_cams, num_points, dtype=weights.dtype, device=weights.device)
+        A[cam, point] = weights
+        coupling = (A * inv_pt) @ A.T
+        coupling.diagonal().sub_(torch.zeros_like(coupling[0]).index_add_(0, cam, weights ** 2 * inv_pt[point]))
+        return coupling
+    left, right = pairs
+    return torch.bincount(cam[left] * num_cams + cam[right], weights=weights[left] * weights[right] * inv_pt[point[left]],
+                          minlength=num_cams * num_cams).reshape(num_cams, num_cams)
+
+
+def solve_bipartite(num_cams: int, num_points: int, cam: torch.Tensor, point: torch.Tensor, weights: torch.Tensor,
+                    offsets: torch.Tensor, pairs: tuple[torch.Tensor, torch.Tensor] | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Minimise ``sum_e w_e |X_k - c_n - u_e|^2`` with ``c_0 = 0``.
+
+    cam, point: (M,) long indices; weights: (M,); offsets u: (M, 3); pairs: :func:`point_pairs`
+    of ``point``, or None for the dense coupling (:func:`camera_coupling`). Every point must have an observation with positive
+    weight. Returns centres (N, 3) and points (P, 3).
+    """
+    dtype, dev = weights.dtype, weights.device
+    d_cam = torch.zeros(num_cams, dtype=dtype, device=dev).index_add_(0, cam, weights)
+    d_pt = torch.zeros(num_points, dtype=dtype, device=dev).index_add_(0, point, weights)
+    wu = weights[:, None] * offsets
+    rhs_cam = -torch.zeros(num_cams, 3, dtype=dtype, device=dev).index_add_(0, cam, wu)
+    rhs_pt = torch.zeros(num_points, 3, dtype=dtype, device=dev).index_add_(0, point, wu)
+    inv_pt = 1.0 / d_pt
+    # Schur complement S = D_c - A D_p^-1 A^T with A[n, k] = w_e (an image sees a point once).
+    coupling = camera_coupling(num_cams, num_points, cam, point, weights, inv_pt, pairs)
+    S = torch.diag(d_cam - torch.zeros_like(d_cam).index_add_(0, cam, weights ** 2 * inv_pt[point])) - coupling
+    rhs = rhs_cam + torch.zeros_like(rhs_cam).index_add_(0, cam, weights[:, None] * (inv_pt[:, None] * rhs_pt)[point])
+    A = S[1:, 1:] + 1e-10 * d_cam[1:].max() * torch.eye(num_cams - 1, dtype=dtype, device=dev)
+    centres = torch.zeros(num_cams, 3, dtype=dtype, device=dev)
+    centres[1:] = torch.cholesky_solve(rhs[1:], torch.linalg.cholesky(A))
+    points = inv_pt[:, None] * (rhs_pt + torch.zeros_like(rhs_pt).index_add_(0, point, weights[:, None] * centres[cam]))
+    return centres, points
+
+
+def global_positioning(rays: torch.Tensor, cam: torch.Tensor, point: torch.Tensor, num_cams: int, num_points: int,
+                       seed: int = 0, iterations: int = 100, loss_scale: float = 0.1, tolerance: float = 1e-6,
+                       progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Camera centres and points from unit world-frame rays (see the module docstring).
+
+    rays: (M, 3) unit directions from camera ``cam[e]`` towards point ``point[e]``; every camera
+    and point must be observed. Random start in [-1, 1]^3 from ``seed``. IRLS weights: Huber
+    (``loss_scale``) for the first half of the iterations, Cauchy (same scale) after, so that
+    wrong rays stop pulling the solution. Stops when the largest
+    move of a centre between iterations is below ``tolerance`` (in units of the median
+    camera-to-point distance). Returns centres (N, 3), points (P, 3) and the final per-observation
+    residuals (M,) ``|d_e / |d_e| - v_e|`` (0 = on the ray, 2 = opposite).
+    """
+    dtype, dev = rays.dtype, rays.device
+    generator = torch.Generator().manual_seed(seed)
+    centres = (torch.rand(num_cams, 3, generator=generator, dtype=dtype) * 2 - 1).to(dev)
+    points = (torch.rand(num_points, 3, generator=generator, dtype=dtype) * 2 - 1).to(dev)
+    centres = centres - centres[:1]
+    lengths = torch.bincount(point, minlength=num_points)
+    num_pairs = int((lengths * (lengths - 1)).sum())
+    pairs = point_pairs(point, num_points) if num_pairs < num_cams * num_points else None
+    for it in tqdm(range(iterations), desc="global positioning", unit="it", leave=False, disable=not progress):
+        diff = points[point] - centres[cam]
+        length = diff.norm(dim=1).clamp_min(1e-12)
+        residual = (diff / length[:, None] - rays).norm(dim=1)
+        if it < iterations // 2:  # Huber from the random start, then Cauchy to shed the outliers' pull
+            robust = torch.where(residual <= loss_scale, torch.ones_like(residual), loss_scale / residual)
+        else:
+            robust = 1.0 / (1.0 + (residual / loss_scale) ** 2)
+        # s = 1 / |d|: w s^2 |d - v / s|^2 with offsets u = v |d|.
+        new_centres, new_points = solve_bipartite(num_cams, num_points, cam, point, robust / length ** 2,
+                                                  rays * length[:, None], pairs)
+        scale = (new_points[point] - new_centres[cam]).norm(dim=1).median().clamp_min(1e-12)
+        new_centres, new_points = new_centres / scale, new_points / scale
+        move = float((new_centres - centres).norm(dim=1).max())
+        centres, points = new_centres, new_points
+        if move < tolerance and it >= iterations // 2:
+            break
+    diff = points[point] - centres[cam]
+    residual = (diff / diff.norm(dim=1, keepdim=True).clamp_min(1e-12) - rays).norm(dim=1)
+    return centres, points, residual

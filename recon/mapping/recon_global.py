@@ -1,0 +1,339 @@
+"""recon's own global mapper: all cameras at once instead of one image at a time.
+
+Phases (each a module of :mod:`recon.align`; a tqdm bar names the running phase):
+
+1. view graph - verified pairs of the database, focal lengths of cameras without a prior from
+   the fundamental matrices, relative poses, largest connected component;
+2. rotation averaging - spanning-tree start, L1 then Geman-McClure IRLS; pairs that disagree with
+   the result by more than ``max_rotation_error`` degrees are dropped and the averaging redone;
+3. tracks - connected components of the matches of the remaining pairs;
+4. global positioning - camera centres and points jointly from the rays of the longest
+   ``max_points`` tracks (BATA objective, random start);
+5. refinement - observations first kept when their ray passes within ``max_ray_angle`` degrees
+   of the positioned point; then ``refinement_rounds`` times: bundle adjustment of the inliers
+   with recon's BA engine (Cauchy loss, intrinsics fixed), every track re-triangulated from all
+   its observations, observations kept by reprojection error (``max_reprojection_error`` px),
+   points by triangulation angle (``min_triangulation_angle`` deg) and images by their number of
+   inliers; then a final BA (``final_ba_iterations``) with intrinsics refined as the
+   ``refine_*`` options say, re-triangulation and a last filter.
+
+``num_threads``: torch CPU threads while mapping (0: leave torch's setting); 1 is the measured
+fastest on a busy machine, where every multi-threaded op waits for all its threads.
+
+When a camera has no focal prior (no EXIF) and the fundamental matrices do not pin its focal
+length down (they cannot when all optical axes meet in one point, as on a turntable), phases 1-5
+are repeated (at most ``focal_passes`` times, until no focal moves by more than
+``focal_tolerance``) with the focal lengths the last BA found: relative poses, and so rotations,
+depend on the focal length.
+
+The model has the database's image and camera ids, every keypoint of a registered image as a
+Point2D (so point2D index == keypoint index, as in COLMAP's mappers) and only registered images.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pycolmap
+import torch
+from tqdm import tqdm
+
+from ..align.positioning import global_positioning
+from ..align.rotation_averaging import average_rotations, rotation_consistency, spanning_tree_rotations
+from ..align.tracks import Tracks, build_tracks
+from ..align.triangulation import ray_angles, reprojection_errors, triangulate, triangulation_angles
+from ..align.view_graph import (ViewGraph, calibrate_focal_lengths, estimate_relative_poses, read_view_graph,
+                                restrict_to_largest_component)
+from ..ba import BAOptions, Problem, get_model, solve
+from ..ba.problem import gauge_two_cams, intrinsics_constant_mask
+from . import MAPPERS
+
+logger = logging.getLogger(__name__)
+PHASES = ("view graph", "rotation averaging", "tracks", "global positioning", "refinement", "model")
+
+
+@MAPPERS.register("recon_global", min_num_inliers=15, calibrate_focal_length=True, max_rotation_error=10.0,
+                  max_points=50000, positioning_iterations=60, max_ray_angle=10.0, max_reprojection_error=4.0,
+                  min_triangulation_angle=1.5, min_image_observations=15, refinement_rounds=2, ba_iterations=20,
+                  focal_passes=5, focal_tolerance=0.005,
+                  final_ba_iterations=50, num_threads=1,
+                  refine_focal_length=True, refine_principal_point=False, refine_extra_params=True)
+def recon_global(database_path: Path, image_dir: Path, output_dir: Path, conf: dict[str, Any],
+                 device: torch.device, seed: int = 0) -> pycolmap.Reconstruction:
+    """recon's global mapper (rotation averaging, global positioning, bundle adjustment; GPU when present)."""
+    device = torch.device(device)
+    threads = torch.get_num_threads()
+    if device.type == "cpu" and conf["num_threads"] > 0:
+        torch.set_num_threads(conf["num_threads"])
+    try:
+        return _recon_global(database_path, image_dir, conf, device, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _recon_global(database_path: Path, image_dir: Path | None, conf: dict[str, Any], device: torch.device,
+                  seed: int) -> pycolmap.Reconstruction:
+    bar = tqdm(total=len(PHASES), desc="recon_global", unit="phase", leave=False)
+
+    def phase(name: str) -> None:
+        bar.set_postfix_str(name)
+        bar.update()
+
+    graph = read_view_graph(database_path, conf["min_num_inliers"])
+    pairs_read = graph.valid.copy()
+    if conf["calibrate_focal_length"]:
+        calibrate_focal_lengths(graph, device)
+    unknown_focal = not all(camera.has_prior_focal_length for camera in graph.cameras)
+    passes = conf["focal_passes"] if unknown_focal and conf["refine_focal_length"] else 1
+    for number in range(passes):
+        bar.reset()
+        bar.set_description(f"recon_global pass {number + 1}/{passes}")
+        graph.valid = pairs_read.copy()
+        before = np.array([camera.mean_focal_length() for camera in graph.cameras])
+        state = map_once(graph, conf, device, seed, phase)
+        state.current_cameras()  # the refined intrinsics start the next pass
+        after = np.array([camera.mean_focal_length() for camera in graph.cameras])
+        if np.abs(after / before - 1.0).max() < conf["focal_tolerance"]:
+            break
+    phase("model")
+    model = state.reconstruction()
+    model.update_point_3d_errors()
+    if image_dir is not None and Path(image_dir).is_dir():
+        model.extract_colors_for_all_images(str(image_dir))
+    bar.close()
+    logger.info("recon_global: %d / %d images registered, %d points", model.num_reg_images(), graph.num_images,
+                model.num_points3D())
+    return model
+
+
+def map_once(graph: ViewGraph, conf: dict[str, Any], device: torch.device, seed: int, phase) -> "State":
+    """One pass of phases 1-5 with the graph's current cameras; returns the refined state."""
+    phase("view graph")
+    estimate_relative_poses(graph)
+    restrict_to_largest_component(graph)
+    phase("rotation averaging")
+    rotations = robust_rotations(graph, conf["max_rotation_error"], device)
+    phase("tracks")
+    tracks = build_tracks(np.array([len(k) for k in graph.keypoints]), graph.pairs[graph.valid],
+                          [m for m, ok in zip(graph.matches, graph.valid) if ok])
+    if tracks.num_tracks == 0:
+        raise RuntimeError("recon_global: the verified matches form no tracks")
+    state = State.start(graph, tracks, rotations, device)
+    phase("global positioning")
+    state.position(conf["max_points"], conf["positioning_iterations"], conf["max_ray_angle"], seed)
+    phase("refinement")
+    filter_args = (conf["min_triangulation_angle"], conf["min_image_observations"])
+    state.filter(state.inlier, *filter_args)
+    for _ in range(conf["refinement_rounds"]):
+        state.adjust(conf["ba_iterations"], BAOptions(refine_focal_length=False, refine_extra_params=False))
+        state.retriangulate()
+        state.filter(state.reprojection_inliers(conf["max_reprojection_error"]), *filter_args)
+    state.adjust(conf["final_ba_iterations"], BAOptions(refine_focal_length=conf["refine_focal_length"],
+                                                  refine_principal_point=conf["refine_principal_point"],
+                                                  refine_extra_params=conf["refine_extra_params"]))
+    state.retriangulate()
+    state.filter(state.reprojection_inliers(conf["max_reprojection_error"]), *filter_args)
+    return state
+
+
+def robust_rotations(graph: ViewGraph, max_error: float, device: torch.device, rounds: int = 3) -> np.ndarray:
+    """(N, 3, 3) global rotations of the largest component (identity elsewhere); pairs whose relative
+    rotation disagrees by more than ``max_error`` degrees are invalidated and the averaging redone."""
+    rotations = np.tile(np.eye(3), (graph.num_images, 1, 1))
+    for _ in range(rounds):
+        images = restrict_to_largest_component(graph)
+        index = np.cumsum(images) - 1
+        pairs = index[graph.pairs[graph.valid]]
+        measured = graph.rotations[graph.valid]
+        weights = graph.num_inliers[graph.valid].astype(np.float64)
+        start = spanning_tree_rotations(int(images.sum()), pairs, measured, weights)
+        averaged = average_rotations(pairs, measured, start, np.sqrt(weights), device)
+        rotations[images] = averaged
+        bad = rotation_consistency(averaged, pairs, measured) > max_error
+        if not bad.any():
+            break
+        graph.valid[np.flatnonzero(graph.valid)[bad]] = False
+    restrict_to_largest_component(graph)
+    return rotations
+
+
+@dataclass
+class State:
+    """The model while it is refined: every track's observations (M) and which are inliers.
+
+    images: (I,) view-graph image indices of the positioned images; obs_image: (M,) index into
+    ``images``; obs_xy: (M, 2) pixels; keypoint, track: (M,); inlier: (M,) bool;
+    rotations (I, 3, 3), translations (I, 3) cam_from_world; points (T, 3); camera_params (C, K).
+    """
+
+    graph: ViewGraph
+    images: np.ndarray
+    obs_image: torch.Tensor
+    keypoint: torch.Tensor
+    track: torch.Tensor
+    obs_xy: torch.Tensor
+    inlier: torch.Tensor
+    rotations: torch.Tensor
+    translations: torch.Tensor
+    points: torch.Tensor
+    camera_params: torch.Tensor
+    camera_models: list[str]
+    device: torch.device
+
+    @classmethod
+    def start(cls, graph: ViewGraph, tracks: Tracks, rotations: np.ndarray, device: torch.device) -> "State":
+        images, obs_image = np.unique(tracks.image, return_inverse=True)
+        offsets = np.concatenate([[0], np.cumsum([len(k) for k in graph.keypoints])])
+        xy = np.concatenate(graph.keypoints)[offsets[tracks.image] + tracks.keypoint]
+        models = [get_model(int(camera.model.value)).name for camera in graph.cameras]
+        width = max(get_model(name).num_params for name in models)
+        params = np.zeros((len(models), width))
+        for k, camera in enumerate(graph.cameras):  # one row per camera
+            params[k, :len(camera.params)] = camera.params
+        f64 = dict(dtype=torch.float64, device=device)
+        return cls(graph=graph, images=images, obs_image=torch.as_tensor(obs_image, device=device),
+                   keypoint=torch.as_tensor(tracks.keypoint, device=device),
+                   track=torch.as_tensor(tracks.track, device=device), obs_xy=torch.as_tensor(xy, **f64),
+                   inlier=torch.ones(len(obs_image), dtype=torch.bool, device=device),
+                   rotations=torch.as_tensor(rotations[images], **f64),
+                   translations=torch.zeros(len(images), 3, **f64),
+                   points=torch.zeros(tracks.num_tracks, 3, **f64), camera_params=torch.as_tensor(params, **f64),
+                   camera_models=models, device=device)
+
+    @property
+    def image_camera(self) -> torch.Tensor:
+        return torch.as_tensor(self.graph.image_camera[self.images], device=self.device)
+
+    @property
+    def centres(self) -> torch.Tensor:
+        """(I, 3) camera centres ``-R^T t``."""
+        return -(self.rotations.transpose(1, 2) @ self.translations[:, :, None])[:, :, 0]
+
+    def rays(self) -> torch.Tensor:
+        """(M, 3) unit world-frame rays of every observation under the current intrinsics and rotations."""
+        cameras = self.current_cameras()
+        normalised = np.zeros((len(self.obs_xy), 2))
+        xy = self.obs_xy.cpu().numpy()
+        camera_of = self.graph.image_camera[self.images][self.obs_image.cpu().numpy()]
+        for index, camera in enumerate(cameras):  # undistortion through pycolmap, one call per camera
+            rows = camera_of == index
+            if rows.any():
+                normalised[rows] = camera.cam_from_img(xy[rows])
+        local = torch.cat([torch.as_tensor(normalised, dtype=torch.float64, device=self.device),
+                           torch.ones(len(normalised), 1, dtype=torch.float64, device=self.device)], 1)
+        world = (self.rotations[self.obs_image].transpose(1, 2) @ local[:, :, None])[:, :, 0]
+        return world / world.norm(dim=1, keepdim=True)
+
+    def position(self, max_points: int, iterations: int, max_ray_angle: float, seed: int) -> None:
+        """Centres and points from the rays of the longest tracks; the rest triangulated."""
+        rays = self.rays()
+        lengths = torch.bincount(self.track, minlength=len(self.points))
+        order = torch.argsort(-lengths.float(), stable=True)
+        chosen = torch.zeros(len(self.points), dtype=torch.bool, device=self.device)
+        chosen[order[:max_points]] = True
+        rows = chosen[self.track]
+        images_seen = torch.zeros(len(self.images), dtype=torch.bool, device=self.device)
+        images_seen[self.obs_image[rows]] = True
+        rows |= ~images_seen[self.obs_image]  # every image keeps all its observations if none were chosen
+        point_ids, point_index = torch.unique(self.track[rows], return_inverse=True)
+        centres, _, _ = global_positioning(rays[rows], self.obs_image[rows], point_index, len(self.images),
+                                           len(point_ids), seed=seed, iterations=iterations)
+        self.translations = -(self.rotations @ centres[:, :, None])[:, :, 0]
+        self.points = triangulate(centres[self.obs_image], rays, self.track, len(self.points))
+        angle = torch.rad2deg(ray_angles(self.points[self.track], centres[self.obs_image], rays))
+        self.inlier = angle < max_ray_angle
+
+    def filter(self, keep: torch.Tensor, min_angle: float, min_image_observations: int) -> None:
+        """Inliers: the observations ``keep`` (M,) bool in tracks of >= 2 of them whose triangulation
+        angle is at least ``min_angle`` degrees, in images with >= ``min_image_observations`` of them."""
+        for _ in range(2):  # dropping points can starve images and the reverse; two passes settle it
+            count = torch.bincount(self.track[keep], minlength=len(self.points))
+            angles = triangulation_angles(self.points, self.centres[self.obs_image][keep], self.track[keep],
+                                          len(self.points))
+            keep = keep & (count[self.track] >= 2) & (angles[self.track] >= min_angle)
+            per_image = torch.bincount(self.obs_image[keep], minlength=len(self.images))
+            keep = keep & (per_image[self.obs_image] >= min_image_observations)
+        if not bool(keep.any()):
+            raise RuntimeError("recon_global: no observation survived the outlier filters")
+        self.inlier = keep
+
+    def reprojection_inliers(self, max_error: float) -> torch.Tensor:
+        """(M,) bool: observations (all of them, inliers or not) reprojecting within ``max_error`` px."""
+        return reprojection_errors(self.problem(torch.ones_like(self.inlier), BAOptions())) < max_error
+
+    def problem(self, rows: torch.Tensor, options: BAOptions) -> Problem:
+        """The BA problem of the observations ``rows`` (M,) bool; images/points without any are left out."""
+        used_images, obs_image = torch.unique(self.obs_image[rows], return_inverse=True)
+        used_points, obs_point = torch.unique(self.track[rows], return_inverse=True)
+        used_cameras, image_camera = torch.unique(self.image_camera[used_images], return_inverse=True)
+        models = [self.camera_models[c] for c in used_cameras.tolist()]
+        camera_constant = intrinsics_constant_mask(models, self.camera_params.shape[1], options.refine_focal_length,
+                                                   options.refine_principal_point, options.refine_extra_params)
+        rotations, translations = self.rotations[used_images], self.translations[used_images]
+        pose_constant = gauge_two_cams(rotations, translations,
+                                       torch.zeros(len(used_images), 6, dtype=torch.bool, device=self.device))
+        return Problem(rotations=rotations, translations=translations,
+                       camera_params=self.camera_params[used_cameras], camera_models=models,
+                       image_camera=image_camera, points=self.points[used_points], obs_image=obs_image,
+                       obs_point=obs_point, obs_xy=self.obs_xy[rows], pose_constant=pose_constant,
+                       camera_constant=camera_constant.to(self.device),
+                       point_constant=torch.zeros(len(used_points), dtype=torch.bool, device=self.device),
+                       image_ids=used_images.tolist(), camera_ids=used_cameras.tolist(),
+                       point3D_ids=used_points.tolist())
+
+    def adjust(self, iterations: int, options: BAOptions) -> None:
+        """Bundle adjustment of the inliers (Cauchy loss, scale 1 px) with recon's BA engine."""
+        options.loss, options.loss_scale = "cauchy", 1.0
+        options.max_num_iterations = iterations
+        options.device = self.device.type
+        problem = self.problem(self.inlier, options)
+        result, summary = solve(problem, options)
+        logger.info("%s", summary.brief_report())
+        if summary.termination == "FAILURE":
+            return
+        images = torch.as_tensor(result.image_ids, device=self.device)
+        self.rotations[images] = result.rotations.to(self.device)
+        self.translations[images] = result.translations.to(self.device)
+        self.points[torch.as_tensor(result.point3D_ids, device=self.device)] = result.points.to(self.device)
+        self.camera_params[torch.as_tensor(result.camera_ids, device=self.device)] = result.camera_params.to(self.device)
+
+    def retriangulate(self) -> None:
+        """Every track from all its observations (inliers or not) with the current poses and intrinsics."""
+        self.points = triangulate(self.centres[self.obs_image], self.rays(), self.track, len(self.points))
+
+    def current_cameras(self) -> list[pycolmap.Camera]:
+        """The view graph's cameras with the current intrinsics written into them."""
+        params = self.camera_params.cpu().numpy()
+        for camera, row in zip(self.graph.cameras, params):
+            camera.params = row[:len(camera.params)]
+        return self.graph.cameras
+
+    def reconstruction(self) -> pycolmap.Reconstruction:
+        """The registered images (inlier observations), their cameras and points as a pycolmap model."""
+        rows = self.inlier
+        rec = pycolmap.Reconstruction()
+        registered = torch.unique(self.obs_image[rows]).tolist()
+        cameras = self.current_cameras()
+        for index in sorted({int(self.graph.image_camera[self.images[k]]) for k in registered}):
+            rec.add_camera_with_trivial_rig(cameras[index])
+        R = self.rotations.cpu().numpy()
+        t = self.translations.cpu().numpy()
+        image_ids = self.graph.image_ids[self.images]
+        for k in registered:  # one pycolmap image per registered image
+            n = self.images[k]
+            image = pycolmap.Image(name=self.graph.names[n], keypoints=self.graph.keypoints[n],
+                                   camera_id=self.graph.cameras[self.graph.image_camera[n]].camera_id,
+                                   image_id=int(image_ids[k]))
+            rec.add_image_with_trivial_frame(image, pycolmap.Rigid3d(pycolmap.Rotation3d(R[k]), t[k]))
+        track = self.track[rows].cpu().numpy()
+        obs_id = image_ids[self.obs_image[rows].cpu().numpy()]
+        keypoint = self.keypoint[rows].cpu().numpy()
+        points = self.points.cpu().numpy()
+        starts = np.flatnonzero(np.r_[True, track[1:] != track[:-1]])
+        for begin, end in zip(starts, np.r_[starts[1:], len(track)]):  # I/O boundary: one pycolmap point each
+            elements = [pycolmap.TrackElement(int(i), int(kp)) for i, kp in zip(obs_id[begin:end], keypoint[begin:end])]
+            rec.add_point3D(points[track[begin]], pycolmap.Track(elements))
+        return rec

@@ -1,0 +1,153 @@
+"""recon's global mapper, phase by phase on problems with known answers, then end to end.
+
+* rotation averaging recovers ground-truth rotations from noisy relative rotations with 20% of
+  the pairs replaced by random rotations;
+* global positioning recovers camera centres up to a similarity from rays, 20% of them random;
+* tracks: crafted match chains give the expected tracks, an inconsistent chain loses only its
+  conflicting image;
+* end to end: a pycolmap synthetic database (exact matches, 20% wrong matches added) and five
+  real templeRing photographs.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pycolmap
+import pytest
+import torch
+
+from conftest import shared_path
+from helpers import TEMPLE, temple_subset
+from recon.align.positioning import global_positioning
+from recon.align.rotation_averaging import average_rotations, spanning_tree_rotations
+from recon.align.tracks import build_tracks
+from recon.align.view_graph import largest_component
+from recon.ba.geometry import so3_exp
+from recon.datasets.ground_truth import GroundTruth, load_ground_truth
+from recon.evaluate import evaluate
+from recon.evaluate.geometry import umeyama
+from recon.mapping import MAPPERS
+
+
+def random_rotations(count: int, generator: torch.Generator) -> torch.Tensor:
+    return so3_exp(torch.randn(count, 3, generator=generator, dtype=torch.float64) * 2.0)
+
+
+def angle_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    cos = (np.trace(np.swapaxes(a, 1, 2) @ b, axis1=1, axis2=2) - 1) / 2
+    return np.degrees(np.arccos(np.clip(cos, -1, 1)))
+
+
+def test_rotation_averaging_recovers_rotations_under_outliers():
+    g = torch.Generator().manual_seed(0)
+    n = 30
+    truth = random_rotations(n, g).numpy()
+    pairs = np.array([(i, j) for i in range(n) for j in range(i + 1, n)])
+    pairs = pairs[torch.rand(len(pairs), generator=g).numpy() < 0.4]
+    relative = truth[pairs[:, 1]] @ np.swapaxes(truth[pairs[:, 0]], 1, 2)
+    noise = so3_exp(torch.randn(len(pairs), 3, generator=g, dtype=torch.float64) * np.radians(1.0)).numpy()
+    relative = noise @ relative
+    wrong = torch.rand(len(pairs), generator=g).numpy() < 0.2
+    relative[wrong] = random_rotations(int(wrong.sum()), g).numpy()
+    assert largest_component(n, pairs[~wrong]).all()
+
+    start = spanning_tree_rotations(n, pairs, relative, np.ones(len(pairs)))
+    estimate = average_rotations(pairs, relative, start)
+    gauge = np.swapaxes(estimate[0], 0, 1) @ truth[0]  # world_est_from_world_gt, fixed by image 0
+    errors = angle_deg(estimate @ gauge, truth)
+    assert np.median(errors) < 1.0 and errors.max() < 2.5  # 1 deg noise per pair, ~10 pairs per image
+
+
+def test_global_positioning_recovers_centres_up_to_similarity():
+    g = torch.Generator().manual_seed(1)
+    n, p = 10, 150
+    centres = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    centres = 3.0 * centres / centres.norm(dim=1, keepdim=True)  # on a sphere of radius 3 around the points
+    points = torch.rand(p, 3, generator=g, dtype=torch.float64) * 2 - 1
+    cam, point = torch.arange(n).repeat_interleave(p), torch.arange(p).repeat(n)
+    seen = torch.rand(len(cam), generator=g) < 0.5
+    cam, point = cam[seen], point[seen]
+    rays = points[point] - centres[cam]
+    rays = rays / rays.norm(dim=1, keepdim=True)
+    wrong = torch.rand(len(rays), generator=g) < 0.2
+    random = torch.randn(int(wrong.sum()), 3, generator=g, dtype=torch.float64)
+    rays[wrong] = random / random.norm(dim=1, keepdim=True)
+
+    estimate, _, residual = global_positioning(rays, cam, point, n, p, seed=0, iterations=100, progress=False)
+    sim = umeyama(estimate.numpy(), centres.numpy())
+    aligned = sim.scale * estimate.numpy() @ sim.rotation.T + sim.translation
+    # An initialiser for BA (which the end-to-end tests check): centres within a few percent of
+    # the radius 3 typically, the worst-placed camera (fewest rays) within 25%.
+    error = np.linalg.norm(aligned - centres.numpy(), axis=1)
+    assert np.median(error) < 0.2 and error.max() < 0.75
+    assert residual[~wrong].median() < 0.02 < residual[wrong].median()
+
+
+def test_tracks_from_crafted_matches():
+    # Chain A: (0,0)-(1,0)-(2,0). Chain B: (0,1)-(1,1)-(2,1)-(0,2): image 0 twice -> image 0 dropped.
+    # Pair C: (1,2)-(2,2), a two-view track.
+    pairs = np.array([[0, 1], [1, 2], [0, 2]])
+    matches = [np.array([[0, 0], [1, 1]]), np.array([[0, 0], [1, 1], [2, 2]]), np.array([[2, 1]])]
+    tracks = build_tracks(np.array([3, 3, 3]), pairs, matches)
+    observed = sorted(tuple(sorted(zip(tracks.image[tracks.track == t].tolist(), tracks.keypoint[tracks.track == t].tolist())))
+                      for t in range(tracks.num_tracks))
+    assert observed == [((0, 0), (1, 0), (2, 0)), ((1, 1), (2, 1)), ((1, 2), (2, 2))]
+
+
+def synthetic_database(path, num_images: int, wrong_fraction: float, seed: int) -> pycolmap.Reconstruction:
+    """pycolmap's synthetic scene with verified geometries; ``wrong_fraction`` of extra random matches."""
+    options = pycolmap.SyntheticDatasetOptions()
+    options.num_rigs, options.num_cameras_per_rig, options.num_frames_per_rig = 1, 1, num_images
+    options.num_points3D = 300
+    options.camera_has_prior_focal_length = True
+    options.inlier_match_ratio = 1.0 - wrong_fraction
+    pycolmap.set_random_seed(seed)
+    with pycolmap.Database.open(path) as db:
+        truth = pycolmap.synthesize_dataset(options, db)
+    with pycolmap.Database.open(path) as db:  # verification as the pipeline does it
+        db.clear_two_view_geometries()
+    pairs = path.with_suffix(".pairs")
+    names = sorted(image.name for image in truth.images.values())
+    pairs.write_text("".join(f"{a} {b}\n" for k, a in enumerate(names) for b in names[k + 1:]))
+    options = pycolmap.TwoViewGeometryOptions()
+    options.ransac.random_seed = seed
+    pycolmap.verify_matches(path, pairs, options=options)
+    return truth
+
+
+def test_recon_global_on_a_synthetic_database(tmp_path):
+    truth = synthetic_database(tmp_path / "database.db", num_images=10, wrong_fraction=0.2, seed=3)
+    conf = MAPPERS.conf("recon_global", {})
+    model = MAPPERS.get("recon_global").function(tmp_path / "database.db", None, tmp_path, conf, torch.device("cpu"), 0)
+    result = evaluate(model, GroundTruth.from_reconstruction(truth))
+    assert result["num_registered"] == 10
+    assert result["rotation_error_median"] < 0.1 and result["auc"]["1"] > 0.8
+    assert result["center_error_median_relative"] < 1e-3
+    assert model.compute_mean_reprojection_error() < 1.0
+
+
+def test_recon_global_reconstructs_temple_views(tmp_path):
+    from recon.pipeline import reconstruct
+    from recon.config import load_config
+
+    images = temple_subset(tmp_path / "images", count=5)
+    model, report = reconstruct(images, tmp_path / "out", load_config("default", ["mapper.name=recon_global"], device="cpu"))
+    assert report["num_registered"] == 5 and (tmp_path / "out/sparse/0/images.bin").is_file()
+    truth = load_ground_truth(shared_path("data", *TEMPLE, "gt_colmap_text")).subset(report["focal_priors"])
+    metrics = evaluate(model, truth)
+    assert metrics["auc"]["5"] > 0.5 and metrics["rra15"] == 1.0
+    assert metrics["focal_error_median"] < 0.1
+
+
+def test_positioning_camera_coupling_dense_equals_pairwise():
+    from recon.align.positioning import camera_coupling, point_pairs
+
+    g = torch.Generator().manual_seed(2)
+    n, p = 6, 40
+    cam, point = torch.arange(n).repeat_interleave(p), torch.arange(p).repeat(n)
+    seen = torch.rand(len(cam), generator=g) < 0.6
+    cam, point = cam[seen], point[seen]
+    weights = torch.rand(len(cam), generator=g, dtype=torch.float64) + 0.1
+    inv_pt = 1.0 / torch.zeros(p, dtype=torch.float64).index_add_(0, point, weights).clamp_min(1e-3)
+    dense = camera_coupling(n, p, cam, point, weights, inv_pt, None)
+    pairwise = camera_coupling(n, p, cam, point, weights, inv_pt, point_pairs(point, p))
+    assert torch.allclose(dense, pairwise, atol=1e-12)
