@@ -81,12 +81,7 @@ def fountain(output: Path, resize: int) -> list[dict]:
                          device="cpu")
     tic = time.perf_counter()
     pipeline = Pipeline(map_images, out / "map", config)
-    pipeline.find_images()
-    pipeline.compute_priors()
-    pipeline.extract()
-    pipeline.select_pairs()
-    pipeline.match()
-    pipeline.build_database()
+    pipeline.build_front_end()
     model = triangulate_known_poses(gt.subset(map_names), pipeline.database_path, map_images, pipeline.model_path)
     map_time = time.perf_counter() - tic
     print(f"fountain map: {model.num_reg_images()} images, {model.num_points3D()} points, {map_time:.1f}s "

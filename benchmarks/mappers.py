@@ -51,12 +51,7 @@ SCENES = {
 def build_scene_database(images: Path, work: Path, overrides: list[str]) -> Path:
     """The default front end up to ``database.db`` (stages skip when their output is current)."""
     pipeline = Pipeline(images, work, load_config("default", overrides))
-    pipeline.find_images()
-    pipeline.compute_priors()
-    pipeline.extract()
-    pipeline.select_pairs()
-    pipeline.match()
-    pipeline.build_database()
+    pipeline.build_front_end()
     return pipeline.database_path
 
 

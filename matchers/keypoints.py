@@ -51,6 +51,31 @@ def simple_nms(scores: torch.Tensor, radius: int) -> torch.Tensor:
     return torch.where(max_mask, scores, zeros)
 
 
+def select_keypoints(scores: torch.Tensor, nms_radius: int, remove_borders: int, threshold: float,
+                     max_num_keypoints: int, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """SuperPoint's detection from a dense score map (B, H, W): max-pool NMS, borders of
+    ``remove_borders`` pixels cleared, scores above ``threshold``, the ``max_num_keypoints`` best
+    (<= 0: all). Returns keypoints (B, N, 2) as (x, y) pixel indices and their scores (B, N);
+    every image of a batch must keep the same count."""
+    scores = simple_nms(scores, nms_radius)
+    if remove_borders:
+        pad = remove_borders
+        scores[:, :pad] = -1
+        scores[:, :, :pad] = -1
+        scores[:, -pad:] = -1
+        scores[:, :, -pad:] = -1
+    keypoints, kept = [], []
+    for image_scores in scores:
+        yx = torch.nonzero(image_scores > threshold)
+        values = image_scores[yx[:, 0], yx[:, 1]]
+        if 0 < max_num_keypoints < len(values):
+            values, order = torch.topk(values, max_num_keypoints, sorted=True)
+            yx = yx[order]
+        keypoints.append(yx.flip(1).to(scores.dtype))
+        kept.append(values)
+    return stack_per_image(keypoints, what), stack_per_image(kept, what)
+
+
 def keypoints_to_original(keypoints: torch.Tensor, scale: torch.Tensor | tuple[float, float]) -> torch.Tensor:
     """Map keypoints from a resized image back to the original image (hloc convention).
 

@@ -32,7 +32,7 @@ from kornia.color import rgb_to_grayscale
 from torch import nn
 
 from .base import BaseModel
-from .keypoints import simple_nms, stack_per_image
+from .keypoints import select_keypoints
 from .weights import Checkpoint, StateDict, register_checkpoint
 
 
@@ -134,26 +134,11 @@ class SuperPoint(BaseModel):
         if image.shape[1] == 3:
             image = rgb_to_grayscale(image)  # what cvg/LightGlue does; bit-identical keypoint order
         dense_scores, dense_descriptors = self.encode(image)
-        scores = simple_nms(dense_scores, self.conf["nms_radius"])
-        pad = self.conf["remove_borders"]
-        if pad:
-            scores[:, :pad] = -1
-            scores[:, :, :pad] = -1
-            scores[:, -pad:] = -1
-            scores[:, :, -pad:] = -1
-        keypoints, kept_scores = [], []
-        for s in scores:
-            yx = torch.nonzero(s > self.conf["detection_threshold"])
-            values = s[yx[:, 0], yx[:, 1]]
-            k = self.conf["max_num_keypoints"]
-            if 0 < k < len(values):
-                values, order = torch.topk(values, k, sorted=True)
-                yx = yx[order]
-            keypoints.append(yx.flip(1).to(image.dtype))
-            kept_scores.append(values)
-        keypoints = stack_per_image(keypoints, "SuperPoint")
+        keypoints, scores = select_keypoints(dense_scores, self.conf["nms_radius"], self.conf["remove_borders"],
+                                             self.conf["detection_threshold"], self.conf["max_num_keypoints"],
+                                             "SuperPoint")
         return {
             "keypoints": keypoints,
             "descriptors": sample_descriptors(keypoints, dense_descriptors, 8),
-            "scores": stack_per_image(kept_scores, "SuperPoint"),
+            "scores": scores,
         }

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import BaseModel
-from .keypoints import simple_nms, stack_per_image
+from .keypoints import select_keypoints
 from .weights import Checkpoint, StateDict, register_checkpoint
 
 BN_EPS = 1e-3  # Keras BatchNormalization default, kept by the PyTorch port
@@ -153,23 +153,7 @@ class SuperPointV6(BaseModel):
         if image.shape[-1] % 8 or image.shape[-2] % 8:
             raise ValueError(f"SuperPointV6 needs H and W multiples of 8, got {tuple(image.shape[-2:])}")
         prob, coarse = self.encode(image)
-        scores = simple_nms(prob, self.conf["nms_radius"])
-        pad = self.conf["remove_borders"]
-        if pad:
-            scores[:, :pad] = -1
-            scores[:, :, :pad] = -1
-            scores[:, -pad:] = -1
-            scores[:, :, -pad:] = -1
-        keypoints, kept = [], []
-        for s in scores:
-            yx = torch.nonzero(s > self.conf["detection_threshold"])
-            values = s[yx[:, 0], yx[:, 1]]
-            k = self.conf["max_num_keypoints"]
-            if 0 < k < len(values):
-                values, order = torch.topk(values, k, sorted=True)
-                yx = yx[order]
-            keypoints.append(yx.flip(1).to(image.dtype))
-            kept.append(values)
-        keypoints = stack_per_image(keypoints, "SuperPointV6")
-        return {"keypoints": keypoints, "descriptors": sample_descriptors_tf(keypoints, coarse, 8),
-                "scores": stack_per_image(kept, "SuperPointV6")}
+        keypoints, scores = select_keypoints(prob, self.conf["nms_radius"], self.conf["remove_borders"],
+                                             self.conf["detection_threshold"], self.conf["max_num_keypoints"],
+                                             "SuperPointV6")
+        return {"keypoints": keypoints, "descriptors": sample_descriptors_tf(keypoints, coarse, 8), "scores": scores}

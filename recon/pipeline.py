@@ -188,6 +188,16 @@ class Pipeline:
         model.export_PLY(str(ply))
         os.replace(ply, self.output_dir / "points.ply")
 
+    def build_front_end(self) -> Path:
+        """Every stage up to the COLMAP database (images, priors, features, pairs, matches)."""
+        self.find_images()
+        self.compute_priors()
+        self.extract()
+        self.select_pairs()
+        self.match()
+        self.build_database()
+        return self.database_path
+
     def draw(self, model: pycolmap.Reconstruction) -> list[Path]:
         """Pictures of the result (top view of the model, match plots of the strongest pairs)."""
         if not self.database_path.exists() or not self.matches_path.exists():
@@ -228,12 +238,7 @@ def reconstruct(image_dir: str | os.PathLike, output_dir: str | os.PathLike, con
                 text: bool = False) -> tuple[pycolmap.Reconstruction, dict[str, Any]]:
     """Run every stage; return the model and the report (also written to report.json)."""
     pipeline = Pipeline(Path(image_dir), Path(output_dir), config, text=text)
-    pipeline.find_images()
-    pipeline.compute_priors()
-    pipeline.extract()
-    pipeline.select_pairs()
-    pipeline.match()
-    pipeline.build_database()
+    pipeline.build_front_end()
     model = pipeline.map()
     pipeline.draw(model)
     return model, pipeline.report(model)

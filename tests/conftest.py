@@ -27,3 +27,16 @@ def shared_path(*parts: str) -> Path:
 @pytest.fixture
 def shared() -> Path:
     return shared_path()
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run torch single-threaded for the test: on a loaded 2-core machine OpenMP workers spinning
+    against other processes made small problems ~10x slower with 2 threads than with 1; results
+    do not depend on the thread count within the tests' tolerances."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -7,15 +7,10 @@ import torch
 from recon.ba import BAOptions, read_bal, solve, synthetic_bal, write_bal
 from recon.ba.bal import SYNTHETIC_PRESETS, bal_cost_reference
 from recon.ba.solver import State, Structure, evaluate
-from tests.conftest import shared_path
+from conftest import shared_path
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def initial_cost(problem) -> float:

@@ -9,12 +9,7 @@ from recon.ba.cameras import MODELS, get_model, project
 from recon.ba.geometry import so3_exp, so3_log
 from recon.ba.solver import State, Structure, _analytic_jacobians, _autodiff_jacobians
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # Realistic parameters per model (COLMAP order), distortion large enough to matter.
@@ -91,7 +86,7 @@ def test_autodiff_jacobians_equal_analytic(model):
 @pytest.mark.parametrize("model", list(MODELS))
 def test_projection_matches_pycolmap(model):
     """Our projection equals pycolmap's Camera.img_from_cam for the same parameters."""
-    pycolmap = pytest.importorskip("pycolmap")
+    import pycolmap
     cam = pycolmap.Camera.create_from_model_name(1, model, 1.0, 640, 480)
     cam.params = PARAMS[model]
     pts = torch.randn(50, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pycolmap
 import pytest
 import torch
 
@@ -9,19 +10,12 @@ from recon.ba import BAOptions, Problem, adjust, from_reconstruction, read_bal, 
 from recon.ba.cameras import get_model, project
 from recon.ba.geometry import so3_exp
 from recon.ba.problem import gauge_two_cams
-from tests.conftest import shared_path
+from conftest import shared_path
 
-pycolmap = pytest.importorskip("pycolmap")
 pycolmap.logging.minloglevel = 2
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small problems: one thread avoids waiting on a busy CI machine's scheduler per torch op."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def ring_scene(outliers: float = 0.0, seed: int = 0, n_img: int = 8, n_pt: int = 200):

@@ -9,7 +9,7 @@ import torch
 
 from recon.graph.asmk import ASMKParams, Codebook, aggregate, collection_similarity, pack_bits, unpack_signs
 from recon.graph.tokens import Whitening, select_tokens
-from tests.conftest import shared_path
+from conftest import shared_path
 
 
 @pytest.fixture(scope="module")

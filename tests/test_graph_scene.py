@@ -11,7 +11,7 @@ from recon.graph import PAIR_STRATEGIES, PairsContext
 from recon.graph.scene_graph import (auto_graph_size, farthest_point_sampling, nearest_neighbors, scene_graph,
                                      seeded_start)
 from recon.io.h5 import H5Writer, write_features
-from tests.conftest import shared_path
+from conftest import shared_path
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,9 @@ import torch
 
 from matchers.mast3r.fast_nn import (correspondences_nonsym, correspondences_symmetric, fast_reciprocal_nns,
                                      grid_seeds, index_to_xy, reciprocal_nearest_neighbours)
-from tests.conftest import shared_path
-from tests.mast3r_common import single_thread  # noqa: F401  (autouse)
+from conftest import shared_path
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,9 @@ import matchers
 from matchers.mast3r.matching import (EncoderCache, anchor_ids, anchor_pixels, load_image, match_images_to_hloc,
                                       match_pair, prepare_image, snap_to_anchors)
 from recon.io.h5 import read_keypoints, read_matches
-from tests.conftest import shared_path
-from tests.mast3r_common import single_thread  # noqa: F401  (autouse)
+from conftest import shared_path
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TEMPLE = ("data", "middlebury_temple", "templeSparseRing")
 

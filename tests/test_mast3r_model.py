@@ -19,8 +19,9 @@ import torch
 import matchers
 from matchers.mast3r import AsymmetricMASt3R, parse_constructor
 from matchers.mast3r.model import model_from_checkpoint, state_dict_from_checkpoint
-from tests.conftest import shared_path
-from tests.mast3r_common import single_thread  # noqa: F401  (autouse)
+from conftest import shared_path
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 FIX = ("fixtures", "mast3r")
 DENSE = dict(rtol=1e-4, atol=1e-4)

@@ -8,14 +8,16 @@ import h5py
 import numpy as np
 import PIL.Image
 import pycolmap
+import pytest
 
 from conftest import shared_path
 from helpers import temple_subset
-from mast3r_common import single_thread  # noqa: F401  (fixture)
 from recon.config import load_config
 from recon.io import h5
 from recon.io.pairs import read_pairs
 from recon.pipeline import reconstruct
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 WIDTH, HEIGHT, SIZE = 160, 120, 160  # network input 160x112 after the patch crop: 20x14 anchors
 

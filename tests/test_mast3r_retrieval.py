@@ -10,8 +10,9 @@ import torch
 import matchers
 from matchers.mast3r.matching import load_image
 from matchers.mast3r.retrieval import codebook_path_for, load_retrieval_checkpoint, local_features, read_codebook, whiten
-from tests.conftest import shared_path
-from tests.mast3r_common import single_thread  # noqa: F401  (autouse)
+from conftest import shared_path
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import torch
 from matchers.omniglue.convert import NUM_OG_VARIABLES, convert_og, convert_superpoint, mapping_lines, og_mapping
 from matchers.omniglue.model import OmniGlue
 from matchers.superpoint_v6 import SuperPointV6
-from tests.conftest import shared_path
+from conftest import shared_path
 
 
 def manifest(name: str) -> dict:

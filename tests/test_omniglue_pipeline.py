@@ -13,7 +13,7 @@ from matchers.omniglue.extractor import dino_input_size, nearest_multiple_of_8, 
 from matchers.superpoint_v6 import sample_descriptors_tf
 from recon.io import h5
 from recon.match import extract_features, match_pairs
-from tests.conftest import shared_path
+from conftest import shared_path
 
 PAIR = ("02928139_3448003521.jpg", "03903474_1471484089.jpg")  # Sacre Coeur, 780x1063 and 1080x695
 

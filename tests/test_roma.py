@@ -18,7 +18,7 @@ from torch import nn
 from matchers.roma import RoMa, roma_decoder
 from matchers.roma.ops import (anchor_grid, cls_to_flow_refine, cosine_kernel, gp_posterior_mean, kde,
                                local_correlation, sample_matches)
-from tests.conftest import shared_path
+from conftest import shared_path
 
 ATOL = 1e-4  # the fixture README's tolerance for a re-implementation
 

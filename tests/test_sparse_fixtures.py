@@ -20,7 +20,7 @@ import torch
 
 import matchers
 from matchers.keypoints import keypoints_to_original, resize_longest_side
-from tests.conftest import shared_path
+from conftest import shared_path
 
 PAIRS = ("temple", "sacre_coeur")
 KEYPOINT_ATOL = 1e-3

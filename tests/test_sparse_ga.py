@@ -17,12 +17,7 @@ from recon.ba import BAOptions, adjust
 FAST = dict(niter1=300, niter2=300, progress=False)
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_gamma_loss_has_unit_slope_at_zero_and_is_robust_below_one():

@@ -16,7 +16,7 @@ import torch
 import matchers
 from matchers.keypoints import keypoints_to_original, simple_nms
 from matchers.superpoint import sample_descriptors
-from tests.conftest import shared_path
+from conftest import shared_path
 
 # recon model name -> manifest of the official class it must equal.
 ARCHITECTURES = {

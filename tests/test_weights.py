@@ -13,7 +13,7 @@ import torch
 
 import matchers
 from matchers import weights
-from tests.conftest import shared_path
+from conftest import shared_path
 
 # Every official checkpoint the sparse matchers know, with the file name it is published under.
 SPARSE_CHECKPOINTS = {
