@@ -171,5 +171,5 @@ def resize_max(image: np.ndarray, max_size: int) -> tuple[np.ndarray, np.ndarray
         return image, np.ones(2)
     factor = max_size / max(height, width)
     size = (max(1, round(width * factor)), max(1, round(height * factor)))
-    resized = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BOX))
+    resized = np.array(Image.fromarray(image).resize(size, Image.Resampling.BOX))  # writable, for torch
     return resized, np.array([width / size[0], height / size[1]], dtype=np.float64)
