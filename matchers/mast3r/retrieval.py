@@ -86,7 +86,7 @@ def load_retrieval_checkpoint(weights: str | os.PathLike = RETRIEVAL_NAME,
     raw = load_file(path, allowlist=(argparse.Namespace,))
     args = vars(raw["args"]) if isinstance(raw["args"], argparse.Namespace) else dict(raw["args"])
     if args.get("hdims") or args.get("postwhiten") is not None or args.get("featweights", "l2norm") != "l2norm":
-        raise NotImplementedError(f"{path}: only training-free retrieval checkpoints are supported (args {args})")
+        raise ValueError(f"{path}: only the released training-free retrieval checkpoints are supported (args {args})")
     state = raw["model"]
     if set(state) != {"prewhiten.m", "prewhiten.p"}:
         raise ValueError(f"{path}: expected prewhiten.m and prewhiten.p, found {sorted(state)}")
