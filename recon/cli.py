@@ -6,6 +6,7 @@ unknown config key); nothing half-written is left behind (see ``recon.pipeline``
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from pathlib import Path
@@ -85,21 +86,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("output", type=Path, nargs="?", default=Path("outputs/demo"))
     add_config_arguments(demo)
 
-    render = commands.add_parser("render", help="render a synthetic scene with exact ground truth")
-    render.add_argument("output", type=Path)
-    render.add_argument("--views", type=int, default=24)
-    render.add_argument("--width", type=int, default=512)
-    render.add_argument("--height", type=int, default=384)
-    render.add_argument("--seed", type=int, default=0)
+    render = commands.add_parser("render", add_help=False, help="render a synthetic scene with exact ground truth "
+                                 "(recon render --help for its options)")
+    render.add_argument("arguments", nargs=argparse.REMAINDER)  # dispatched before parsing, see main()
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["evaluate"]:  # its own parser (recon.evaluate.cli), options and --help included
-        from .evaluate.cli import main as evaluate_main
-
-        return evaluate_main(argv[1:])
+    if argv[:1] and argv[0] in DELEGATED:  # commands with their own parser, options and --help
+        module, function = DELEGATED[argv[0]]
+        return getattr(importlib.import_module(module, __package__), function)(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[recon] %(message)s")
     import pycolmap  # after argument parsing: --help stays instant
@@ -223,13 +220,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_render(args: argparse.Namespace) -> int:
-    from .datasets.render import main as render_main
-
-    return render_main([str(args.output), "--views", str(args.views), "--width", str(args.width),
-                        "--height", str(args.height), "--seed", str(args.seed)])
-
-
 def summary_line(report: dict, output: Path) -> str:
     error = report["mean_reprojection_error"]
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in report["timings"].items() if v >= 0.05)
@@ -251,9 +241,11 @@ def evaluate_and_format(model: Path, gt: Path, json_path: Path | None, names: li
     return format_table(result)
 
 
+# Commands whose module has its own argument parser: (module, function taking argv).
+DELEGATED = {"evaluate": (".evaluate.cli", "main"), "render": (".datasets.render", "main")}
 COMMANDS = {"reconstruct": cmd_reconstruct, "pairs": cmd_pairs, "match": cmd_match,
             "localize": cmd_localize, "evaluate-localization": cmd_evaluate_localization,
-            "demo": cmd_demo, "render": cmd_render}
+            "demo": cmd_demo}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -478,9 +478,9 @@ def render_scene(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: ``python -m recon.datasets.render OUT [--views N --width W --height H --seed S]``."""
+    """CLI: ``recon render OUT [--views N --width W --height H --seed S --supersample K --depth]``."""
     parser = argparse.ArgumentParser(
-        prog="python -m recon.datasets.render",
+        prog="recon render",
         description="Render the synthetic scene with exact ground truth (images/, gt/ COLMAP text model).",
     )
     parser.add_argument("out", type=Path, help="output folder (must be empty or absent unless --overwrite)")
