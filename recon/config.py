@@ -186,7 +186,3 @@ def validate_config(raw: dict[str, Any]) -> dict[str, Any]:
         name = str(section.pop("name", default_choice(stage)))
         config[stage] = {"name": name, **merge_conf(stage_defaults(stage, name), section, f"{stage}.{name}")}
     return config
-
-
-def dump_config(config: dict[str, Any]) -> str:
-    return yaml.safe_dump(config, sort_keys=False)

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pycolmap
 
 import matchers
@@ -28,7 +27,7 @@ from .fingerprint import fingerprint
 from .graph import PAIR_STRATEGIES, PairsContext
 from .io.images import ImageInfo, usable_images
 from .io.jsonfile import write_json
-from .io.pairs import read_pairs, unique_pairs, write_pairs
+from .io.pairs import unique_pairs, write_pairs
 from .mapping import MAPPERS
 from .match import extract_features, match_pairs
 from .match.dense import match_dense
@@ -203,7 +202,7 @@ class Pipeline:
         if not self.database_path.exists() or not self.matches_path.exists():
             return []
         return self.timed("pictures", write_run_pictures, model, self.output_dir, self.image_dir,
-                          self.database_path, self.matches_path)
+                          self.database_path, self.features_path, self.matches_path)
 
     # Bookkeeping.
     def read_state(self) -> dict[str, str]:

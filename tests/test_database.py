@@ -10,12 +10,13 @@ from recon.colmap.database import build_database, group_cameras
 from recon.config import DATABASE_DEFAULTS
 from recon.io import h5
 from recon.io.images import ImageInfo
+from recon.priors.exif import exif_priors
 
 
 def infos_and_priors():
     infos = [ImageInfo("a/1.jpg", 640, 480, None), ImageInfo("a/2.jpg", 640, 480, None),
              ImageInfo("b/3.jpg", 640, 480, 500.0), ImageInfo("b/4.jpg", 480, 640, None)]
-    priors = {i.name: (i.focal_prior, "exif" if i.exif_focal else "default") for i in infos}
+    priors = exif_priors(infos, {})
     return infos, priors
 
 

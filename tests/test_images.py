@@ -7,6 +7,7 @@ from PIL import Image
 
 from recon.io.images import (DEFAULT_FOCAL_FACTOR, ImageError, list_image_files, read_image, read_image_info,
                              resize_max, usable_images)
+from recon.priors.focal import focal_prior
 
 
 def save(path, array, mode=None, exif=None):
@@ -77,7 +78,8 @@ def test_focal_prior_from_exif(tmp_path):
 
     info = read_image_info(save(tmp_path / "none.jpg", array), "none.jpg")
     assert info.exif_focal is None
-    assert info.focal_prior == pytest.approx(DEFAULT_FOCAL_FACTOR * 40)
+    assert focal_prior(info.name, info.exif_focal, None, info.width, info.height) == (
+        pytest.approx(DEFAULT_FOCAL_FACTOR * 40), "default")
 
 
 def test_unreadable_files_are_skipped_with_a_warning(tmp_path, caplog):

@@ -264,9 +264,9 @@ def match_images_to_hloc(model: AsymmetricMASt3R, image_dir: str | os.PathLike, 
     with H5Writer(features_path) as writer:
         for name, image in images.items():
             write_features(writer, name, anchor_keypoints(image, subsample), None, None, image.original_size)
-    todo = [p for p in pairs if not (Path(matches_path).exists() and has_pair(matches_path, *p))]
-    cache.encode_all({n: images[n] for n in dict.fromkeys(n for p in todo for n in p)})
     with H5Writer(matches_path) as writer:
+        todo = [p for p in pairs if not has_pair(writer.file, *p)]
+        cache.encode_all({n: images[n] for n in dict.fromkeys(n for p in todo for n in p)})
         for name0, name1 in tqdm(todo, desc="MASt3R matching"):
             m = match_pair(model, cache(name0, images[name0]), cache(name1, images[name1]), subsample,
                            symmetric, min_conf)

@@ -165,8 +165,3 @@ def trusted_geometry(matches: np.ndarray) -> pycolmap.TwoViewGeometry:
     geometry.inlier_matches = matches
     geometry.config = pycolmap.TwoViewGeometryConfiguration.UNCALIBRATED
     return geometry
-
-
-def verified_pair_count(database_path: Path) -> int:
-    with pycolmap.Database.open(database_path) as db:
-        return db.num_verified_image_pairs()

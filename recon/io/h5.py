@@ -54,15 +54,19 @@ def find_pair(hfile: h5py.File, name0: str, name1: str) -> tuple[str, bool]:
 class H5Writer:
     """Append groups to an HDF5 file atomically: work on ``<file>.tmp``, rename on close.
 
-    Use as a context manager; ``flush()`` publishes what has been written so far (copy of the
-    temporary file renamed over the target), which is how long stages checkpoint progress.
+    Use as a context manager: leaving the block normally publishes the file; leaving it with an
+    exception (including Ctrl-C) discards what was written since the last ``flush()``, so a
+    half-written entry is never published. ``flush()`` publishes what has been written so far (a
+    copy of the temporary file renamed over the target), which is how long stages checkpoint.
+    ``fresh=True`` starts from an empty file instead of the published one (files rewritten whole;
+    HDF5 does not reclaim the space of deleted groups).
     """
 
-    def __init__(self, path: PathLike) -> None:
+    def __init__(self, path: PathLike, fresh: bool = False) -> None:
         self.path = Path(path)
         self.tmp = self.path.with_name(self.path.name + ".tmp")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists():
+        if self.path.exists() and not fresh:
             shutil.copyfile(self.path, self.tmp)
         elif self.tmp.exists():
             self.tmp.unlink()  # leftover of a killed run that never published: untrusted
@@ -72,7 +76,10 @@ class H5Writer:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.close()
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
 
     def __contains__(self, key: str) -> bool:
         return key in self.file
@@ -94,10 +101,18 @@ class H5Writer:
         self.file = h5py.File(self.tmp, "a", libver="latest")
 
     def close(self) -> None:
+        """Publish the file (rename over the target)."""
         if self.file:
             self.file.close()
             self.file = None
             os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        """Drop everything written since the last publish; the target keeps its content."""
+        if self.file:
+            self.file.close()
+            self.file = None
+            self.tmp.unlink(missing_ok=True)
 
 
 def write_features(writer: H5Writer, name: str, keypoints: np.ndarray, descriptors: np.ndarray | None,
@@ -158,13 +173,10 @@ def opened(source: PathLike | h5py.File) -> Iterator[h5py.File]:
             yield f
 
 
-def read_keypoints(path: PathLike | h5py.File, name: str, return_uncertainty: bool = False):
-    """(N, 2) float keypoints of ``name`` (hloc's ``get_keypoints``)."""
+def read_keypoints(path: PathLike | h5py.File, name: str) -> np.ndarray:
+    """(N, 2) float32 keypoints of ``name`` (hloc's ``get_keypoints``)."""
     with opened(path) as f:
-        dataset = f[name]["keypoints"]
-        keypoints = dataset[()].astype(np.float32)
-        uncertainty = dataset.attrs.get("uncertainty")
-    return (keypoints, uncertainty) if return_uncertainty else keypoints
+        return f[name]["keypoints"][()].astype(np.float32)
 
 
 def read_features(path: PathLike, name: str) -> dict[str, np.ndarray]:
@@ -191,15 +203,24 @@ def read_matches(path: PathLike | h5py.File, name0: str, name1: str) -> tuple[np
     return matches, scores0[idx].astype(np.float32)
 
 
-def has_pair(path: PathLike, name0: str, name1: str) -> bool:
-    if not Path(path).exists():
+def has_pair(source: PathLike | h5py.File, name0: str, name1: str) -> bool:
+    """Whether the pair is in a matches file (a path, or an already open file), in either order."""
+    if not isinstance(source, h5py.File) and not Path(source).exists():
         return False
-    with h5py.File(path, "r", libver="latest") as f:
+    with opened(source) as f:
         try:
             find_pair(f, name0, name1)
             return True
         except KeyError:
             return False
+
+
+def read_stamp(path: PathLike) -> str | None:
+    """The configuration fingerprint a stage recorded in its output file (None if absent)."""
+    if not Path(path).exists():
+        return None
+    with h5py.File(path, "r") as f:
+        return f.attrs.get("recon_fingerprint")
 
 
 def read_global_descriptors(path: PathLike, names: Iterable[str]) -> np.ndarray:

@@ -20,7 +20,7 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp")
-# COLMAP's prior when EXIF has no usable focal length: 1.2 x the longer side.
+# COLMAP's prior when EXIF has no usable focal length: 1.2 x the longer side (see recon.priors.focal).
 DEFAULT_FOCAL_FACTOR = 1.2
 _FOCAL_PLANE_UNIT_MM = {2: 25.4, 3: 10.0, 4: 1.0, 5: 0.001}  # EXIF ResolutionUnit: inch, cm, mm, um
 
@@ -37,11 +37,6 @@ class ImageInfo:
     width: int
     height: int
     exif_focal: float | None  # pixels, in the oriented image; None when EXIF has none
-
-    @property
-    def focal_prior(self) -> float:
-        """EXIF focal in pixels, else COLMAP's default 1.2 x max(width, height)."""
-        return self.exif_focal if self.exif_focal else DEFAULT_FOCAL_FACTOR * max(self.width, self.height)
 
 
 def list_image_files(root: str | os.PathLike) -> list[str]:

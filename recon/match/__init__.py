@@ -44,12 +44,9 @@ def load_model(conf: dict[str, Any], device: torch.device) -> matchers.BaseModel
 
 def open_resumable(path: Path, stamp: str) -> h5.H5Writer:
     """Open ``path`` for appending if it was made with fingerprint ``stamp``, else start afresh."""
-    if path.exists():
-        with h5py.File(path, "r") as f:
-            same = f.attrs.get("recon_fingerprint") == stamp
-        if not same:
-            logger.info("%s was made with another configuration: recomputing it", path.name)
-            path.unlink()
+    if path.exists() and h5.read_stamp(path) != stamp:
+        logger.info("%s was made with another configuration: recomputing it", path.name)
+        path.unlink()
     writer = h5.H5Writer(path)
     writer.file.attrs["recon_fingerprint"] = stamp
     return writer
@@ -176,9 +173,9 @@ def match_pairs(pairs: list[tuple[str, str]], features_path: Path, conf: dict[st
     that file has it (hloc's query/reference split).
     """
     paths = [features_path] + ([features_ref] if features_ref else [])
-    stamp = fingerprint("matches", conf, [_file_stamp(p) for p in dict.fromkeys(paths)])
+    stamp = fingerprint("matches", conf, [h5.read_stamp(p) for p in dict.fromkeys(paths)])
     with open_resumable(matches_path, stamp) as writer:
-        todo = [(a, b) for a, b in pairs if not _has_pair(writer.file, a, b)]
+        todo = [(a, b) for a, b in pairs if not h5.has_pair(writer.file, a, b)]
         if not todo:
             return 0
         model = load_model(conf, device)
@@ -214,16 +211,3 @@ def pair_batch_size(requested: int, model: matchers.BaseModel, device: torch.dev
     if requested > 0:
         return requested
     return 16 if device.type == "cuda" else 1
-
-
-def _has_pair(file: h5py.File, a: str, b: str) -> bool:
-    try:
-        h5.find_pair(file, a, b)
-        return True
-    except KeyError:
-        return False
-
-
-def _file_stamp(path: Path) -> str:
-    with h5py.File(path, "r") as f:
-        return str(f.attrs.get("recon_fingerprint", ""))

@@ -77,8 +77,8 @@ class CellAccumulator:
     def add(self, cells: np.ndarray, positions: np.ndarray) -> None:
         all_cells = np.concatenate([self.cells, cells])
         unique, inverse = np.unique(all_cells, return_inverse=True)
-        sums = np.zeros((len(unique), 2))
-        np.add.at(sums, inverse, np.concatenate([self.sums, positions]))
+        stacked = np.concatenate([self.sums, positions])
+        sums = np.stack([np.bincount(inverse, weights=stacked[:, k], minlength=len(unique)) for k in (0, 1)], 1)
         counts = np.bincount(inverse, weights=np.concatenate([self.counts, np.ones(len(cells))]),
                              minlength=len(unique)).astype(np.int64)
         self.cells, self.sums, self.counts = unique, sums, counts
@@ -93,9 +93,9 @@ def match_dense(pairs: list[tuple[str, str]], infos: list[ImageInfo], image_dir:
     sizes = {info.name: (info.width, info.height) for info in infos}
     raw_path = output_dir / RAW_FILE
     computed = run_dense_pairs(pairs, sizes, image_dir, conf, raw_path, device, seed)
-    stamp = fingerprint("dense-tracks", conf, pairs, _raw_stamp(raw_path, pairs))
+    stamp = fingerprint("dense-tracks", conf, seed, pairs)  # what dense-matches.h5 holds, too
     features_path, matches_path = output_dir / "features.h5", output_dir / "matches.h5"
-    if _stamp(features_path) == stamp and _stamp(matches_path) == stamp:
+    if h5.read_stamp(features_path) == stamp and h5.read_stamp(matches_path) == stamp:
         return computed
     for path in (features_path, matches_path):
         path.unlink(missing_ok=True)
@@ -183,15 +183,3 @@ def write_tracks(pairs: list[tuple[str, str]], sizes: dict[str, tuple[int, int]]
                 scores0 = np.zeros(len(cells[name0].cells), np.float32)
                 matches0[index0], scores0[index0] = index1, group["scores"][()]
                 h5.write_matches(writer, name0, name1, matches0, scores0)
-
-
-def _stamp(path: Path) -> str | None:
-    if not path.exists():
-        return None
-    with h5py.File(path, "r") as f:
-        return f.attrs.get("recon_fingerprint")
-
-
-def _raw_stamp(path: Path, pairs: list[tuple[str, str]]) -> str:
-    with h5py.File(path, "r") as f:
-        return str(f.attrs.get("recon_fingerprint")) + str(len(pairs))

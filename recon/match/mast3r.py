@@ -71,7 +71,7 @@ def match_mast3r(pairs: list[tuple[str, str]], infos: list[ImageInfo], image_dir
     stamp = fingerprint("mast3r", conf, [(n, _content_digest(image_dir / n)) for n in names])
     canonical_path = output_dir / CANONICAL_FILE
     features_path, matches_path = output_dir / "features.h5", output_dir / "matches.h5"
-    done = _done_pairs(canonical_path, stamp) if _stamp(matches_path) == _stamp(features_path) == stamp else set()
+    done = _done_pairs(canonical_path, stamp) if h5.read_stamp(matches_path) == h5.read_stamp(features_path) == stamp else set()
     todo = [p for p in pairs if h5.names_to_pair(*p) not in done]
     if not todo:
         return 0
@@ -120,15 +120,8 @@ def _check_sizes(images: dict[str, PreparedImage], sizes: dict[str, tuple[int, i
         raise ValueError(f"MASt3R read other image sizes than recon for {wrong[:5]}")
 
 
-def _stamp(path: Path) -> str | None:
-    if not path.exists():
-        return None
-    with h5py.File(path, "r") as f:
-        return f.attrs.get("recon_fingerprint")
-
-
 def _done_pairs(path: Path, stamp: str) -> set[str]:
-    if _stamp(path) != stamp:
+    if h5.read_stamp(path) != stamp:
         return set()
     with h5py.File(path, "r") as f:
         return set(str(p) for p in f.attrs.get("pairs", []))
@@ -149,11 +142,10 @@ def _read_accumulators(path: Path, images: dict[str, PreparedImage], subsample: 
 def _write_canonical(path: Path, stamp: str, accumulators: dict[str, CanonicalAccumulator],
                      images: dict[str, PreparedImage], subsample: int, done: set[str]) -> None:
     """Rewrite the canonical file atomically (it is small: 16 bytes per anchor)."""
-    with h5.H5Writer(path) as writer:
+    with h5.H5Writer(path, fresh=True) as writer:
         writer.file.attrs["recon_fingerprint"] = stamp
         writer.file.attrs["pairs"] = sorted(done)
         for name, acc in accumulators.items():
-            writer.delete(name)
             group = writer.file.create_group(name)
             group.create_dataset("points", data=acc.points())
             group.create_dataset("confidence", data=acc.weight.astype(np.float32))

@@ -25,19 +25,19 @@ def strongest_pairs(database_path: Path, count: int) -> list[tuple[str, str, np.
     return result
 
 
-def write_run_pictures(model: pycolmap.Reconstruction, output_dir: Path, image_dir: Path,
-                       database_path: Path, matches_path: Path, num_pairs: int = 2) -> list[Path]:
+def write_run_pictures(model: pycolmap.Reconstruction, output_dir: Path, image_dir: Path, database_path: Path,
+                       features_path: Path, matches_path: Path, num_pairs: int = 2) -> list[Path]:
     """``cameras.png`` (top view of the model) and ``plots/matches-*.png`` for the strongest pairs."""
     written = [output_dir / "cameras.png"]
     render_model(model, written[0])
     plots = output_dir / "plots"
     plots.mkdir(exist_ok=True)
-    features_path = output_dir / "features.h5"
     for name0, name1, inliers in strongest_pairs(database_path, num_pairs):
         matches, _ = h5.read_matches(matches_path, name0, name1)
         kp0, kp1 = h5.read_keypoints(features_path, name0), h5.read_keypoints(features_path, name1)
-        inlier_set = {tuple(row) for row in inliers.tolist()}
-        is_inlier = np.array([tuple(row) in inlier_set for row in matches.tolist()], bool)
+        size1 = len(kp1)  # pair (i, j) as one integer, so membership is a vectorised isin
+        is_inlier = np.isin(matches[:, 0] * size1 + matches[:, 1],
+                            inliers[:, 0].astype(np.int64) * size1 + inliers[:, 1].astype(np.int64))
         stem0, stem1 = (Path(n).with_suffix("").as_posix().replace("/", "-") for n in (name0, name1))
         path = plots / f"matches-{stem0}--{stem1}.png"
         plot_matches(read_image(image_dir / name0), read_image(image_dir / name1),
