@@ -104,7 +104,7 @@ def load(name: str, weights: str | os.PathLike | None = None, device: str | torc
         if spec.loader is not None:
             getattr(module, spec.loader)(model, weights)
         else:
-            state = load_state_dict(weights, entry=spec.default_weights if os.path.isfile(str(weights)) else None)
+            state = load_state_dict(weights, entry=spec.default_weights)
             model.load_state_dict(state, strict=True)
     return model.to(resolve_device(device)).eval()
 

@@ -49,7 +49,7 @@ import torch
 from kornia.feature.lightglue import LightGlue as KorniaLightGlue
 
 from .base import BaseModel, ConfigError
-from .weights import Checkpoint, StateDict, checkpoints, load_state_dict, register_checkpoint
+from .weights import Checkpoint, StateDict, load_state_dict, register_checkpoint
 
 # Descriptor dimension of each feature type the official weights were trained on.
 FEATURE_DIMS = {"superpoint": 256, "aliked": 128, "disk": 128}
@@ -143,7 +143,6 @@ def load_weights(model: LightGlue, weights: str | os.PathLike) -> None:
     """Load an official LightGlue checkpoint (name or path) strictly; see the module docstring.
 
     ``confidence_thresholds`` is derived, not learned, and absent from every checkpoint."""
-    entry = None if str(weights) in checkpoints() else "superpoint_lightglue"  # all share one layout reader
-    state = load_state_dict(weights, entry=entry)
+    state = load_state_dict(weights, entry="superpoint_lightglue")  # a path: all share one layout reader
     state["confidence_thresholds"] = model.confidence_thresholds
     model.load_state_dict(state, strict=True)

@@ -151,11 +151,10 @@ def load_file(path: str | os.PathLike, allowlist: tuple[Any, ...] = ()) -> Any:
 def load_state_dict(name_or_path: str | os.PathLike, entry: str | None = None) -> StateDict:
     """Resolve a checkpoint and return the flat state dict our module expects.
 
-    ``entry`` names the registry entry whose ``extract`` applies when ``name_or_path`` is a path
-    (a user's own copy of an official file keeps the official layout).
+    A registered name reads with its own layout; anything else is a path (``~`` allowed), read
+    with the layout of ``entry`` - a user's own copy of an official file keeps the official layout.
     """
-    name = entry if entry is not None else str(name_or_path)
-    spec = _REGISTRY.get(name)
+    spec = _REGISTRY.get(str(name_or_path)) or (_REGISTRY.get(entry) if entry is not None else None)
     path = resolve(name_or_path)
     raw = load_file(path, spec.allowlist if spec else ())
     if spec is not None and spec.extract is not None:

@@ -337,11 +337,6 @@ class RoMa(DenseMatcher):
         self.decoder = decoder if decoder is not None else roma_decoder(amp=self.conf["amp"])
 
 
-def _entry_for(weights: str | os.PathLike, layout: str | None) -> str | None:
-    """The checkpoint entry whose key remapping applies: ``layout`` for a user's file, else the name."""
-    return layout if os.path.isfile(str(weights)) else None
-
-
 def load_weights(model: DenseMatcher, weights: str | os.PathLike) -> None:
     """Load an official checkpoint strictly; for RoMa also DINOv2 ViT-L/14 from its own file.
 
@@ -349,9 +344,9 @@ def load_weights(model: DenseMatcher, weights: str | os.PathLike) -> None:
     ``dinov2_vitl14_pretrain`` found in ``$RECON_WEIGHTS`` / the torch hub cache by its official
     file name ``dinov2_vitl14_pretrain.pth`` (downloaded when missing and online).
     """
-    state = weights_registry.load_state_dict(weights, entry=_entry_for(weights, model.checkpoint_layout))
+    state = weights_registry.load_state_dict(weights, entry=model.checkpoint_layout)
     model.load_state_dict(state, strict=True)
     if isinstance(getattr(model, "encoder", None), CNNandDinov2):
         dino = model.conf["dinov2_weights"]
         model.encoder.dinov2.load_state_dict(
-            weights_registry.load_state_dict(dino, entry=_entry_for(dino, DINOV2_CHECKPOINT)), strict=True)
+            weights_registry.load_state_dict(dino, entry=DINOV2_CHECKPOINT), strict=True)

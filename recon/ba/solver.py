@@ -424,8 +424,9 @@ def evaluate(st: Structure, x: State, options: BAOptions, with_jac: bool) -> Lin
         return Linearization(cost, r)
     scale = torch.sqrt(rho1) * valid
     r = r * scale[:, None]
-    j_cam = j_cam * (scale[:, None, None] * st.obs_free[:, None, :])
-    j_pts = j_pts * (scale * st.obs_point_free)[:, None, None]
+    # where, not a product: at depth 0 the projection's Jacobian is inf/NaN and NaN * 0 is NaN
+    j_cam = torch.where(valid[:, None, None], j_cam * (scale[:, None, None] * st.obs_free[:, None, :]), 0.0)
+    j_pts = torch.where(valid[:, None, None], j_pts * (scale * st.obs_point_free)[:, None, None], 0.0)
     return Linearization(cost, r, j_cam, j_pts)
 
 

@@ -237,7 +237,11 @@ class State:
         rows = chosen[self.track]
         images_seen = torch.zeros(len(self.images), dtype=torch.bool, device=self.device)
         images_seen[self.obs_image[rows]] = True
-        rows |= ~images_seen[self.obs_image]  # every image keeps all its observations if none were chosen
+        # An image none of whose observations were chosen brings in its tracks WHOLE: its points
+        # need rays from other images too, or nothing constrains the camera (it lands at 0, 0, 0).
+        unseen_tracks = torch.zeros_like(chosen)
+        unseen_tracks[self.track[~images_seen[self.obs_image]]] = True
+        rows = (chosen | unseen_tracks)[self.track]
         point_ids, point_index = torch.unique(self.track[rows], return_inverse=True)
         centres, _, _ = global_positioning(rays[rows], self.obs_image[rows], point_index, len(self.images),
                                            len(point_ids), seed=seed, iterations=iterations)
