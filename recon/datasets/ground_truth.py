@@ -214,6 +214,8 @@ def load_middlebury(par_file: str | Path) -> GroundTruth:
     """
     par_file = Path(par_file)
     lines = [line.split() for line in par_file.read_text().splitlines() if line.strip()]
+    if not lines or not lines[0][0].isdigit():
+        raise ValueError(f"{par_file}: expected the number of cameras on the first line")
     count = int(lines[0][0])
     rows = lines[1:]
     if len(rows) != count or any(len(row) != 22 for row in rows):
@@ -256,6 +258,10 @@ def load_transforms_json(json_file: str | Path, image_root: str | Path | None = 
     frames = data.get("frames")
     if not frames:
         raise ValueError(f"{json_file}: no 'frames' list")
+    for index, frame in enumerate(frames):
+        missing = {"file_path", "transform_matrix"} - set(frame)
+        if missing:
+            raise ValueError(f"{json_file}: frame {index} has no {', '.join(sorted(missing))}")
     files = [_frame_file(json_file.parent, frame["file_path"]) for frame in frames]
     root = Path(os.path.abspath(image_root)) if image_root is not None else Path(
         os.path.commonpath([f.parent for f in files]))

@@ -31,18 +31,25 @@ class GroundTruthDenseMatcher(BaseModel):
         super().__init__(**conf)
         if not self.conf["scene"] or not (Path(self.conf["scene"]) / "depth").is_dir():
             raise ValueError("GroundTruthDenseMatcher needs conf scene=<folder rendered with depth maps>")
+        self._depths: dict[str, np.ndarray] = {}
 
     @cached_property
     def truth(self) -> pycolmap.Reconstruction:
         return pycolmap.Reconstruction(Path(self.conf["scene"]) / "gt")
 
+    @cached_property
+    def images(self) -> dict[str, pycolmap.Image]:
+        return {image.name: image for image in self.truth.images.values()}
+
     def depth(self, name: str) -> np.ndarray:
-        return np.load(Path(self.conf["scene"]) / "depth" / (Path(name).stem + ".npy"))
+        """Depth map of one view, loaded once (every pair of an image reuses it)."""
+        if name not in self._depths:
+            self._depths[name] = np.load(Path(self.conf["scene"]) / "depth" / (Path(name).stem + ".npy"))
+        return self._depths[name]
 
     def forward(self, data: dict) -> dict:
         self.check_inputs(data)
-        images = {im.name: im for im in self.truth.images.values()}
-        image0, image1 = images[data["name0"]], images[data["name1"]]
+        image0, image1 = self.images[data["name0"]], self.images[data["name1"]]
         camera0, camera1 = self.truth.cameras[image0.camera_id], self.truth.cameras[image1.camera_id]
         depth0, depth1 = self.depth(image0.name), self.depth(image1.name)
         step = self.conf["grid_step"]

@@ -179,7 +179,12 @@ class Codebook:
         return cls(torch.from_numpy(centroids))
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the official pickle layout (plain dict + numpy array), atomically."""
+        """Write the official pickle layout (plain dict + numpy array), atomically.
+
+        Only flat codebooks have that layout; a two-level one would load back as flat and quantise
+        differently, so it is refused."""
+        if self.coarse is not None:
+            raise ValueError("only flat codebooks can be saved in the official pickle layout")
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
         state = {"type": "Codebook", "params": {"size": self.size},
@@ -195,7 +200,7 @@ class Codebook:
         in chunks whose distance tables hold about ``chunk_elements`` floats (a 64k-word official
         codebook would otherwise need M x 65536 floats at once).
         """
-        columns = self.size if self.coarse is None else len(self.coarse) + self.probes * descriptors.shape[1]
+        columns = self.size if self.coarse is None else len(self.coarse) + self.probes * -(-self.size // len(self.coarse))  # coarse + probed words
         chunk = max(1, chunk_elements // columns)
         if assignments > self.size:
             raise ValueError(f"{assignments} assignments need a codebook of at least that many words, got {self.size}")

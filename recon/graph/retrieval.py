@@ -99,17 +99,21 @@ def sequential_retrieval(names: list[str], conf: dict[str, Any], context: PairsC
 
 
 def _read_model(conf: dict[str, Any]):
-    import pycolmap
+    """The model named by ``conf["model"]``: a COLMAP model folder or a recon output folder."""
+    from ..evaluate.report import load_model
 
     if not conf["model"] or not Path(conf["model"]).exists():
-        raise FileNotFoundError(f"pairs: model {conf['model']!r} does not exist (a COLMAP sparse model folder)")
-    return pycolmap.Reconstruction(conf["model"])
+        raise FileNotFoundError(f"pairs: model {conf['model']!r} does not exist (a COLMAP sparse model folder "
+                                "or a recon output folder)")
+    return load_model(conf["model"])
 
 
 def _model_indices(model, names: list[str]) -> tuple[list[int], np.ndarray]:
     """Image ids of the model images that are in ``names``, and their positions in ``names``."""
     position = {name: i for i, name in enumerate(names)}
-    ids = [image_id for image_id, image in model.images.items() if image.name in position]
+    ids = [image_id for image_id, image in model.images.items() if image.has_pose and image.name in position]
+    if not ids:
+        raise ValueError("pairs: none of the images is registered in the model")
     return ids, np.array([position[model.images[i].name] for i in ids], dtype=np.int64)
 
 
