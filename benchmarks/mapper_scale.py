@@ -29,12 +29,13 @@ CHILD = """
 import json, resource, sys, time
 from pathlib import Path
 import pycolmap
-sys.path.insert(0, {root!r})
-from benchmarks.mappers import run_mapper, scores
+sys.path[:0] = [{root!r}, {root!r} + "/benchmarks"]
+from benchmarks.mappers import run_mapper
+from scenes import score
 pycolmap.logging.minloglevel = 2
 work = Path({work!r})
 model, seconds = run_mapper({mapper!r}, work / "database.db", work, work / "run_{mapper}", 0)
-result = scores(model, work / "gt", {num_images})
+result = score(model, work / "gt")
 result["time"] = seconds
 result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print("RESULT " + json.dumps(result))
@@ -66,8 +67,7 @@ def synthesize(work: Path, num_images: int, num_points: int, outliers: float, no
 
 
 def run_child(mapper: str, work: Path, num_images: int) -> dict:
-    code = CHILD.format(root=str(Path(__file__).resolve().parents[1]), work=str(work), mapper=mapper,
-                        num_images=num_images)
+    code = CHILD.format(root=str(Path(__file__).resolve().parents[1]), work=str(work), mapper=mapper)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     for line in done.stdout.splitlines():
         if line.startswith("RESULT "):

@@ -8,7 +8,7 @@ AUC@1/5/10 (pairwise relative poses against ground truth), median camera-centre 
 least-squares Sim3 (in ground-truth units), mapping wall time and its ratio to COLMAP
 incremental's. Run from the repository root:
 
-    PYTHONPATH=. python benchmarks/mappers.py                       # every scene found
+    PYTHONPATH=. python benchmarks/mappers.py                       # every scene found (scenes.py)
     PYTHONPATH=. python benchmarks/mappers.py --scenes temple_sparse --work /tmp/mappers
     PYTHONPATH=. python benchmarks/mappers.py --scenes temple_sparse --only-database
 
@@ -28,24 +28,17 @@ from pathlib import Path
 import pycolmap
 
 from recon.config import load_config
-from recon.evaluate import evaluate
 from recon.mapping import MAPPERS
 from recon.pipeline import Pipeline
+from scenes import SCENES as ALL_SCENES
+from scenes import score
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 MAPPER_NAMES = ("colmap_incremental", "colmap_global", "recon_global")
-# name -> (images, ground truth or None, recon config overrides)
-SCENES = {
-    "fountain": (SHARED / "strecha_fountain_p11/images", SHARED / "strecha_fountain_p11/gt_colmap_text",
-                 ["features.resize_max=1024"]),
-    "temple_ring": (SHARED / "middlebury_temple/templeRing_partial",
-                    SHARED / "middlebury_temple/templeRing_partial/gt_colmap_text", []),
-    "temple_sparse": (SHARED / "middlebury_temple/templeSparseRing",
-                      SHARED / "middlebury_temple/templeSparseRing/gt_colmap_text", []),
-    "fox": (SHARED / "ngp_fox/images", SHARED / "ngp_fox/ref_colmap_text",
-            ["features.resize_max=1024", "pairs.name=sequential", "pairs.overlap=10"]),
-    "sacre_coeur": (SHARED / "hloc_sacre_coeur/mapping", None, ["database.camera_mode=per_image"]),
-}
+# Extra front-end overrides per scene: large images at 1024 px; fox's 67 video frames sequentially.
+FRONT_END = {"fountain": ["features.resize_max=1024"],
+             "fox": ["features.resize_max=1024", "pairs.name=sequential", "pairs.overlap=10"]}
+SCENES = {name: (images, gt, [*overrides, *FRONT_END.get(name, [])])
+          for name, (images, gt, overrides) in ALL_SCENES.items() if name != "sample"}
 
 
 def build_scene_database(images: Path, work: Path, overrides: list[str]) -> Path:
@@ -71,17 +64,6 @@ def run_mapper(name: str, database: Path, images: Path, scratch: Path, seed: int
         print(f"  {name} failed: {error}")
         model = None
     return model, time.perf_counter() - start
-
-
-def scores(model: pycolmap.Reconstruction | None, gt: Path | None, num_images: int) -> dict:
-    result = {"registered": 0 if model is None else model.num_reg_images(), "num_images": num_images}
-    if model is not None and gt is not None:
-        metrics = evaluate(model, gt)
-        result.update({f"auc@{k}": v for k, v in metrics["auc"].items()})
-        result["center_error"] = metrics["center_error_median"]
-        result["num_images"] = metrics["num_images_gt"]
-        result["registered"] = metrics["num_registered"]
-    return result
 
 
 def print_scene(scene: str, rows: dict[str, dict]) -> None:
@@ -118,11 +100,12 @@ def main() -> None:
             database = build_scene_database(images, work / scene, overrides)
             if args.only_database:
                 continue
-            num_images = len(pycolmap.Database.open(database).read_all_images())
+            with pycolmap.Database.open(database) as db:
+                names = [image.name for image in db.read_all_images()]
             rows = {}
             for name in args.mappers:
                 model, seconds = run_mapper(name, database, images, work / scene / f"run_{name}", args.seed)
-                rows[name] = {**scores(model, gt, num_images), "time": seconds}
+                rows[name] = {**score(model, gt, names), "time": seconds}
             results[scene] = rows
             print_scene(scene, rows)
     if args.json:

@@ -30,15 +30,18 @@ SCENES: dict[str, tuple[Path, Path | None, list[str]]] = {
 }
 
 
-def score(model: pycolmap.Reconstruction | None, gt: Path | None, names: list[str]) -> dict:
-    """Registration, and with ground truth AUC@1/5/10/20 and focal error, on the run's images."""
-    if model is None:
-        return {"registered": 0, "num_images": len(names)}
-    result = {"registered": model.num_reg_images(), "num_images": len(names)}
-    if gt is not None:
-        metrics = evaluate(model, load_ground_truth(gt).subset(names))
+def score(model: pycolmap.Reconstruction | None, gt: Path | None, names: list[str] | None = None) -> dict:
+    """Registration, and with ground truth AUC@1/5/10/20, camera-centre error after Sim3 and focal
+    error, on the run's images ``names`` (default: every ground-truth image)."""
+    truth = load_ground_truth(gt) if gt is not None else None
+    if names is None:
+        names = truth.names if truth is not None else []
+    result = {"registered": 0 if model is None else model.num_reg_images(), "num_images": len(names)}
+    if model is not None and truth is not None:
+        metrics = evaluate(model, truth.subset(names))
         result.update({f"auc@{k}": v for k, v in metrics["auc"].items()})
-        result["focal_error_median"] = metrics["focal_error_median"]
+        result.update(registered=metrics["num_registered"], center_error=metrics["center_error_median"],
+                      focal_error_median=metrics["focal_error_median"])
     return result
 
 
