@@ -93,9 +93,17 @@ class Pipeline:
         return self.infos
 
     def compute_priors(self) -> dict[str, tuple[float, str]]:
+        """Focal priors per image; reused from the run state when images and options are the same
+        (a network prior such as Depth Pro is not rerun on every resume)."""
         conf = self.config["priors"]
+        stamp = fingerprint("priors", conf, [(i.name, i.width, i.height, i.exif_focal) for i in self.infos])
+        cached = self.read_state().get("priors")
+        if cached and cached["stamp"] == stamp:
+            self.priors = {name: (focal, source) for name, (focal, source) in cached["values"].items()}
+            return self.priors
         choice = PRIORS.get(conf["name"])
         self.priors = self.timed("priors", choice.function, self.infos, conf, self)
+        self.write_state(priors={"stamp": stamp, "values": self.priors})
         return self.priors
 
     def extract(self) -> None:
@@ -205,11 +213,11 @@ class Pipeline:
                           self.database_path, self.features_path, self.matches_path)
 
     # Bookkeeping.
-    def read_state(self) -> dict[str, str]:
+    def read_state(self) -> dict[str, Any]:
         path = self.output_dir / STATE_FILE
         return json.loads(path.read_text()) if path.exists() else {}
 
-    def write_state(self, **entries: str) -> None:
+    def write_state(self, **entries: Any) -> None:
         state = {**self.read_state(), **entries}
         write_json(self.output_dir / STATE_FILE, state)
 
