@@ -49,7 +49,7 @@ import torch
 from kornia.feature.lightglue import LightGlue as KorniaLightGlue
 
 from .base import BaseModel, ConfigError
-from .weights import Checkpoint, StateDict, load_state_dict, register_checkpoint
+from .weights import LIGHTNING_ALLOWLIST, Checkpoint, StateDict, load_state_dict, register_checkpoint
 
 # Descriptor dimension of each feature type the official weights were trained on.
 FEATURE_DIMS = {"superpoint": 256, "aliked": 128, "disk": 128}
@@ -82,6 +82,7 @@ register_checkpoint(Checkpoint(
     filename="gim_lightglue_100h.ckpt",
     license="MIT (xuelunshen/gim)",
     extract=lightglue_state_dict,
+    allowlist=LIGHTNING_ALLOWLIST,
     notes="GIM (ICLR 2024) SuperPoint+LightGlue trained on internet videos; the same file holds the "
           "detector (checkpoint 'gim_superpoint').",
 ))

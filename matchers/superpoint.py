@@ -33,7 +33,7 @@ from torch import nn
 
 from .base import BaseModel
 from .keypoints import select_keypoints
-from .weights import Checkpoint, StateDict, register_checkpoint
+from .weights import LIGHTNING_ALLOWLIST, Checkpoint, StateDict, register_checkpoint
 
 
 def superpoint_state_dict(raw: dict[str, Any]) -> StateDict:
@@ -59,6 +59,7 @@ register_checkpoint(Checkpoint(
     filename="gim_lightglue_100h.ckpt",
     license="MIT (xuelunshen/gim)",
     extract=superpoint_state_dict,
+    allowlist=LIGHTNING_ALLOWLIST,
     notes="The detector half of GIM's LightGlue checkpoint (keys 'superpoint.*').",
 ))
 

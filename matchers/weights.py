@@ -14,8 +14,10 @@ file is expected at, so a user can place it by hand.
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -50,6 +52,16 @@ class Checkpoint:
 
 
 _REGISTRY: dict[str, Checkpoint] = {}
+
+# What Lightning checkpoints (GIM's *.ckpt) pickle besides tensors: their hyper-parameters (yacs
+# CfgNodes inside Lightning's AttributeDict). Loading stays weights_only: these dict subclasses are
+# rebuilt as plain OrderedDicts (nothing of theirs is executed), argparse.Namespace as itself.
+LIGHTNING_ALLOWLIST: tuple[Any, ...] = (
+    (OrderedDict, "yacs.config.CfgNode"),
+    (OrderedDict, "pytorch_lightning.utilities.parsing.AttributeDict"),
+    (OrderedDict, "lightning_fabric.utilities.data.AttributeDict"),
+    argparse.Namespace,
+)
 
 
 def register_checkpoint(checkpoint: Checkpoint) -> Checkpoint:

@@ -20,8 +20,6 @@ through Google Drive / OneDrive only (links in the GIM README), so they must be 
 """
 from __future__ import annotations
 
-import argparse
-from collections import OrderedDict
 from typing import Any, ClassVar
 
 import torch
@@ -44,17 +42,6 @@ GIM_RECIPE: dict[str, Any] = {
 }
 
 
-# Lightning checkpoints also pickle their hyper-parameters (GIM's configs: yacs CfgNodes inside
-# Lightning's AttributeDict). Loading stays weights_only: these dict subclasses are rebuilt as
-# plain OrderedDicts (nothing of theirs is executed), argparse.Namespace as itself.
-LIGHTNING_ALLOWLIST: tuple[Any, ...] = (
-    (OrderedDict, "yacs.config.CfgNode"),
-    (OrderedDict, "pytorch_lightning.utilities.parsing.AttributeDict"),
-    (OrderedDict, "lightning_fabric.utilities.data.AttributeDict"),
-    argparse.Namespace,
-)
-
-
 def lightning_state_dict(raw: Any, drop_containing: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
     """The network's flat state dict from a GIM Lightning checkpoint (or an already flat dict).
 
@@ -73,11 +60,11 @@ def gim_dkm_state_dict(raw: Any) -> dict[str, torch.Tensor]:
 
 weights_registry.register_checkpoint(weights_registry.Checkpoint(
     name="gim_roma_100h", url="", filename="gim_roma_100h.ckpt", license="MIT (xuelunshen/gim)",
-    extract=lightning_state_dict, allowlist=LIGHTNING_ALLOWLIST,
+    extract=lightning_state_dict, allowlist=weights_registry.LIGHTNING_ALLOWLIST,
     notes=f"Download gim_roma_100h.ckpt from the Google Drive / OneDrive link in {GIM_README}."))
 weights_registry.register_checkpoint(weights_registry.Checkpoint(
     name="gim_dkm_100h", url="", filename="gim_dkm_100h.ckpt", license="MIT (xuelunshen/gim)",
-    extract=gim_dkm_state_dict, allowlist=LIGHTNING_ALLOWLIST,
+    extract=gim_dkm_state_dict, allowlist=weights_registry.LIGHTNING_ALLOWLIST,
     notes=f"Download gim_dkm_100h.ckpt from the Google Drive / OneDrive link in {GIM_README}."))
 
 
