@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import h5py
 import numpy as np
 
+from ..io.h5 import opened
 from ..io.pairs import read_pairs
 
 logger = logging.getLogger(__name__)
@@ -56,18 +57,24 @@ class ListRetrieval:
 class BagOfWordsRetrieval:
     """tf-idf bag-of-visual-words similarity on local descriptors.
 
-    The vocabulary is a seeded k-means of (a sample of) the database descriptors; each image is
-    the L2-normalised histogram of its descriptors' nearest words weighted by
-    ``idf = log(N_images / N_images_with_word)``; similarity is the dot product.
+    The vocabulary is a seeded k-means of a sample of the database descriptors (an equal share
+    per image); each image is the L2-normalised histogram of its descriptors' nearest words
+    weighted by ``idf = log(N_images / N_images_with_word)``; similarity is the dot product. The
+    database is read image by image, twice, from one open file: memory holds the sample and the
+    (N_images, V) histograms, never all descriptors.
     """
 
     def __init__(self, database_features: Path, names: list[str], query_features: Path,
                  vocabulary_size: int, seed: int = 0) -> None:
         self.names = list(names)
         self.query_features = Path(query_features)
-        descriptors = [_descriptors(database_features, name) for name in names]
-        self.index = _vocabulary(np.concatenate(descriptors), vocabulary_size, seed)
-        counts = np.stack([self._counts(d) for d in descriptors])  # (N_db, V)
+        rng = np.random.default_rng(seed)
+        share = max(1, MAX_TRAINING_DESCRIPTORS // max(len(names), 1))
+        with h5py.File(database_features, "r") as features:
+            sample = [_sample_rows(_descriptors(features, name), share, rng) for name in names]
+            self.index = _vocabulary(np.concatenate(sample), vocabulary_size, seed)
+            del sample
+            counts = np.stack([self._counts(_descriptors(features, name)) for name in names])  # (N_db, V)
         self.idf = np.log(len(names) / np.maximum((counts > 0).sum(0), 1)).astype(np.float32)
         self.database = _normalise(counts * self.idf)
 
@@ -83,19 +90,21 @@ class BagOfWordsRetrieval:
         return [self.names[i] for i in order[:k]]
 
 
-def _descriptors(path: Path, name: str) -> np.ndarray:
+def _descriptors(source: Path | h5py.File, name: str) -> np.ndarray:
     """(N, D) float32 descriptors of one image of an hloc features file (stored (D, N))."""
-    with h5py.File(path, "r") as f:
+    with opened(source) as f:
         return f[name]["descriptors"][()].T.astype(np.float32)
 
 
+def _sample_rows(rows: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """At most ``count`` rows, drawn without replacement (seeded)."""
+    return rows if len(rows) <= count else rows[rng.choice(len(rows), count, replace=False)]
+
+
 def _vocabulary(descriptors: np.ndarray, size: int, seed: int):
-    """A flat faiss index over ``size`` k-means centroids of the descriptors (a seeded sample of them)."""
+    """A flat faiss index over ``size`` k-means centroids of the (sampled) descriptors."""
     import faiss  # here: loading it costs a second and logs its CPU probing, only bag of words needs it
 
-    rng = np.random.default_rng(seed)
-    if len(descriptors) > MAX_TRAINING_DESCRIPTORS:
-        descriptors = descriptors[rng.choice(len(descriptors), MAX_TRAINING_DESCRIPTORS, replace=False)]
     size = min(size, len(descriptors))
     kmeans = faiss.Kmeans(descriptors.shape[1], size, niter=20, seed=seed, verbose=False,
                           max_points_per_centroid=max(256, len(descriptors) // size + 1))
