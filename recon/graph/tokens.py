@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
@@ -53,8 +54,13 @@ class FeatureTokens:
             raise FileNotFoundError(f"features file {self.path} does not exist")
         self.max_tokens = max_tokens
 
+    @cached_property
+    def file(self) -> h5py.File:
+        """Opened once for the whole collection (h5py closes it with the object)."""
+        return h5py.File(self.path, "r")
+
     def tokens(self, name: str) -> torch.Tensor:
-        features = read_features(self.path, name)
+        features = read_features(self.file, name)
         if "descriptors" not in features:
             raise KeyError(f"{self.path}: image {name!r} has no descriptors (detector-only features)")
         descriptors = torch.from_numpy(np.ascontiguousarray(features["descriptors"].T, dtype=np.float32))

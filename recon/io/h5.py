@@ -179,9 +179,9 @@ def read_keypoints(path: PathLike | h5py.File, name: str) -> np.ndarray:
         return f[name]["keypoints"][()].astype(np.float32)
 
 
-def read_features(path: PathLike, name: str) -> dict[str, np.ndarray]:
+def read_features(path: PathLike | h5py.File, name: str) -> dict[str, np.ndarray]:
     """All datasets of one image's group, as float32 / int arrays (descriptors stay (D, N))."""
-    with h5py.File(path, "r", libver="latest") as f:
+    with opened(path) as f:
         group = f[name]
         out = {k: group[k][()] for k in group.keys()}
     for key, value in out.items():
