@@ -7,11 +7,15 @@ pixel coordinates with (0.5, 0.5) the centre of the top-left pixel. Everything i
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
 
 from .cameras import MODELS_BY_ID, get_model
+
+if TYPE_CHECKING:  # pycolmap is imported where reconstructions are converted
+    import pycolmap
 
 
 @dataclass
@@ -145,6 +149,15 @@ def gauge_two_cams(rotations: torch.Tensor, translations: torch.Tensor,
     return mask
 
 
+def camera_param_matrix(cameras: Sequence[pycolmap.Camera]) -> tuple[list[str], np.ndarray]:
+    """Model names and (C, P) parameters in COLMAP's order, zero-padded to the widest model."""
+    models = [get_model(int(camera.model.value)).name for camera in cameras]
+    params = np.zeros((len(cameras), max(get_model(name).num_params for name in models)))
+    for row, camera in enumerate(cameras):
+        params[row, :len(camera.params)] = camera.params
+    return models, params
+
+
 def from_reconstruction(rec, refine_focal_length: bool = True, refine_principal_point: bool = False,
                         refine_extra_params: bool = True, refine_poses: bool = True, refine_points: bool = True,
                         constant_image_ids=(), constant_camera_ids=(), constant_point3D_ids=(),
@@ -180,12 +193,8 @@ def from_reconstruction(rec, refine_focal_length: bool = True, refine_principal_
     if not point_ids:
         raise ValueError("the selected images observe no 3D points")
     pt_index = {pid: k for k, pid in enumerate(point_ids)}
-    cams = [rec.cameras[cid] for cid in camera_ids]
-    models = [get_model(int(cam.model.value)).name for cam in cams]
-    width = max(get_model(name).num_params for name in models)
-    params = np.zeros((len(cams), width))
-    for k, cam in enumerate(cams):
-        params[k, :len(cam.params)] = cam.params
+    models, params = camera_param_matrix([rec.cameras[cid] for cid in camera_ids])
+    width = params.shape[1]
     camera_constant = intrinsics_constant_mask(models, width, refine_focal_length, refine_principal_point,
                                                refine_extra_params)
     camera_constant[[cam_index[c] for c in constant_camera_ids if c in cam_index]] = True

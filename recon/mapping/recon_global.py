@@ -47,8 +47,8 @@ from ..align.tracks import Tracks, build_tracks
 from ..align.triangulation import ray_angles, reprojection_errors, triangulate, triangulation_angles
 from ..align.view_graph import (ViewGraph, calibrate_focal_lengths, estimate_relative_poses, read_view_graph,
                                 restrict_to_largest_component)
-from ..ba import BAOptions, Problem, get_model, solve
-from ..ba.problem import gauge_two_cams, intrinsics_constant_mask
+from ..ba import BAOptions, Problem, solve
+from ..ba.problem import camera_param_matrix, gauge_two_cams, intrinsics_constant_mask
 from . import MAPPERS
 
 logger = logging.getLogger(__name__)
@@ -188,11 +188,7 @@ class State:
         images, obs_image = np.unique(tracks.image, return_inverse=True)
         offsets = np.concatenate([[0], np.cumsum([len(k) for k in graph.keypoints])])
         xy = np.concatenate(graph.keypoints)[offsets[tracks.image] + tracks.keypoint]
-        models = [get_model(int(camera.model.value)).name for camera in graph.cameras]
-        width = max(get_model(name).num_params for name in models)
-        params = np.zeros((len(models), width))
-        for k, camera in enumerate(graph.cameras):  # one row per camera
-            params[k, :len(camera.params)] = camera.params
+        models, params = camera_param_matrix(graph.cameras)  # one row per camera
         f64 = dict(dtype=torch.float64, device=device)
         return cls(graph=graph, images=images, obs_image=torch.as_tensor(obs_image, device=device),
                    keypoint=torch.as_tensor(tracks.keypoint, device=device),
