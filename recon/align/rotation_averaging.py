@@ -15,8 +15,6 @@ import math
 
 import numpy as np
 import torch
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import breadth_first_order, minimum_spanning_tree
 
 from ..ba.geometry import so3_exp, so3_log
 
@@ -28,11 +26,8 @@ def spanning_tree_rotations(num_images: int, pairs: np.ndarray, rotations: np.nd
     pairs: (P, 2) image indices ``(i, j)``; rotations: (P, 3, 3) ``R_ij`` (cam_j_from_cam_i);
     weights: (P,) positive (e.g. inlier counts). Images not connected to the root keep identity.
     """
-    cost = weights.max() + 1.0 - weights  # positive; the minimum tree of it is the maximum tree of weights
-    graph = coo_matrix((cost, (pairs[:, 0], pairs[:, 1])), shape=(num_images, num_images)).tocsr()
-    tree = minimum_spanning_tree(graph + graph.T)
     root = int(pairs[np.argmax(weights), 0])
-    order, parent = breadth_first_order(tree, root, directed=False)
+    order, parent = max_spanning_tree(pairs, weights, num_images, root)
     edge = {(int(i), int(j)): k for k, (i, j) in enumerate(pairs)}
     result = np.tile(np.eye(3), (num_images, 1, 1))
     for node in order[1:]:  # one step per image

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import breadth_first_order, connected_components, minimum_spanning_tree
+from scipy.sparse.csgraph import connected_components
 from tqdm import tqdm
 
 
@@ -176,12 +176,8 @@ def spanning_tree(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
                            "confident pairs)")
     if n == 1:
         return np.zeros(1, np.int64), np.full(1, -1)
-    positive = np.where(scores > 0, scores.max() + 1 - scores, 0)  # max spanning tree via min
-    tree = minimum_spanning_tree(positive)
-    root = int(np.argmax(scores.sum(1)))
-    order, parent = breadth_first_order(tree, root, directed=False, return_predecessors=True)
-    parent = np.where(parent < 0, -1, parent)
-    return order.astype(np.int64), parent.astype(np.int64)
+    pairs = np.argwhere(np.triu(scores, 1) > 0)
+    return max_spanning_tree(pairs, scores[pairs[:, 0], pairs[:, 1]], n, root=int(np.argmax(scores.sum(1))))
 
 
 def similarity_procrustes(source: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
