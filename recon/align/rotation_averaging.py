@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..ba.geometry import so3_exp, so3_log
+from .spanning_tree import max_spanning_tree
 
 
 def spanning_tree_rotations(num_images: int, pairs: np.ndarray, rotations: np.ndarray,

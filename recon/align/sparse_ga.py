@@ -47,6 +47,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from tqdm import tqdm
 
+from .spanning_tree import max_spanning_tree
+
 
 @dataclass
 class AlignmentInput:
