@@ -87,3 +87,8 @@ def umeyama(src: np.ndarray, dst: np.ndarray) -> Sim3:
     scale = float(np.sum(singular * sign) / var_src)
     translation = mu_dst - scale * rotation @ mu_src
     return Sim3(scale, rotation, translation)
+
+
+def extent(centers: np.ndarray) -> float:
+    """A scene's size: diagonal of the bounding box of (N, 3) camera centres; 0 for none."""
+    return float(np.linalg.norm(np.ptp(centers, axis=0))) if len(centers) else 0.0

@@ -25,7 +25,7 @@ import numpy as np
 import pycolmap
 
 from ..datasets.ground_truth import GroundTruth, load_ground_truth
-from .geometry import umeyama
+from .geometry import extent, umeyama
 from .metrics import (
     AUC_THRESHOLDS,
     MAA_MAX_THRESHOLD,
@@ -80,9 +80,9 @@ def evaluate(
     R_est, t_est = _estimated_poses(names, estimated)
     centers_gt = gt.centers()
     centers_est = -np.einsum("nba,nb->na", R_est, t_est)
-    extent_gt = _extent(centers_gt)
+    extent_gt = extent(centers_gt)
     errors = pair_errors(gt.rotations(), gt.translations(), R_est, t_est, registered,
-                         extent_gt, _extent(centers_est[registered]), sign_ambiguous)
+                         extent_gt, extent(centers_est[registered]), sign_ambiguous)
     pose = errors.pose
 
     center_errors, sim3 = _center_errors(centers_est, centers_gt, registered)
@@ -187,11 +187,6 @@ def _focal_xy(camera: pycolmap.Camera) -> np.ndarray:
     """(2,) fx, fy (equal for single-focal models)."""
     focal = np.asarray(camera.params)[list(camera.focal_length_idxs())]
     return np.broadcast_to(focal, (2,)) if focal.size == 1 else focal
-
-
-def _extent(centers: np.ndarray) -> float:
-    """Diagonal of the bounding box of (N, 3) centres; 0 for none."""
-    return float(np.linalg.norm(np.ptp(centers, axis=0))) if len(centers) else 0.0
 
 
 def _pair_summary(errors: PairErrors) -> dict:

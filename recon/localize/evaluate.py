@@ -29,7 +29,7 @@ import numpy as np
 import pycolmap
 
 from ..datasets.ground_truth import GroundTruth
-from ..evaluate.geometry import Sim3, rotation_angle_deg, umeyama
+from ..evaluate.geometry import Sim3, extent, rotation_angle_deg, umeyama
 from .results import read_results
 
 DEFAULT_THRESHOLDS: tuple[tuple[float, float], ...] = ((0.25, 2.0), (0.5, 5.0), (5.0, 10.0))
@@ -67,11 +67,6 @@ def pose_errors(poses: dict[str, pycolmap.Rigid3d], gt: GroundTruth, queries: li
     return position, rotation
 
 
-def scene_extent(gt: GroundTruth) -> float:
-    """Diagonal of the bounding box of every ground-truth camera centre."""
-    return float(np.linalg.norm(np.ptp(gt.centers(), axis=0)))
-
-
 def evaluate_localization(results: str | Path | dict[str, pycolmap.Rigid3d], gt: GroundTruth,
                           queries: Iterable[str] | None = None,
                           thresholds: Iterable[tuple[float, float]] = DEFAULT_THRESHOLDS,
@@ -92,9 +87,9 @@ def evaluate_localization(results: str | Path | dict[str, pycolmap.Rigid3d], gt:
         raise ValueError(f"none of the queries has ground truth (e.g. {without_gt[:3]}): are the names the same?")
     sim3 = map_alignment(align_to, gt) if align_to is not None else None
     position, rotation = pose_errors(poses, gt, queries, sim3)
-    extent = scene_extent(gt)
+    scene = extent(gt.centers())
     if relative:
-        position = position / extent
+        position = position / scene
     localized = np.isfinite(position)
     recall = [{"position": float(d), "rotation": float(a),
                "recall": float(np.mean((position < d) & (rotation < a))) if queries else 0.0}
@@ -104,7 +99,7 @@ def evaluate_localization(results: str | Path | dict[str, pycolmap.Rigid3d], gt:
         "num_localized": int(localized.sum()),
         "queries_without_gt": without_gt,
         "position_unit": "extent" if relative else "gt",
-        "scene_extent": extent,
+        "scene_extent": scene,
         "aligned": sim3 is not None,
         "median_position_error": _finite(np.median(position)) if queries else None,
         "median_rotation_error": _finite(np.median(rotation)) if queries else None,
