@@ -90,17 +90,15 @@ def load(name: str, weights: str | os.PathLike | None = None, device: str | torc
     """
     spec = _spec(name)
     module = importlib.import_module(spec.module, __name__)
+    if weights == "official":
+        if spec.default_weights is None:
+            raise WeightsNotFoundError(f"model '{name}' has no official checkpoint registered")
+        weights = spec.default_weights
     if weights is not None and spec.builder is not None:  # the checkpoint defines the architecture
-        if weights == "official" and spec.default_weights is not None:
-            weights = spec.default_weights
         model = getattr(module, spec.builder)(weights, **{**dict(spec.conf), **conf})
         return model.to(resolve_device(device)).eval()
     model: BaseModel = getattr(module, spec.cls)(**{**dict(spec.conf), **conf})
     if weights is not None:
-        if weights == "official":
-            if spec.default_weights is None:
-                raise WeightsNotFoundError(f"model '{name}' has no official checkpoint registered")
-            weights = spec.default_weights
         if spec.loader is not None:
             getattr(module, spec.loader)(model, weights)
         else:

@@ -123,9 +123,7 @@ class SuperPoint(BaseModel):
             x = self.relu(second(self.relu(first(x))))
             if pool:
                 x = self.pool(x)
-        scores = F.softmax(self.convPb(self.relu(self.convPa(x))), 1)[:, :-1]
-        b, _, h, w = scores.shape
-        scores = scores.permute(0, 2, 3, 1).reshape(b, h, w, 8, 8).permute(0, 1, 3, 2, 4).reshape(b, h * 8, w * 8)
+        scores = F.pixel_shuffle(F.softmax(self.convPb(self.relu(self.convPa(x))), 1)[:, :-1], 8)[:, 0]
         descriptors = F.normalize(self.convDb(self.relu(self.convDa(x))), p=2, dim=1)
         return scores, descriptors
 

@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from kornia.color import rgb_to_grayscale
 from torch import nn
 
 from .base import BaseModel
@@ -149,7 +150,7 @@ class SuperPointV6(BaseModel):
         self.check_inputs(data)
         image = data["image"]
         if image.shape[1] == 3:
-            image = (image * image.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+            image = rgb_to_grayscale(image)
         if image.shape[-1] % 8 or image.shape[-2] % 8:
             raise ValueError(f"SuperPointV6 needs H and W multiples of 8, got {tuple(image.shape[-2:])}")
         prob, coarse = self.encode(image)
