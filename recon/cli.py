@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         module, function = DELEGATED[argv[0]]
         return getattr(importlib.import_module(module, __package__), function)(argv[1:])
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="[recon] %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="[recon] %(message)s")  # libraries: warnings only
+    logging.getLogger("recon").setLevel(logging.INFO)
     import pycolmap  # after argument parsing: --help stays instant
 
     pycolmap.logging.minloglevel = 0 if getattr(args, "verbose", False) else 2
