@@ -14,6 +14,7 @@ from pathlib import Path
 from matchers.base import ConfigError
 from matchers.weights import WeightsNotFoundError
 
+from .heap import reuse_freed_memory
 from .io.images import ImageError
 
 logger = logging.getLogger("recon")
@@ -104,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
 
     pycolmap.logging.minloglevel = 0 if getattr(args, "verbose", False) else 2
     try:
-        return COMMANDS[args.command](args)
+        with reuse_freed_memory():
+            return COMMANDS[args.command](args)
     except EXPECTED_ERRORS as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"recon {args.command}: error: {message}", file=sys.stderr)

@@ -34,6 +34,7 @@ import torch
 from . import losses
 from .cameras import get_model, project
 from .geometry import so3_exp
+from ..heap import reuse_freed_memory
 from .problem import Problem
 
 Tensor = torch.Tensor
@@ -631,14 +632,16 @@ def solve(problem: Problem, options: BAOptions | None = None) -> tuple[Problem, 
     """Run Levenberg-Marquardt on ``problem`` (moved to ``options.device``).
 
     Returns the adjusted problem (new tensors; constant entries are copied bit-identically) and a
-    :class:`Summary`. The input problem is not modified.
+    :class:`Summary`. The input problem is not modified. Large temporaries are recycled through
+    the heap while it runs (:mod:`recon.heap`): page faults were half of the CPU time.
     """
     options = options or BAOptions()
     previous_threads = torch.get_num_threads()
     if options.num_threads is not None:
         torch.set_num_threads(options.num_threads)
     try:
-        return _solve(problem, options)
+        with reuse_freed_memory():
+            return _solve(problem, options)
     finally:
         torch.set_num_threads(previous_threads)
 

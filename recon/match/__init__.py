@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 import matchers
 from ..fingerprint import fingerprint
+from ..heap import reuse_freed_memory
 from ..io import h5
 from ..io.images import read_image, resize_max
 
@@ -174,7 +175,7 @@ def match_pairs(pairs: list[tuple[str, str]], features_path: Path, conf: dict[st
     """
     paths = [features_path] + ([features_ref] if features_ref else [])
     stamp = fingerprint("matches", conf, [h5.read_stamp(p) for p in dict.fromkeys(paths)])
-    with open_resumable(matches_path, stamp) as writer:
+    with reuse_freed_memory(), open_resumable(matches_path, stamp) as writer:
         todo = [(a, b) for a, b in pairs if not h5.has_pair(writer.file, a, b)]
         if not todo:
             return 0

@@ -1,0 +1,76 @@
+"""Keep large freed allocations in glibc's heap instead of returning them to the kernel.
+
+recon's hot loops allocate and free the same multi-megabyte temporaries over and over (the NN
+matcher's similarity matrix per pair, the bundle adjuster's gathered Jacobian rows per LM
+iteration). glibc serves an allocation above its mmap threshold (dynamic, at most 32 MiB on
+64-bit) with a new ``mmap`` and unmaps it on ``free``, so the kernel page-faults every 4 KiB page
+in again on each use. That was about half of the time on these CPUs (one thread, measured with
+glibc's environment switches ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_``): bundle
+adjustment of BAL ``problem-49-7776`` (20 LM iterations) 2.0x faster with reuse, one 8k x 8k
+SIFT nearest-neighbour match 1.7x faster. Peak RSS is unchanged: the same blocks are reused, not
+added to.
+
+:func:`reuse_freed_memory` raises the thresholds for the duration of a block (the CLI wraps every
+command in it; :func:`recon.ba.solve` and :func:`recon.match.match_pairs` wrap themselves so
+library callers such as the hloc drop-in get it too). On exit ``malloc_trim`` hands the freed
+memory back and the thresholds are set to the values glibc's dynamic rule settles on in a process
+that frees large blocks (32 MiB mmap, 64 MiB trim): glibc cannot return to its dynamic mode once
+a threshold was set explicitly. Other C libraries (macOS, musl) are left alone.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import threading
+from contextlib import contextmanager
+from functools import lru_cache
+from typing import Iterator
+
+M_TRIM_THRESHOLD = -1  # mallopt parameter numbers from glibc's malloc.h
+M_MMAP_THRESHOLD = -3
+REUSE_THRESHOLD = 1 << 30  # blocks up to 1 GiB come from (and return to) the heap
+STEADY_MMAP_THRESHOLD = 32 << 20  # glibc's DEFAULT_MMAP_THRESHOLD_MAX on 64-bit
+STEADY_TRIM_THRESHOLD = 2 * STEADY_MMAP_THRESHOLD  # glibc keeps trim = 2 x mmap when adapting
+
+_lock = threading.Lock()
+_depth = 0
+
+
+@lru_cache(maxsize=1)
+def _glibc() -> ctypes.CDLL | None:
+    """The process's C library when it is glibc (it has ``mallopt`` and ``gnu_get_libc_version``)."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        libc = ctypes.CDLL(name)
+        libc.gnu_get_libc_version  # noqa: B018 - raises AttributeError on non-glibc
+        libc.mallopt  # noqa: B018
+        libc.malloc_trim  # noqa: B018
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+@contextmanager
+def reuse_freed_memory(enabled: bool = True) -> Iterator[None]:
+    """Run the block with large freed allocations kept in the heap (glibc only; nestable)."""
+    global _depth
+    libc = _glibc() if enabled else None
+    if libc is None:
+        yield
+        return
+    with _lock:
+        if _depth == 0:
+            libc.mallopt(M_MMAP_THRESHOLD, REUSE_THRESHOLD)
+            libc.mallopt(M_TRIM_THRESHOLD, 2 * REUSE_THRESHOLD)
+        _depth += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _depth -= 1
+            if _depth == 0:
+                libc.mallopt(M_MMAP_THRESHOLD, STEADY_MMAP_THRESHOLD)
+                libc.mallopt(M_TRIM_THRESHOLD, STEADY_TRIM_THRESHOLD)
+                libc.malloc_trim(0)
