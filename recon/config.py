@@ -60,8 +60,10 @@ FIXED_SECTIONS = {"database": DATABASE_DEFAULTS, "localize": LOCALIZE_DEFAULTS} 
 # (an extractor class may set ``default_resize_max``, e.g. 1024 for ALIKED as in hloc).
 FEATURES_EXTRA: dict[str, Any] = {"resize_max": 1600, "weights": "official"}
 MATCHER_EXTRA: dict[str, Any] = {"weights": "official", "batch_size": 0}  # 0: auto (see recon.match)
-# Dense matchers also sample, resize and quantise (see recon.match.dense).
-DENSE_EXTRA: dict[str, Any] = {"resize_max": 1024, "max_matches": 10000, "min_score": 0.0, "cell_size": 2.0}
+# Dense matchers also sample, resize and quantise, or (at_keypoints) match an extractor's
+# keypoints through their warp with RoMa's rule (see recon.match.dense).
+DENSE_EXTRA: dict[str, Any] = {"resize_max": 1024, "max_matches": 10000, "min_score": 0.0, "cell_size": 2.0,
+                               "at_keypoints": False, "keypoint_max_distance": 0.005, "keypoint_min_certainty": 0.0}
 # Pair networks (MASt3R) take their architecture from the checkpoint; the stage's options are
 # the network's input size, the anchor grid, the match confidence floor and the encoder batch
 # (see recon.match.mast3r).
@@ -185,4 +187,7 @@ def validate_config(raw: dict[str, Any]) -> dict[str, Any]:
             continue
         name = str(section.pop("name", default_choice(stage)))
         config[stage] = {"name": name, **merge_conf(stage_defaults(stage, name), section, f"{stage}.{name}")}
+    if config["matcher"].get("at_keypoints") and config["features"]["name"] == "none":
+        raise ConfigError(f"matcher.at_keypoints: {config['matcher']['name']} matches an extractor's keypoints, "
+                          "but features.name is none (e.g. --set features.name=sift)")
     return config

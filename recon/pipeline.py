@@ -30,7 +30,7 @@ from .io.jsonfile import write_json
 from .io.pairs import unique_pairs, write_pairs
 from .mapping import MAPPERS
 from .match import extract_features, match_pairs
-from .match.dense import match_dense
+from .match.dense import match_dense, match_dense_keypoints
 from .match.mast3r import match_mast3r
 from .priors import PRIORS
 from .viz.report import write_run_pictures
@@ -132,15 +132,24 @@ class Pipeline:
 
     @property
     def dense(self) -> bool:
-        """Dense matchers and pair networks write features.h5 themselves (no extractor runs)."""
-        return self.matcher_kind in ("dense_matcher", "pair_model")
+        """Dense matchers and pair networks write features.h5 themselves (no extractor runs),
+        unless a dense matcher is told to match an extractor's keypoints (``at_keypoints``)."""
+        if self.matcher_kind == "dense_matcher":
+            return not self.config["matcher"]["at_keypoints"]
+        return self.matcher_kind == "pair_model"
 
     def match(self) -> None:
-        """Sparse matchers match features.h5 keypoints; dense matchers and pair networks (MASt3R)
+        """Sparse matchers match features.h5 keypoints, and so do dense matchers with
+        ``at_keypoints`` (through their warp); otherwise dense matchers and pair networks (MASt3R)
         write features.h5 themselves."""
         if self.matcher_kind == "pair_model":
             self.computed["matches"] = self.timed("matches", match_mast3r, self.pairs, self.infos, self.image_dir,
                                                   self.config["matcher"], self.output_dir, self.device)
+            return
+        if self.matcher_kind == "dense_matcher" and not self.dense:
+            self.computed["matches"] = self.timed("matches", match_dense_keypoints, self.pairs, self.image_dir,
+                                                  self.features_path, self.config["matcher"], self.matches_path,
+                                                  self.device)
             return
         if self.dense:
             self.computed["matches"] = self.timed("matches", match_dense, self.pairs, self.infos, self.image_dir,

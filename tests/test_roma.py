@@ -17,7 +17,8 @@ from torch import nn
 
 from matchers.roma import RoMa, roma_decoder
 from matchers.roma.ops import (anchor_grid, cls_to_flow_refine, cosine_kernel, gp_posterior_mean, kde,
-                               local_correlation, sample_matches)
+                               local_correlation, mutual_nearest_matches, normalized_to_pixels, pixels_to_normalized,
+                               sample_matches, sample_warp)
 from conftest import shared_path
 
 ATOL = 1e-4  # the fixture README's tolerance for a re-implementation
@@ -224,3 +225,55 @@ def test_sampling_draws_only_certain_matches_and_is_seeded() -> None:
     assert len(m) == 50 and torch.equal(m, m2)
     assert torch.all(c == 0.5)  # the real certainty is returned, not the thresholded weight
     assert torch.all((m[:, 0] >= xs[0, 10]) & (m[:, 0] <= xs[0, 19]) & (m[:, 1] >= ys[5, 0]) & (m[:, 1] <= ys[14, 0]))
+
+
+def test_sample_warp_reads_an_affine_warp_exactly_between_pixels() -> None:
+    h, w = 12, 16
+    ys, xs = torch.meshgrid(torch.linspace(-1 + 1 / h, 1 - 1 / h, h, dtype=torch.float64),
+                            torch.linspace(-1 + 1 / w, 1 - 1 / w, w, dtype=torch.float64), indexing="ij")
+    warp = torch.stack((0.5 * xs + 0.1, 0.8 * ys - 0.2), dim=-1)  # affine: bilinear interpolation is exact
+    certainty = (xs + 2) / 4
+    points = torch.tensor([[0.0, 0.0], [0.3, -0.45], [-0.7, 0.6]], dtype=torch.float64)
+    positions, score = sample_warp(warp, certainty, points)
+    torch.testing.assert_close(positions, torch.stack((0.5 * points[:, 0] + 0.1, 0.8 * points[:, 1] - 0.2), -1))
+    torch.testing.assert_close(score, (points[:, 0] + 2) / 4)
+
+
+def test_mutual_nearest_matches_follow_romas_rule() -> None:
+    predicted = torch.tensor([[0.0, 0.0], [0.001, 0.0], [0.5, 0.5], [-0.5, 0.5], [0.9, -0.9]])
+    score = torch.tensor([0.9, 0.8, 0.7, 0.0, 0.6])
+    keypoints = torch.tensor([[0.5, 0.502], [0.0005, 0.0], [-0.5, 0.5], [0.9, -0.8]])
+    for chunk in (1, 2, 4096):  # the chunked distance matrix gives the same answer as the whole one
+        matches, scores = mutual_nearest_matches(predicted, score, keypoints, 0.005, 0.0, chunk=chunk)
+        # 0 and 1 both want keypoint 1; 0 is at 0.0005 and 1 at 0.0005 too: the first wins (argmin).
+        # 2 -> keypoint 0 (0.002 away); 3 has zero certainty; 4's nearest (0.1 away) is too far.
+        assert matches.tolist() == [1, -1, 0, -1, -1]
+        torch.testing.assert_close(scores, torch.tensor([0.9, 0.0, 0.7, 0.0, 0.0]))
+
+
+def test_match_keypoints_applies_the_official_rule_to_the_a_to_b_half_of_the_warp(tiny) -> None:
+    """RoMa.match_keypoints on the fixture model equals RoMa's match_keypoints rule evaluated
+    directly on the model's own warp: keypoints at pixel centres of the warp resolution (where
+    bilinear sampling returns the warp value itself), mutual nearest in B within 0.005."""
+    model, fixture = tiny
+    height, width = fixture["config"]["upsample_res"]
+    generator = torch.Generator().manual_seed(0)
+    image0, image1 = torch.rand(2, 1, 3, height, width, generator=generator)
+    warp, certainty = model.match(image0, image1)
+    a_to_b, cert = warp[0, :, :width, 2:], certainty[0, :, :width]
+    rows, cols = torch.meshgrid(torch.arange(3, height, 7), torch.arange(2, width, 7), indexing="ij")
+    keypoints0 = torch.stack((cols.reshape(-1), rows.reshape(-1)), -1).float()
+    landing = normalized_to_pixels(a_to_b[rows.reshape(-1), cols.reshape(-1)], height, width)
+    keypoints1 = torch.cat([landing[::2] + 0.3, torch.rand(40, 2, generator=generator) * torch.tensor([width, height])])
+    matches, scores = model.match_keypoints({"image0": image0, "image1": image1, "keypoints0": keypoints0,
+                                             "keypoints1": keypoints1})
+    # The official rule, written out on the whole distance matrix.
+    x_a_to_b = a_to_b[rows.reshape(-1), cols.reshape(-1)]
+    distance = torch.cdist(x_a_to_b, pixels_to_normalized(keypoints1, height, width))
+    mutual = (distance == distance.min(dim=1, keepdim=True).values) & (distance == distance.min(dim=0, keepdim=True).values)
+    cert_a = cert[rows.reshape(-1), cols.reshape(-1)]
+    official = mutual & (cert_a[:, None] > 0) & (distance < 0.005)
+    expected = torch.where(official.any(1), official.float().argmax(1), -1)
+    assert int((expected >= 0).sum()) >= 10  # the check has matches to compare
+    assert matches.tolist() == expected.tolist()
+    torch.testing.assert_close(scores[matches >= 0], cert_a[matches >= 0], atol=1e-6, rtol=0)

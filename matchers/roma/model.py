@@ -36,7 +36,7 @@ from ..backbones import dinov2 as _dinov2  # also registers the DINOV2_CHECKPOIN
 from ..backbones.vgg import VGG19BN
 from ..base import BaseModel, ConfigError
 from .layers import GP, ConvRefiner, Decoder, TransformerDecoder, autocast
-from .ops import normalized_to_pixels, pixel_grid, sample_matches
+from .ops import mutual_nearest_matches, normalized_to_pixels, pixel_grid, pixels_to_normalized, sample_matches, sample_warp
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -296,13 +296,39 @@ class DenseMatcher(BaseModel):
         pad_h = max(height, int(width / aspect)) - height
         return pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2
 
-    def forward(self, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def padded_pair(self, data: dict[str, torch.Tensor]
+                    ) -> tuple[list[torch.Tensor], list[tuple[int, int, int, int]]]:
+        """The pair's images (1, 3, H, W), zero-padded to the coarse aspect when ``pad_to_aspect``
+        (GIM), and each image's (left, right, top, bottom) padding."""
         self.check_inputs(data)
         images = [data["image0"], data["image1"]]
         if images[0].shape[0] != 1 or images[1].shape[0] != 1:
             raise ValueError(f"{type(self).__name__} matches one pair at a time (batch size 1)")
         pads = [self.padding(im) if self.conf["pad_to_aspect"] else (0, 0, 0, 0) for im in images]
-        padded = [F.pad(im, pad) for im, pad in zip(images, pads)]
+        return [F.pad(im, pad) for im, pad in zip(images, pads)], pads
+
+    def match_keypoints(self, data: dict[str, torch.Tensor], max_distance: float = 0.005, min_certainty: float = 0.0
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Match given keypoints through the dense warp (RoMa's ``match_keypoints``).
+
+        data: ``image0``/``image1`` (1, 3, H, W) in [0, 1], ``keypoints0`` (N, 2) / ``keypoints1``
+        (M, 2) in those images' pixels (hloc convention). Each keypoint of image 0 is moved by the
+        A->B warp and paired with its mutual nearest keypoint of image 1 (see
+        :func:`matchers.roma.ops.mutual_nearest_matches`; ``max_distance`` in normalised units).
+        Returns ``matches0`` (N,) long (-1: unmatched) and ``matching_scores0`` (N,) certainties.
+        """
+        padded, pads = self.padded_pair(data)
+        warp, certainty = self.match(padded[0], padded[1])
+        width = warp.shape[2] // 2 if self.conf["symmetric"] else warp.shape[2]  # A->B half
+        points = [pixels_to_normalized(data[key].reshape(-1, 2).to(warp) + warp.new_tensor((pad[0], pad[2])),
+                                       *image.shape[-2:])
+                  for key, pad, image in zip(("keypoints0", "keypoints1"), pads, padded)]
+        predicted, score = sample_warp(warp[0, :, :width, 2:], certainty[0, :, :width], points[0])
+        return mutual_nearest_matches(predicted, score, points[1], max_distance, min_certainty)
+
+    def forward(self, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        padded, pads = self.padded_pair(data)
+        images = [data["image0"], data["image1"]]
         warp, certainty = self.match(padded[0], padded[1])
         matches, scores = self.sample(warp[0], certainty[0])
         keep = torch.ones_like(scores, dtype=torch.bool)

@@ -158,3 +158,59 @@ def normalized_to_pixels(xy: torch.Tensor, height: int, width: int) -> torch.Ten
     official ``to_pixel_coordinates`` puts it at (0.5, 0.5)).
     """
     return torch.stack((width * (xy[..., 0] + 1) / 2, height * (xy[..., 1] + 1) / 2), dim=-1) - 0.5
+
+
+def pixels_to_normalized(xy: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Inverse of :func:`normalized_to_pixels`: hloc pixels (..., 2) -> normalised coordinates."""
+    return torch.stack((2 * (xy[..., 0] + 0.5) / width - 1, 2 * (xy[..., 1] + 0.5) / height - 1), dim=-1)
+
+
+def sample_warp(warp: torch.Tensor, certainty: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where the points of image A land in image B, read off a dense warp (bilinear, as RoMa's
+    ``match_keypoints``).
+
+    warp (H, W, 2) B positions of A's pixels (normalised), certainty (H, W), points (N, 2)
+    normalised in A -> positions (N, 2) normalised in B and their certainty (N,).
+    """
+    grid = points[None, None].to(warp.dtype)  # (1, 1, N, 2)
+    positions = F.grid_sample(warp.permute(2, 0, 1)[None], grid, mode="bilinear", align_corners=False)[0, :, 0].T
+    score = F.grid_sample(certainty[None, None], grid, mode="bilinear", align_corners=False)[0, 0, 0]
+    return positions, score
+
+
+def mutual_nearest_matches(predicted: torch.Tensor, score: torch.Tensor, keypoints: torch.Tensor,
+                           max_distance: float, min_certainty: float, chunk: int = 4096
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Match A's keypoints, transferred to B by a warp, to B's own keypoints (RoMa's rule).
+
+    A keypoint i of A and a keypoint j of B match when j is the nearest B keypoint to i's predicted
+    position, i's prediction is the nearest to j among all of A's, they are closer than
+    ``max_distance`` and i's certainty exceeds ``min_certainty`` (official defaults 0.005 in
+    normalised units, i.e. 0.25% of the image size, and 0). All in B's normalised coordinates.
+
+    predicted (N, 2), score (N,), keypoints (M, 2) -> ``matches0`` (N,) long (-1: unmatched) and
+    ``matching_scores0`` (N,) (the certainty of matched keypoints, 0 elsewhere). The distance
+    matrix is built ``chunk`` rows at a time, so memory is O(chunk * M), not O(N * M).
+    """
+    n = predicted.shape[0]
+    matches = predicted.new_full((n,), -1, dtype=torch.long)
+    scores = predicted.new_zeros(n)
+    if n == 0 or keypoints.shape[0] == 0:
+        return matches, scores
+    keypoints = keypoints.to(predicted.dtype)
+    nearest_b = torch.empty(n, dtype=torch.long, device=predicted.device)
+    distance_b = torch.empty(n, dtype=predicted.dtype, device=predicted.device)
+    nearest_a_distance = predicted.new_full((keypoints.shape[0],), math.inf)
+    nearest_a = torch.zeros(keypoints.shape[0], dtype=torch.long, device=predicted.device)
+    for start in range(0, n, chunk):
+        block = torch.cdist(predicted[start:start + chunk], keypoints)  # (c, M)
+        distance_b[start:start + chunk], nearest_b[start:start + chunk] = block.min(dim=1)
+        column_min, column_arg = block.min(dim=0)
+        closer = column_min < nearest_a_distance  # strict: the first minimum wins, as argmin does
+        nearest_a = torch.where(closer, column_arg + start, nearest_a)
+        nearest_a_distance = torch.where(closer, column_min, nearest_a_distance)
+    index = torch.arange(n, device=predicted.device)
+    keep = (nearest_a[nearest_b] == index) & (distance_b < max_distance) & (score > min_certainty)
+    matches[keep] = nearest_b[keep]
+    scores[keep] = score[keep].to(scores.dtype)
+    return matches, scores

@@ -21,7 +21,7 @@ from torch import nn
 from .. import weights as weights_registry
 from ..backbones.xfeat import BasicLayer, XFeatBackbone
 from ..base import BaseModel, ConfigError
-from .ops import normalized_to_pixels, sample_matches
+from .ops import mutual_nearest_matches, normalized_to_pixels, pixels_to_normalized, sample_matches, sample_warp
 
 weights_registry.register_checkpoint(weights_registry.Checkpoint(
     name="tiny_roma_v1_outdoor",
@@ -123,11 +123,26 @@ class TinyRoMa(BaseModel):
                               self.conf["sample_thresh"] if "threshold" in mode else None, "balanced" in mode,
                               generator, kde_stride=1 if certainty.device.type == "cuda" else 8)
 
-    def forward(self, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def pair(self, data: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pair's images (1, 3, H, W) as float tensors on the model's device."""
         self.check_inputs(data)
         image0, image1 = data["image0"].to(self.device).float(), data["image1"].to(self.device).float()
         if image0.shape[0] != 1 or image1.shape[0] != 1:
             raise ValueError("TinyRoMa matches one pair at a time (batch size 1)")
+        return image0, image1
+
+    def match_keypoints(self, data: dict[str, torch.Tensor], max_distance: float = 0.005, min_certainty: float = 0.0
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Given keypoints matched through the warp, as :meth:`matchers.roma.RoMa.match_keypoints`."""
+        image0, image1 = self.pair(data)
+        warp, certainty = self.match(image0, image1)
+        points = [pixels_to_normalized(data[key].reshape(-1, 2).to(warp), *image.shape[-2:])
+                  for key, image in (("keypoints0", image0), ("keypoints1", image1))]
+        predicted, score = sample_warp(warp[0, ..., 2:], certainty[0], points[0])
+        return mutual_nearest_matches(predicted, score, points[1], max_distance, min_certainty)
+
+    def forward(self, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        image0, image1 = self.pair(data)
         warp, certainty = self.match(image0, image1)
         matches, scores = self.sample(warp[0], certainty[0])
         return {"keypoints0": normalized_to_pixels(matches[:, :2], *image0.shape[-2:]),

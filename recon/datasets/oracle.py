@@ -16,6 +16,7 @@ import pycolmap
 import torch
 
 from matchers.base import BaseModel
+from matchers.roma.ops import mutual_nearest_matches, pixels_to_normalized
 
 
 class GroundTruthDenseMatcher(BaseModel):
@@ -47,38 +48,82 @@ class GroundTruthDenseMatcher(BaseModel):
             self._depths[name] = np.load(Path(self.conf["scene"]) / "depth" / (Path(name).stem + ".npy"))
         return self._depths[name]
 
-    def forward(self, data: dict) -> dict:
-        self.check_inputs(data)
-        image0, image1 = self.images[data["name0"]], self.images[data["name1"]]
+    def transfer(self, name0: str, name1: str, keypoints0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Where points of view ``name0`` land in view ``name1``, exactly.
+
+        keypoints0 (N, 2) in view 0's original pixels (hloc convention), lifted with the depth of
+        the pixel they fall in -> (N, 2) positions in view 1's original pixels and a (N,) mask of
+        the points view 1 actually sees (in front, inside, and its depth there agrees).
+        """
+        image0, image1 = self.images[name0], self.images[name1]
         camera0, camera1 = self.truth.cameras[image0.camera_id], self.truth.cameras[image1.camera_id]
         depth0, depth1 = self.depth(image0.name), self.depth(image1.name)
+        pixel = np.rint(keypoints0).astype(int)
+        inside0 = (pixel >= 0).all(1) & (pixel[:, 0] < depth0.shape[1]) & (pixel[:, 1] < depth0.shape[0])
+        z0 = np.full(len(keypoints0), np.nan)
+        z0[inside0] = depth0[pixel[inside0, 1], pixel[inside0, 0]]
+        rays = camera0.cam_from_img(keypoints0.astype(np.float64) + 0.5)  # COLMAP pixels
+        points_cam1 = image1.cam_from_world() * (image0.cam_from_world().inverse()
+                                                 * (np.concatenate([rays, np.ones((len(rays), 1))], 1) * z0[:, None]))
+        z1 = points_cam1[:, 2]
+        in_front = np.isfinite(z0) & (z0 > 0) & (z1 > 1e-6)
+        projected = np.full((len(keypoints0), 2), -1.0)
+        projected[in_front] = camera1.img_from_cam(points_cam1[in_front]) - 0.5  # COLMAP -> hloc pixels
+        column, row = np.floor(projected[:, 0] + 0.5).astype(int), np.floor(projected[:, 1] + 0.5).astype(int)
+        visible = in_front & (column >= 0) & (row >= 0) & (column < depth1.shape[1]) & (row < depth1.shape[0])
+        visible[visible] = (np.abs(depth1[row[visible], column[visible]] - z1[visible])
+                            <= self.conf["depth_tolerance"] * z1[visible])
+        return projected, visible
+
+    def forward(self, data: dict) -> dict:
+        self.check_inputs(data)
+        depth0, depth1 = self.depth(data["name0"]), self.depth(data["name1"])
         step = self.conf["grid_step"]
         v, u = np.mgrid[step // 2:depth0.shape[0]:step, step // 2:depth0.shape[1]:step].reshape(2, -1)
-        z0 = depth0[v, u]
-        seen = np.isfinite(z0) & (z0 > 0)
-        u, v, z0 = u[seen], v[seen], z0[seen]
-        rays = camera0.cam_from_img(np.stack([u + 0.5, v + 0.5], -1).astype(np.float64))  # COLMAP pixels
-        points_cam0 = np.concatenate([rays, np.ones((len(rays), 1))], 1) * z0[:, None]
-        world = image0.cam_from_world().inverse() * points_cam0
-        points_cam1 = image1.cam_from_world() * world
-        in_front = points_cam1[:, 2] > 1e-6
-        projected = camera1.img_from_cam(points_cam1[in_front])  # COLMAP pixels
-        kp0 = np.stack([u, v], -1)[in_front].astype(np.float64)
-        z1 = points_cam1[in_front, 2]
-        column = np.floor(projected[:, 0]).astype(int)
-        row = np.floor(projected[:, 1]).astype(int)
-        inside = (column >= 0) & (row >= 0) & (column < depth1.shape[1]) & (row < depth1.shape[0])
-        visible = np.zeros(len(projected), bool)
-        visible[inside] = np.abs(depth1[row[inside], column[inside]] - z1[inside]) <= self.conf["depth_tolerance"] * z1[inside]
-        kp1 = projected[visible] - 0.5  # COLMAP -> hloc pixel convention
-        kp0 = kp0[visible]
-        # Into the (possibly resized) input images' pixels: hloc's (x + 0.5) * s - 0.5 rule.
-        scale0 = np.array([data["image0"].shape[-1] / depth0.shape[1], data["image0"].shape[-2] / depth0.shape[0]])
-        scale1 = np.array([data["image1"].shape[-1] / depth1.shape[1], data["image1"].shape[-2] / depth1.shape[0]])
-        to_input = lambda kp, s: (kp + 0.5) * s - 0.5  # noqa: E731
+        grid = np.stack([u, v], -1).astype(np.float64)
+        projected, visible = self.transfer(data["name0"], data["name1"], grid)
+        kp0, kp1 = grid[visible], projected[visible]
+        scale0, scale1 = (input_scale(data[key], depth) for key, depth in (("image0", depth0), ("image1", depth1)))
         device = data["image0"].device
         return {
             "keypoints0": torch.from_numpy(to_input(kp0, scale0)).float().to(device),
             "keypoints1": torch.from_numpy(to_input(kp1, scale1)).float().to(device),
             "scores": torch.ones(len(kp0), device=device),
         }
+
+    def match_keypoints(self, data: dict, max_distance: float = 0.005, min_certainty: float = 0.0
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Given keypoints matched through the exact warp, by the rule a network uses
+        (:func:`matchers.roma.ops.mutual_nearest_matches`; certainty 1 where view 1 sees the point).
+
+        data: ``name0``/``name1``, ``image0``/``image1`` (1, 3, H, W) and ``keypoints0`` (N, 2) /
+        ``keypoints1`` (M, 2) in those images' pixels -> ``matches0`` (N,), ``matching_scores0`` (N,).
+        """
+        self.check_inputs(data)
+        depths = [self.depth(data["name0"]), self.depth(data["name1"])]
+        scales = [input_scale(data[key], depth) for key, depth in zip(("image0", "image1"), depths)]
+        keypoints = [from_input(data[key].reshape(-1, 2).cpu().double().numpy(), scale)
+                     for key, scale in zip(("keypoints0", "keypoints1"), scales)]
+        projected, visible = self.transfer(data["name0"], data["name1"], keypoints[0])
+        height, width = depths[1].shape
+        predicted = pixels_to_normalized(torch.from_numpy(projected), height, width)
+        targets = pixels_to_normalized(torch.from_numpy(keypoints[1]), height, width)
+        matches, scores = mutual_nearest_matches(predicted, torch.from_numpy(visible).double(), targets,
+                                                 max_distance, min_certainty)
+        device = data["image0"].device
+        return matches.to(device), scores.float().to(device)
+
+
+def input_scale(image: torch.Tensor, depth: np.ndarray) -> np.ndarray:
+    """(sx, sy) from a view's original pixels (its depth map's size) to the input image's."""
+    return np.array([image.shape[-1] / depth.shape[1], image.shape[-2] / depth.shape[0]])
+
+
+def to_input(keypoints: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Original pixels -> input-image pixels, hloc's ``(x + 0.5) * s - 0.5`` rule."""
+    return (keypoints + 0.5) * scale - 0.5
+
+
+def from_input(keypoints: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Input-image pixels -> original pixels (inverse of :func:`to_input`)."""
+    return (keypoints + 0.5) / scale - 0.5

@@ -27,7 +27,8 @@ from ..io.images import read_image, resize_max
 
 logger = logging.getLogger(__name__)
 FLUSH_SECONDS = 5.0
-STAGE_OPTIONS = ("name", "resize_max", "weights", "batch_size", "max_matches", "min_score", "cell_size")
+STAGE_OPTIONS = ("name", "resize_max", "weights", "batch_size", "max_matches", "min_score", "cell_size",
+                 "at_keypoints", "keypoint_max_distance", "keypoint_min_certainty")
 
 
 def model_conf(conf: dict[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,11 @@ pair by pair twice: first summing positions per touched cell (memory grows with 
 distinct cells, which saturates, not with the number of pairs), then writing each pair's matches
 in hloc's format against the final keypoint indices. ``features.h5`` and ``matches.h5`` are
 rewritten from ``dense-matches.h5`` whenever it changed.
+
+With ``at_keypoints: true`` the dense matcher instead matches the keypoints of an extractor's
+``features.h5`` (SIFT, SuperPoint, ...) through its warp, as RoMa's ``match_keypoints`` does
+(:func:`match_dense_keypoints`): no quantisation, the extractor's keypoints form the tracks, and
+``matches.h5`` is written like a sparse matcher's (resumable per pair).
 """
 from __future__ import annotations
 
@@ -29,7 +34,7 @@ from tqdm import tqdm
 from ..fingerprint import fingerprint
 from ..io import h5
 from ..io.images import ImageInfo, read_image, resize_max
-from . import FLUSH_SECONDS, load_model, open_resumable, to_original_pixels
+from . import FLUSH_SECONDS, FeatureCache, load_model, open_resumable, to_original_pixels
 
 RAW_FILE = "dense-matches.h5"
 
@@ -128,6 +133,41 @@ def run_dense_pairs(pairs: list[tuple[str, str]], sizes: dict[str, tuple[int, in
             if time.time() - last_flush > FLUSH_SECONDS:
                 writer.flush()
                 last_flush = time.time()
+    return len(todo)
+
+
+def match_dense_keypoints(pairs: list[tuple[str, str]], image_dir: Path, features_path: Path, conf: dict[str, Any],
+                          matches_path: Path, device: torch.device) -> int:
+    """Match the keypoints of ``features_path`` pair by pair through the dense matcher's warp and
+    write ``matches_path`` in hloc's format; return how many pairs were matched (the rest were
+    already there)."""
+    stamp = fingerprint("dense-keypoint-matches", conf, h5.read_stamp(features_path))
+    with open_resumable(matches_path, stamp) as writer:
+        todo = [(a, b) for a, b in pairs if not h5.has_pair(writer.file, a, b)]
+        if not todo:
+            return 0
+        model = load_model(conf, device)
+        images: dict = {}
+        features = FeatureCache([features_path], device)
+        last_flush = time.time()
+        try:
+            for name0, name1 in tqdm(todo, desc="dense matches at keypoints", unit="pair"):
+                (image0, scale0), (image1, scale1) = (_load(images, image_dir, n, conf["resize_max"], device)
+                                                      for n in (name0, name1))
+                keypoints = [to_original_pixels(features[n]["keypoints"].cpu().numpy(), 1.0 / s)
+                             for n, s in ((name0, scale0), (name1, scale1))]  # into the resized inputs
+                with torch.inference_mode():
+                    matches0, scores0 = model.match_keypoints(
+                        {"image0": image0, "image1": image1, "name0": name0, "name1": name1,
+                         "keypoints0": torch.from_numpy(keypoints[0]).to(device),
+                         "keypoints1": torch.from_numpy(keypoints[1]).to(device)},
+                        conf["keypoint_max_distance"], conf["keypoint_min_certainty"])
+                h5.write_matches(writer, name0, name1, matches0.cpu().numpy(), scores0.cpu().numpy())
+                if time.time() - last_flush > FLUSH_SECONDS:
+                    writer.flush()
+                    last_flush = time.time()
+        finally:
+            features.close()
     return len(todo)
 
 
