@@ -98,6 +98,33 @@ def test_writer_never_exposes_a_partial_file(tmp_path):
         assert "c.jpg" not in reopened and "b.jpg" not in reopened
 
 
+def test_checkpoint_publishes_when_due_and_less_often_for_costly_copies(tmp_path, monkeypatch):
+    """checkpoint(): every CHECKPOINT_SECONDS at most, and copying may take at most COPY_SHARE of
+    the time - a publish whose copy took 1 s is followed by the next only 1 / 0.05 = 20 s later."""
+    clock = [1000.0]
+    monkeypatch.setattr(h5.time, "monotonic", lambda: clock[0])
+    real_copy = h5.shutil.copyfile
+
+    def slow_copy(source, target):  # the copy "takes" one second of the clock
+        clock[0] += 1.0
+        return real_copy(source, target)
+
+    monkeypatch.setattr(h5.shutil, "copyfile", slow_copy)
+    path = tmp_path / "matches.h5"
+    with h5.H5Writer(path) as writer:
+        h5.write_features(writer, "a.jpg", np.zeros((1, 2)), None, None, (1, 1))
+        assert not writer.checkpoint() and not path.exists()
+        clock[0] += h5.H5Writer.CHECKPOINT_SECONDS
+        assert writer.checkpoint()
+        assert h5.list_names(path) == ["a.jpg"]  # readers see what was written so far
+        h5.write_features(writer, "b.jpg", np.zeros((1, 2)), None, None, (1, 1))
+        clock[0] += 19.0
+        assert not writer.checkpoint()
+        clock[0] += 1.0
+        assert writer.checkpoint()
+        assert h5.list_names(path) == ["a.jpg", "b.jpg"]
+
+
 def test_global_descriptors_layout(tmp_path):
     path = tmp_path / "global-descriptors.h5"
     with h5.H5Writer(path) as writer:

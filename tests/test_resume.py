@@ -18,11 +18,10 @@ OVERRIDES = ["matcher.batch_size=1", "device=cpu"]
 
 KILLER = textwrap.dedent("""
     import os, signal, sys
-    import recon.match as match_stage
     from recon.io import h5
     from recon.config import load_config
     from recon.pipeline import reconstruct
-    match_stage.FLUSH_SECONDS = 0.0          # publish after every pair
+    h5.H5Writer.CHECKPOINT_SECONDS = 0.0     # publish after every pair
     original, written = h5.write_matches, []
     def write_then_die(*args, **kwargs):
         if len(written) == int(sys.argv[3]):

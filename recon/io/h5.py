@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -60,7 +61,14 @@ class H5Writer:
     copy of the temporary file renamed over the target), which is how long stages checkpoint.
     ``fresh=True`` starts from an empty file instead of the published one (files rewritten whole;
     HDF5 does not reclaim the space of deleted groups).
+
+    Long stages call :meth:`checkpoint` after each item: it publishes at most every
+    ``CHECKPOINT_SECONDS``, and never so often that copying the file takes more than
+    ``COPY_SHARE`` of the wall time (a multi-GB ``matches.h5`` takes seconds to copy).
     """
+
+    CHECKPOINT_SECONDS = 5.0
+    COPY_SHARE = 0.05
 
     def __init__(self, path: PathLike, fresh: bool = False) -> None:
         self.path = Path(path)
@@ -71,6 +79,8 @@ class H5Writer:
         elif self.tmp.exists():
             self.tmp.unlink()  # leftover of a killed run that never published: untrusted
         self.file = h5py.File(self.tmp, "a", libver="latest")
+        self._published_at = time.monotonic()
+        self._copy_seconds = 0.0
 
     def __enter__(self) -> "H5Writer":
         return self
@@ -94,11 +104,22 @@ class H5Writer:
         The file is closed first: a copy of an HDF5 file that is open for writing keeps the
         "open for write" consistency flag and cannot be opened by readers.
         """
+        start = time.monotonic()
         self.file.close()
         staged = self.path.with_name(self.path.name + ".staged")
         shutil.copyfile(self.tmp, staged)
         os.replace(staged, self.path)
         self.file = h5py.File(self.tmp, "a", libver="latest")
+        self._published_at = time.monotonic()
+        self._copy_seconds = self._published_at - start
+
+    def checkpoint(self) -> bool:
+        """Publish if it is due (see the class doc); return whether it did."""
+        due = max(self.CHECKPOINT_SECONDS, self._copy_seconds / self.COPY_SHARE)
+        if time.monotonic() - self._published_at < due:
+            return False
+        self.flush()
+        return True
 
     def close(self) -> None:
         """Publish the file (rename over the target)."""

@@ -8,7 +8,6 @@ few seconds, and so resume after a kill without redoing finished images or pairs
 from __future__ import annotations
 
 import logging
-import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,7 +25,6 @@ from ..io import h5
 from ..io.images import read_image, resize_max
 
 logger = logging.getLogger(__name__)
-FLUSH_SECONDS = 5.0
 STAGE_OPTIONS = ("name", "resize_max", "weights", "batch_size", "max_matches", "min_score", "cell_size",
                  "at_keypoints", "keypoint_max_distance", "keypoint_min_certainty")
 
@@ -70,7 +68,6 @@ def extract_features(image_dir: Path, names: list[str], conf: dict[str, Any], fe
         model = load_model(conf, device)
         grayscale = getattr(model, "grayscale", False)
         uncertainty = getattr(model, "detection_noise", 1.0)
-        last_flush = time.time()
         loader = _prefetch(image_dir, todo, grayscale, conf["resize_max"])
         for name, image, scale, size in tqdm(loader, total=len(todo), desc="features", unit="img"):
             tensor = torch.from_numpy(image).float().div_(255.0).to(device)
@@ -80,9 +77,7 @@ def extract_features(image_dir: Path, names: list[str], conf: dict[str, Any], fe
             keypoints = to_original_pixels(pred["keypoints"][0].cpu().numpy(), scale)
             h5.write_features(writer, name, keypoints, pred["descriptors"][0].cpu().numpy().T,
                               pred["scores"][0].cpu().numpy(), size, uncertainty * float(scale.mean()))
-            if time.time() - last_flush > FLUSH_SECONDS:
-                writer.flush()
-                last_flush = time.time()
+            writer.checkpoint()
     return len(todo)
 
 
@@ -183,7 +178,6 @@ def match_pairs(pairs: list[tuple[str, str]], features_path: Path, conf: dict[st
         model = load_model(conf, device)
         batch_size = pair_batch_size(conf["batch_size"], model, device)
         cache = FeatureCache(paths, device)
-        last_flush = time.time()
         try:
             with tqdm(total=len(todo), desc="matches", unit="pair") as progress:
                 for start in range(0, len(todo), batch_size):
@@ -196,9 +190,7 @@ def match_pairs(pairs: list[tuple[str, str]], features_path: Path, conf: dict[st
                         h5.write_matches(writer, a, b, pred["matches0"][index, :count].cpu().numpy(),
                                          pred["matching_scores0"][index, :count].cpu().numpy())
                     progress.update(len(chunk))
-                    if time.time() - last_flush > FLUSH_SECONDS:
-                        writer.flush()
-                        last_flush = time.time()
+                    writer.checkpoint()
         finally:
             cache.close()
     return len(todo)

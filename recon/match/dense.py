@@ -21,7 +21,6 @@ With ``at_keypoints: true`` the dense matcher instead matches the keypoints of a
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ from tqdm import tqdm
 from ..fingerprint import fingerprint
 from ..io import h5
 from ..io.images import ImageInfo, read_image, resize_max
-from . import FLUSH_SECONDS, FeatureCache, load_model, open_resumable, to_original_pixels
+from . import FeatureCache, load_model, open_resumable, to_original_pixels
 
 RAW_FILE = "dense-matches.h5"
 
@@ -117,7 +116,6 @@ def run_dense_pairs(pairs: list[tuple[str, str]], sizes: dict[str, tuple[int, in
             return 0
         model = load_model(conf, device)
         cache: dict[str, tuple[torch.Tensor, np.ndarray]] = {}
-        last_flush = time.time()
         for name0, name1 in tqdm(todo, desc="dense matches", unit="pair"):
             rng = np.random.default_rng([seed, int(fingerprint(name0, name1), 16)])
             (image0, scale0), (image1, scale1) = (_load(cache, image_dir, n, conf["resize_max"], device)
@@ -130,9 +128,7 @@ def run_dense_pairs(pairs: list[tuple[str, str]], sizes: dict[str, tuple[int, in
             keep = sample_matches(scores, conf["max_matches"], conf["min_score"], rng)
             write_raw_pair(writer, name0, name1, kp0[keep], kp1[keep], scores[keep], conf["cell_size"],
                            sizes[name0], sizes[name1])
-            if time.time() - last_flush > FLUSH_SECONDS:
-                writer.flush()
-                last_flush = time.time()
+            writer.checkpoint()
     return len(todo)
 
 
@@ -149,7 +145,6 @@ def match_dense_keypoints(pairs: list[tuple[str, str]], image_dir: Path, feature
         model = load_model(conf, device)
         images: dict = {}
         features = FeatureCache([features_path], device)
-        last_flush = time.time()
         try:
             for name0, name1 in tqdm(todo, desc="dense matches at keypoints", unit="pair"):
                 (image0, scale0), (image1, scale1) = (_load(images, image_dir, n, conf["resize_max"], device)
@@ -163,9 +158,7 @@ def match_dense_keypoints(pairs: list[tuple[str, str]], image_dir: Path, feature
                          "keypoints1": torch.from_numpy(keypoints[1]).to(device)},
                         conf["keypoint_max_distance"], conf["keypoint_min_certainty"])
                 h5.write_matches(writer, name0, name1, matches0.cpu().numpy(), scores0.cpu().numpy())
-                if time.time() - last_flush > FLUSH_SECONDS:
-                    writer.flush()
-                    last_flush = time.time()
+                writer.checkpoint()
         finally:
             features.close()
     return len(todo)

@@ -25,7 +25,6 @@ edited image invalidates them.
 from __future__ import annotations
 
 import hashlib
-import time
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,7 @@ from matchers.mast3r.matching import (EncoderCache, PreparedImage, anchor_keypoi
 from ..fingerprint import fingerprint
 from ..io import h5
 from ..io.images import ImageInfo
-from . import FLUSH_SECONDS, load_model, open_resumable
+from . import load_model, open_resumable
 
 CANONICAL_FILE = "mast3r-canonical.h5"
 CONF_OFFSET = 0.999  # MASt3R-SfM weights pointmaps by conf - 0.999 (conf >= 1 by construction)
@@ -91,7 +90,6 @@ def match_mast3r(pairs: list[tuple[str, str]], infos: list[ImageInfo], image_dir
     cache.encode_all({n: images[n] for n in dict.fromkeys(n for p in todo for n in p)}, conf["encoder_batch"])
     anchors = {n: anchor_pixels(image.size, subsample) for n, image in images.items()}
     with open_resumable(matches_path, stamp) as writer:
-        last_flush = time.time()
         for name0, name1 in tqdm(todo, desc="MASt3R matching", unit="pair"):
             res = symmetric_predictions(model, cache(name0, images[name0]), cache(name1, images[name1]))
             matches = anchor_matches_from_predictions(res, subsample, conf["min_conf"])
@@ -99,10 +97,8 @@ def match_mast3r(pairs: list[tuple[str, str]], infos: list[ImageInfo], image_dir
             accumulators[name0].add(res[0]["pts3d"][0], res[0]["conf"][0], anchors[name0])
             accumulators[name1].add(res[2]["pts3d"][0], res[2]["conf"][0], anchors[name1])
             done.add(h5.names_to_pair(name0, name1))
-            if time.time() - last_flush > FLUSH_SECONDS:
-                writer.flush()
+            if writer.checkpoint():
                 _write_canonical(canonical_path, stamp, accumulators, images, subsample, done)
-                last_flush = time.time()
     _write_canonical(canonical_path, stamp, accumulators, images, subsample, done)
     return len(todo)
 
