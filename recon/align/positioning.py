@@ -40,21 +40,24 @@ def point_pairs(point: torch.Tensor, num_points: int) -> tuple[torch.Tensor, tor
 
 def camera_coupling(num_cams: int, num_points: int, cam: torch.Tensor, point: torch.Tensor, weights: torch.Tensor,
                     inv_pt: torch.Tensor, pairs: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
-    """(N, N) ``A D_p^-1 A^T`` without its diagonal part from the same observation.
+    """(N, N) ``A D_p^-1 A^T`` with ``A[n, k] = w_e`` (an image sees a point once).
 
     Two exact ways (the caller takes the cheaper): a dense (N, P) product when ``pairs`` is None
-    (best with long tracks and few points: synthetic or video), else one scatter per observation
-    pair (``pairs``, see :func:`point_pairs`; best with many short tracks).
+    (best with long tracks and few points: synthetic or video), else one scatter per pair of
+    distinct observations of a point (``pairs``, see :func:`point_pairs`; best with many short
+    tracks) plus each observation's own term on the diagonal.
     """
     if pairs is None:
         A = torch.zeros(num_cams, num_points, dtype=weights.dtype, device=weights.device)
         A[cam, point] = weights
-        coupling = (A * inv_pt) @ A.T
-        coupling.diagonal().sub_(torch.zeros_like(coupling[0]).index_add_(0, cam, weights ** 2 * inv_pt[point]))
-        return coupling
+        return (A * inv_pt) @ A.T
     left, right = pairs
-    return torch.bincount(cam[left] * num_cams + cam[right], weights=weights[left] * weights[right] * inv_pt[point[left]],
-                          minlength=num_cams * num_cams).reshape(num_cams, num_cams)
+    coupling = torch.bincount(cam[left] * num_cams + cam[right],
+                              weights=weights[left] * weights[right] * inv_pt[point[left]],
+                              minlength=num_cams * num_cams).reshape(num_cams, num_cams)
+    coupling.diagonal().add_(torch.zeros(num_cams, dtype=weights.dtype, device=weights.device)
+                             .index_add_(0, cam, weights ** 2 * inv_pt[point]))
+    return coupling
 
 
 def solve_bipartite(num_cams: int, num_points: int, cam: torch.Tensor, point: torch.Tensor, weights: torch.Tensor,
@@ -75,7 +78,7 @@ def solve_bipartite(num_cams: int, num_points: int, cam: torch.Tensor, point: to
     inv_pt = 1.0 / d_pt
     # Schur complement S = D_c - A D_p^-1 A^T with A[n, k] = w_e (an image sees a point once).
     coupling = camera_coupling(num_cams, num_points, cam, point, weights, inv_pt, pairs)
-    S = torch.diag(d_cam - torch.zeros_like(d_cam).index_add_(0, cam, weights ** 2 * inv_pt[point])) - coupling
+    S = torch.diag(d_cam) - coupling
     rhs = rhs_cam + torch.zeros_like(rhs_cam).index_add_(0, cam, weights[:, None] * (inv_pt[:, None] * rhs_pt)[point])
     A = S[1:, 1:] + 1e-10 * d_cam[1:].max() * torch.eye(num_cams - 1, dtype=dtype, device=dev)
     centres = torch.zeros(num_cams, 3, dtype=dtype, device=dev)
