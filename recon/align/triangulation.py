@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from ..ba import Problem, get_model, project
+from ..ba import Problem
+from ..ba.cameras import MIN_DEPTH, model_groups, project_groups
 
 
 def ray_angles(points: torch.Tensor, centres: torch.Tensor, rays: torch.Tensor) -> torch.Tensor:
@@ -47,18 +48,16 @@ def triangulate(centres: torch.Tensor, rays: torch.Tensor, track: torch.Tensor, 
 
 
 def reprojection_errors(problem: Problem) -> torch.Tensor:
-    """(M,) pixel distance between every observation and its point's projection; ``inf`` behind the camera."""
+    """(M,) pixel distance between every observation and its point's projection; ``inf`` behind the
+    camera (depth below :data:`recon.ba.cameras.MIN_DEPTH`, where BA gives a zero residual)."""
     R = problem.rotations[problem.obs_image]
     t = problem.translations[problem.obs_image]
     p_cam = (R @ problem.points[problem.obs_point][:, :, None])[:, :, 0] + t
     camera = problem.image_camera[problem.obs_image]
-    errors = torch.full((problem.num_observations,), float("inf"), dtype=p_cam.dtype, device=p_cam.device)
-    for index, name in enumerate(problem.camera_models):  # one pass per camera, not per observation
-        rows = (camera == index) & (p_cam[:, 2] > 1e-12)
-        if bool(rows.any()):
-            xy = project(get_model(name), problem.camera_params[camera[rows]], p_cam[rows], with_jac=False)
-            errors[rows] = (xy - problem.obs_xy[rows]).norm(dim=1)
-    return errors
+    xy = project_groups(model_groups(problem.camera_models, camera), problem.camera_params[camera], p_cam,
+                        with_jac=False)
+    errors = (xy - problem.obs_xy).norm(dim=1)
+    return torch.where(p_cam[:, 2] >= MIN_DEPTH, errors, torch.full_like(errors, float("inf")))
 
 
 def triangulation_angles(points: torch.Tensor, centres: torch.Tensor, track: torch.Tensor, num_tracks: int) -> torch.Tensor:

@@ -25,6 +25,9 @@ from typing import Callable
 import torch
 
 Tensor = torch.Tensor
+#: COLMAP's camera models reject points with depth below machine epsilon: such observations get
+#: a zero residual in BA and an infinite reprojection error in the filters.
+MIN_DEPTH = torch.finfo(torch.float64).eps
 # distortion(extra (N,E), u (N,), v (N,), with_jac) -> ud, vd, J_uv (N,2,2) | None, J_extra (N,2,E) | None
 DistortionFn = Callable[[Tensor, Tensor, Tensor, bool], tuple[Tensor, Tensor, Tensor | None, Tensor | None]]
 
@@ -152,4 +155,41 @@ def project(model: CameraModel, params: Tensor, p_cam: Tensor, with_jac: bool = 
     j_params[:, 1, model.pp_idxs[1]] = 1.0
     if model.extra_idxs:
         j_params[:, :, list(model.extra_idxs)] = f * j_extra
+    return xy, j_pcam, j_params
+
+
+#: One camera model and the rows (observations) that use it; ``None`` when every row does.
+ModelGroups = list[tuple[CameraModel, "Tensor | None"]]
+
+
+def model_groups(camera_models: list[str], obs_camera: Tensor) -> ModelGroups:
+    """Observations grouped by camera model (a loop over the models present, never over rows).
+
+    camera_models: the model name of each camera; obs_camera: (M,) camera index per observation.
+    """
+    model_of_camera = torch.tensor([get_model(n).model_id for n in camera_models], device=obs_camera.device)
+    obs_model = model_of_camera[obs_camera]
+    present = sorted({get_model(n).model_id for n in camera_models})
+    if len(present) == 1:
+        return [(MODELS_BY_ID[present[0]], None)]
+    return [(MODELS_BY_ID[i], (obs_model == i).nonzero()[:, 0]) for i in present]
+
+
+def project_groups(groups: ModelGroups, params: Tensor, p_cam: Tensor, with_jac: bool = True):
+    """:func:`project` of rows whose cameras have different models: one batched call per model.
+
+    params (M, K) per observation, p_cam (M, 3); ``groups`` from :func:`model_groups`.
+    Returns what :func:`project` returns, for all M rows.
+    """
+    if len(groups) == 1:
+        return project(groups[0][0], params, p_cam, with_jac)
+    xy = p_cam.new_empty(p_cam.shape[0], 2)
+    if not with_jac:
+        for model, rows in groups:
+            xy[rows] = project(model, params[rows], p_cam[rows], with_jac=False)
+        return xy
+    j_pcam = p_cam.new_empty(p_cam.shape[0], 2, 3)
+    j_params = p_cam.new_empty(p_cam.shape[0], 2, params.shape[1])
+    for model, rows in groups:
+        xy[rows], j_pcam[rows], j_params[rows] = project(model, params[rows], p_cam[rows])
     return xy, j_pcam, j_params

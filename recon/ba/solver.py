@@ -32,13 +32,12 @@ from dataclasses import dataclass, field
 import torch
 
 from . import losses
-from .cameras import get_model, project
+from .cameras import MIN_DEPTH, model_groups, project, project_groups
 from .geometry import so3_exp
 from ..heap import reuse_freed_memory
 from .problem import Problem
 
 Tensor = torch.Tensor
-EPS = torch.finfo(torch.float64).eps  # COLMAP's camera models reject z < epsilon
 
 
 @dataclass
@@ -256,12 +255,7 @@ class Structure:
         self.obs_point_free = self.point_free[self.obs_pt]  # (M,)
         self.full_free = torch.cat([self.pose_free.reshape(-1), self.intr_free.reshape(-1)])
         self.n_full = self.full_free.numel()
-        # Camera models: one group per model present (a loop over models, not observations).
-        model_of_cam = torch.tensor([get_model(n).model_id for n in problem.camera_models], device=dev)
-        obs_model = model_of_cam[self.obs_cam]
-        present = sorted(set(problem.camera_models), key=lambda n: get_model(n).model_id)
-        self.groups = [(get_model(n), None if len(present) == 1 else (obs_model == get_model(n).model_id).nonzero()[:, 0])
-                       for n in present]
+        self.groups = model_groups(problem.camera_models, self.obs_cam)
         # Point pairs a < b within each track (observations are sorted by point).
         counts = torch.bincount(self.obs_pt, minlength=self.num_points)
         starts = torch.cumsum(counts, 0) - counts
@@ -356,15 +350,7 @@ def _camera_frame(st: Structure, x: State) -> tuple[Tensor, Tensor]:
 def _analytic_jacobians(st: Structure, x: State):
     """Residuals and analytic Jacobians of every observation, one batched call per camera model."""
     rx, pc = _camera_frame(st, x)
-    params = rows(x.camera_params, st.obs_cam)
-    if len(st.groups) == 1:
-        xy, j_pc, j_par = project(st.groups[0][0], params, pc)
-    else:
-        xy = pc.new_empty(st.num_obs, 2)
-        j_pc = pc.new_empty(st.num_obs, 2, 3)
-        j_par = pc.new_empty(st.num_obs, 2, params.shape[1])
-        for model, idx in st.groups:
-            xy[idx], j_pc[idx], j_par[idx] = project(model, params[idx], pc[idx])
+    xy, j_pc, j_par = project_groups(st.groups, rows(x.camera_params, st.obs_cam), pc)
     # Left perturbation: d(Exp(w) R X)/dw = -[R X]_x, so row j of J_rot is cross(R X, J_pc[j]).
     q = rx[:, None, :]
     j_rot = torch.stack([q[..., 1] * j_pc[..., 2] - q[..., 2] * j_pc[..., 1],
@@ -410,14 +396,8 @@ def evaluate(st: Structure, x: State, options: BAOptions, with_jac: bool) -> Lin
         xy, pc, j_cam, j_pts = jac_fn(st, x)
     else:
         _, pc = _camera_frame(st, x)
-        params = rows(x.camera_params, st.obs_cam)
-        if len(st.groups) == 1:
-            xy = project(st.groups[0][0], params, pc, with_jac=False)
-        else:
-            xy = pc.new_empty(st.num_obs, 2)
-            for model, idx in st.groups:
-                xy[idx] = project(model, params[idx], pc[idx], with_jac=False)
-    valid = pc[:, 2] >= EPS  # COLMAP: points with depth < eps get a zero residual
+        xy = project_groups(st.groups, rows(x.camera_params, st.obs_cam), pc, with_jac=False)
+    valid = pc[:, 2] >= MIN_DEPTH  # COLMAP: points with depth < eps get a zero residual
     r = torch.where(valid[:, None], xy - st.obs_xy, torch.zeros_like(xy))
     rho, rho1 = losses.evaluate(options.loss, options.loss_scale, (r * r).sum(-1))
     cost = 0.5 * float(rho.sum())
