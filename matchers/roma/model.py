@@ -36,7 +36,8 @@ from ..backbones import dinov2 as _dinov2  # also registers the DINOV2_CHECKPOIN
 from ..backbones.vgg import VGG19BN
 from ..base import BaseModel, ConfigError
 from .layers import GP, ConvRefiner, Decoder, TransformerDecoder, autocast
-from .ops import mutual_nearest_matches, normalized_to_pixels, pixel_grid, pixels_to_normalized, sample_matches, sample_warp
+from .ops import (mutual_nearest_matches, normalized_to_pixels, pixel_grid, pixels_to_normalized, sample_matches,
+                  sample_warp)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
