@@ -132,7 +132,7 @@ def main() -> None:
     for name, t, label in (("encoder, per image", t_enc, "encode"), ("decoder + heads, pair both ways", t_decode, "decode"),
                            ("reciprocal matching + anchors (4 dirs)", t_match, "match"),
                            ("symmetric pair from cached encodings", t_pair, "pair"),
-                           ("encoder tokens from the token file, per image", t_read, "read")):
+                           ("tokens from the token file, per image", t_read, "read")):
         print(f"{name:44s} {t:9.3f} {1 / t:11.4f} {CPU_SECONDS[label]:9.3f}")
     print(f"({len(matches.ids0)} anchor matches on random weights)")
     mem_label = "peak allocated" if device.type == "cuda" else "peak RSS"
