@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ from ..io import h5
 from ..io.images import ImageInfo
 from . import FLUSH_SECONDS, load_model, open_resumable
 
+logger = logging.getLogger(__name__)
 CANONICAL_FILE = "mast3r-canonical.h5"
 TOKENS_FILE = "mast3r-tokens.h5"
 CONF_OFFSET = 0.999  # MASt3R-SfM weights pointmaps by conf - 0.999 (conf >= 1 by construction)
@@ -98,8 +100,11 @@ def match_mast3r(pairs: list[tuple[str, str]], infos: list[ImageInfo], image_dir
     cache = EncoderCache(model)
     needed = list(dict.fromkeys(n for p in todo for n in p))
     tokens = TokenCache(output_dir / TOKENS_FILE, key=lambda n: encoder_key(conf["weights"], conf["size"], digests[n]))
-    for name in tokens.cached(needed):
+    reused = tokens.cached(needed)
+    for name in reused:
         cache.add(name, tokens.tokens(name), images[name].size)
+    if reused:
+        logger.info("MASt3R: encoder tokens of %d of %d images read from %s", len(reused), len(needed), TOKENS_FILE)
     cache.encode_all({n: images[n] for n in needed}, conf["encoder_batch"])
     anchors = {n: anchor_pixels(image.size, subsample) for n, image in images.items()}
     with open_resumable(matches_path, stamp) as writer:
