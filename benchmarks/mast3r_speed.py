@@ -4,6 +4,8 @@ Measured in one process on one device:
 - encoder time per image; decoder + heads for a pair, both directions (MASt3R-SfM's symmetric
   decoding); reciprocal matching + anchoring; symmetric pairs per second with cached encodings;
 - peak memory (CPU: process peak RSS; CUDA: peak allocated);
+- reading an image's encoder tokens back from the run's token file (what the matcher does after
+  the MASt3R pair graph encoded the image) versus encoding it again;
 - the cost of N images over a pair graph with one encoder pass per image (``EncoderCache``) versus
   the reference behaviour (both images re-encoded for every pair): from the measured unit costs,
   and, with ``--compare``, measured end to end on the complete graph of ``--images`` images.
@@ -17,13 +19,16 @@ from __future__ import annotations
 import argparse
 import itertools
 import resource
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
 import matchers
 from matchers.mast3r.matching import (EncoderCache, PreparedImage, anchor_matches_from_predictions, match_pair,
                                       symmetric_predictions)
+from recon.graph.tokens import TokenCache
 
 
 def peak_memory_gb(device: torch.device) -> float:
@@ -73,6 +78,19 @@ def compare_graph(model, images: dict[str, PreparedImage], device: torch.device)
     return t_cached, t_reference
 
 
+def token_file_read_time(cache: EncoderCache, images: dict[str, PreparedImage], device: torch.device) -> float:
+    """Seconds per image for the matcher to take an image's encoding from the run's token file
+    (``mast3r-tokens.h5``, written by the pair graph) instead of running the encoder again."""
+    with tempfile.TemporaryDirectory() as folder:
+        tokens = TokenCache(Path(folder) / "mast3r-tokens.h5", lambda name: cache.cache[name].feat[0])
+        tokens.fill(list(images))
+        reader = EncoderCache(cache.model)
+        _, seconds = timed(lambda: [reader.add(n, tokens.tokens(n), images[n].size) for n in tokens.cached(list(images))],
+                           device, "read")
+    CPU_SECONDS["read"] /= len(images)
+    return seconds / len(images)
+
+
 @torch.no_grad()
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -102,6 +120,7 @@ def main() -> None:
     _, t_encode_all = timed(lambda: cache.encode_all(images, batch_size=1), device, "encode")
     t_enc = t_encode_all / len(images)
     CPU_SECONDS["encode"] /= len(images)
+    t_read = token_file_read_time(cache, images, device)
     enc0, enc1 = (cache(n, images[n]) for n in list(images)[:2])
     res, t_decode = timed(lambda: symmetric_predictions(model, enc0, enc1), device, "decode")
     matches, t_match = timed(lambda: anchor_matches_from_predictions(res), device, "match")
@@ -112,7 +131,8 @@ def main() -> None:
     print(f"\n{'stage':44s} {'wall s':>9s} {'per second':>11s} {'CPU s':>9s}")
     for name, t, label in (("encoder, per image", t_enc, "encode"), ("decoder + heads, pair both ways", t_decode, "decode"),
                            ("reciprocal matching + anchors (4 dirs)", t_match, "match"),
-                           ("symmetric pair from cached encodings", t_pair, "pair")):
+                           ("symmetric pair from cached encodings", t_pair, "pair"),
+                           ("tokens from the token file, per image", t_read, "read")):
         print(f"{name:44s} {t:9.3f} {1 / t:11.4f} {CPU_SECONDS[label]:9.3f}")
     print(f"({len(matches.ids0)} anchor matches on random weights)")
     mem_label = "peak allocated" if device.type == "cuda" else "peak RSS"

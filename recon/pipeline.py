@@ -117,7 +117,8 @@ class Pipeline:
         conf = self.config["pairs"]
         names = [info.name for info in self.infos]
         context = PairsContext(self.image_dir, self.output_dir,
-                               self.features_path if self.features_path.exists() else None, self.device, self.seed)
+                               self.features_path if self.features_path.exists() else None, self.device, self.seed,
+                               self.config["matcher"])
         choice = PAIR_STRATEGIES.get(conf["name"])
         pairs = self.timed("pairs", choice.function, names, conf, context)
         self.pairs = unique_pairs(pairs)

@@ -40,3 +40,15 @@ def test_select_tokens_keeps_largest_norms_in_order():
     tokens = torch.tensor([[1.0, 0], [0, 3], [2, 0], [0, 0.5]])
     torch.testing.assert_close(select_tokens(tokens, 2), tokens[[1, 2]])
     assert len(select_tokens(tokens, 0)) == 4
+
+
+def test_token_cache_entries_with_another_key_are_recomputed(tmp_path):
+    version = {"x.jpg": "v1"}
+    cache = TokenCache(tmp_path / "tokens.h5", lambda name: torch.full((2, 2), float(len(version[name]))),
+                       key=lambda name: version[name])
+    cache.fill(["x.jpg"])
+    assert cache.cached(["x.jpg", "y.jpg"]) == ["x.jpg"]
+    version["x.jpg"] = "v22"  # e.g. the image was edited: its content digest changed
+    assert cache.cached(["x.jpg"]) == []
+    torch.testing.assert_close(cache.tokens("x.jpg"), torch.full((2, 2), 3.0))
+    assert cache.cached(["x.jpg"]) == ["x.jpg"]

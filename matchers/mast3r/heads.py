@@ -110,7 +110,11 @@ class DPT(nn.Module):
         maps = []
         for i, hook in enumerate(self.hooks):
             x = tokens[hook]
-            x = x.transpose(1, 2).reshape(x.shape[0], x.shape[2], rows, cols)
+            # (B, N, C) -> (B, C, rows, cols) as a channels-last view, the official layout: the
+            # convolutions then run in the same memory format and sum in the same order as the
+            # official head (transpose-then-reshape gives a batch stride of C for B = 1, which
+            # torch takes for NCHW: other kernels, raw outputs ~1e-5 apart)
+            x = x.reshape(x.shape[0], rows, cols, x.shape[2]).permute(0, 3, 1, 2)
             maps.append(self.scratch.layer_rn[i](self.act_postprocess[i](x)))
         s = self.scratch
         # the stride-2 conv rounds odd token grids up; crop back to the stride-16 map's size

@@ -29,6 +29,7 @@ import PIL.ImageOps
 import torch
 from tqdm import tqdm
 
+from ..backbones.croco import patch_positions
 from .fast_nn import BLOCK_SIZE, correspondences_nonsym, correspondences_symmetric
 from .model import AsymmetricMASt3R, Encoding
 
@@ -131,6 +132,16 @@ class EncoderCache:
                         self.cache[name] = self._store(Encoding(enc.feat[j:j + 1], enc.pos[j:j + 1], enc.image_size))
                     self.encoded += len(chunk)
                     progress.update(len(chunk))
+
+    def add(self, name: str, tokens: torch.Tensor, image_size: tuple[int, int]) -> None:
+        """Cache tokens (N, C) encoded elsewhere (e.g. read back from the run's token file) for an
+        image of network size ``image_size`` (H, W); N must be the image's patch count."""
+        rows, cols = image_size[0] // self.model.patch_size, image_size[1] // self.model.patch_size
+        if tuple(tokens.shape) != (rows * cols, self.model.enc_embed_dim):
+            raise ValueError(f"{name}: cached tokens {tuple(tokens.shape)} do not fit a {image_size} image "
+                             f"({rows * cols} patches of {self.model.enc_embed_dim} channels)")
+        device = self.store_device or self.model.device
+        self.cache[name] = Encoding(tokens[None].to(device), patch_positions(1, rows, cols, device), tuple(image_size))
 
     def _store(self, enc: Encoding) -> Encoding:
         return enc.to(self.store_device) if self.store_device is not None else enc

@@ -182,41 +182,56 @@ def spanning_tree(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return max_spanning_tree(pairs, scores[pairs[:, 0], pairs[:, 1]], n, root=int(np.argmax(scores.sum(1))))
 
 
-def similarity_procrustes(source: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(s, R, t) minimising ``sum w |target - (s R source + t)|^2`` (weighted Umeyama); (M, 3) each."""
-    w = weight / weight.sum()
-    mu_s, mu_t = w @ source, w @ target
-    cs, ct = source - mu_s, target - mu_t
-    cov = (ct * w[:, None]).T @ cs
+def similarity_procrustes(source: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, group: torch.Tensor,
+                          count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Weighted Umeyama per group: (s, R, t) minimising ``sum w |target - (s R source + t)|^2`` over
+    the correspondences of each group, all groups at once.
+
+    source, target: (M, 3); weight: (M,); group: (M,) long in [0, count). Returns scale (count,),
+    rotation (count, 3, 3) and translation (count, 3); the SVD and the scale run in float64.
+    """
+    w = weight / segment_sum(weight, group, count)[group]
+    mu_s, mu_t = segment_sum(w[:, None] * source, group, count), segment_sum(w[:, None] * target, group, count)
+    cs, ct = source - mu_s[group], target - mu_t[group]
+    cov = segment_sum((ct * w[:, None])[:, :, None] * cs[:, None, :], group, count)
     u, sigma, vt = torch.linalg.svd(cov.double())
-    d = torch.ones(3, dtype=torch.float64, device=source.device)
-    d[2] = torch.sign(torch.det(u @ vt))
-    rot = (u * d) @ vt
-    scale = (sigma * d).sum() / (w.double() @ (cs.double() ** 2).sum(-1))
+    d = torch.ones(count, 3, dtype=torch.float64, device=source.device)
+    d[:, 2] = torch.sign(torch.det(u @ vt))
+    rot = (u * d[:, None, :]) @ vt
+    scale = (sigma * d).sum(-1) / segment_sum(w.double() * (cs.double() ** 2).sum(-1), group, count)
     rot, scale = rot.to(source.dtype), scale.to(source.dtype)
-    return scale, rot, mu_t - scale * rot @ mu_s
+    return scale, rot, mu_t - scale[:, None] * (rot @ mu_s[:, :, None])[..., 0]
 
 
 def chain_poses(data: AlignmentInput, used: torch.Tensor, order: np.ndarray, parent: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Initial world poses along the tree: per image scale s (N,), world_from_cam rotation (N, 3, 3)
     and camera centre (N, 3), with ``world = R (s X) + c`` for its canonical points X. The root
-    is the world frame; each child is its parent's frame times the Procrustes of their matches."""
+    is the world frame; each child is its parent's frame times the Procrustes of their matches.
+
+    Each used match is assigned once to the tree edge it lies on (keyed by the edge's child), all
+    edges' similarities are solved in one batch, and only the composition walks the tree: linear
+    in the number of matches, not one scan of all matches per edge.
+    """
     n, device, dtype = data.num_images, data.points.device, data.points.dtype
+    parent_of = torch.as_tensor(parent, device=device)
+    img0, img1 = data.anchor_image[data.match0], data.anchor_image[data.match1]
+    forward = used & (parent_of[img1] == img0)  # image 0 is the parent of image 1
+    backward = used & (parent_of[img0] == img1)
+    child = torch.cat((img1[forward], img0[backward]))
+    child_anchor = torch.cat((data.match1[forward], data.match0[backward]))
+    parent_anchor = torch.cat((data.match0[forward], data.match1[backward]))
+    conf = torch.cat((data.match_conf[forward], data.match_conf[backward]))
+    # child frame -> parent frame, per edge
+    edge_scale, edge_rotation, edge_shift = similarity_procrustes(data.points[child_anchor], data.points[parent_anchor],
+                                                                  conf, child, n)
     scale = torch.ones(n, device=device, dtype=dtype)
     rotation = torch.eye(3, device=device, dtype=dtype).repeat(n, 1, 1)
     centre = torch.zeros(n, 3, device=device, dtype=dtype)
-    img0, img1 = data.anchor_image[data.match0], data.anchor_image[data.match1]
-    for child in order[1:]:  # one similarity per tree edge, in breadth-first order
-        p = int(parent[child])
-        forward = used & (img0 == p) & (img1 == child)
-        backward = used & (img0 == child) & (img1 == p)
-        mine = torch.cat((data.match0[forward], data.match1[backward]))
-        theirs = torch.cat((data.match1[forward], data.match0[backward]))
-        conf = torch.cat((data.match_conf[forward], data.match_conf[backward]))
-        s, r, t = similarity_procrustes(data.points[theirs], data.points[mine], conf)
-        scale[child] = scale[p] * s
-        rotation[child] = rotation[p] @ r
-        centre[child] = centre[p] + scale[p] * rotation[p] @ t
+    for c in order[1:]:  # breadth-first: the parent's pose is known
+        p = int(parent[c])
+        scale[c] = scale[p] * edge_scale[c]
+        rotation[c] = rotation[p] @ edge_rotation[c]
+        centre[c] = centre[p] + scale[p] * rotation[p] @ edge_shift[c]
     return scale, rotation, centre
 
 

@@ -3,11 +3,14 @@
 Every strategy is registered in :data:`PAIR_STRATEGIES` with its typed options and is called as
 ``strategy(names, conf, context) -> list[(name0, name1)]``; the pipeline deduplicates and writes
 ``pairs.txt``. ``context`` (:class:`PairsContext`) gives what strategies that look at image content
-need: the image folder, ``features.h5`` when local features exist, the device and the seed.
+need: the image folder, ``features.h5`` when local features exist, the device, the seed, and the
+matcher stage's options (a network token source such as MASt3R's encodes with the matcher's own
+checkpoint and input size, so the matcher can reuse the tokens).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 import torch
@@ -24,6 +27,7 @@ class PairsContext:
     features_path: Path | None = None
     device: torch.device = torch.device("cpu")
     seed: int = 0
+    matcher: dict[str, Any] = field(default_factory=dict)
 
 
 from . import basic  # noqa: E402,F401  (registers exhaustive, sequential, from_file)

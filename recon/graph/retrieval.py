@@ -90,7 +90,7 @@ def sequential_retrieval(names: list[str], conf: dict[str, Any], context: PairsC
     if conf["global_descriptors"]:
         similarity = global_similarity(_global_path(conf, context), names)
     else:
-        similarity = image_similarity(token_source(conf, context), names, conf, context.seed, context.device)
+        similarity = image_similarity(token_source(conf, context, names), names, conf, context.seed, context.device)
     index = torch.arange(num)
     distant = (index[:, None] - index[None, :]).abs() > conf["overlap"]
     loops = top_k_pairs((similarity + similarity.T) / 2, conf["loop_closures"], distant)

@@ -33,6 +33,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from matchers.mast3r.retrieval import RETRIEVAL_NAME, RetrievalCheckpoint, load_retrieval_checkpoint
 from . import PAIR_STRATEGIES, PairsContext
 from .asmk import ASMKParams, Codebook, auto_codebook_size, collection_similarity
 from .tokens import FeatureTokens, TokenCache, TokenSource, Whitening, collect_tokens, sample_tokens
@@ -144,18 +145,30 @@ def auto_coarse_size(codebook_size: int) -> int:
 def image_similarity(source: TokenSource, names: Sequence[str], conf: dict[str, Any], seed: int,
                      device: torch.device | str = "cpu", progress: bool = True) -> torch.Tensor:
     """ASMK similarity (N, N) of ``names`` from their tokens (rows = query), with the options of
-    the ``mast3r_graph`` strategy: whitening (``"pca"`` fitted on the collection, ``"none"``, or a
-    path to an official retrieval checkpoint), top-norm token selection, codebook (trained, or an
-    official codebook pickle), and the ASMK kernel parameters.
+    the ``mast3r_graph`` strategy: an official MASt3R retrieval checkpoint (``retrieval_weights``: its
+    pre-whitening, its ``nfeat`` and its codebook), or else whitening (``"pca"`` fitted on the
+    collection, ``"none"``, or a path to a retrieval checkpoint), top-norm token selection, codebook
+    (trained, or an official codebook pickle); and the ASMK kernel parameters.
     """
+    retrieval = load_retrieval(conf["retrieval_weights"]) if conf["retrieval_weights"] else None
     whitening = None
-    if conf["whitening"] == "pca":
+    if retrieval is not None:
+        whitening = Whitening(retrieval.prewhiten_m, retrieval.prewhiten_p)
+    elif conf["whitening"] == "pca":
         whitening = Whitening.fit(sample_tokens(source, names, conf["whitening_samples"], seed))
     elif conf["whitening"] not in ("none", ""):
         whitening = Whitening.from_checkpoint(conf["whitening"])
-    count = conf["num_tokens"] or (0 if isinstance(source, FeatureTokens) else MAST3R_NUM_TOKENS)
+    if retrieval is not None:
+        count = retrieval.nfeat
+    else:
+        count = conf["num_tokens"] or (0 if isinstance(source, FeatureTokens) else MAST3R_NUM_TOKENS)
     descriptors, image_ids = collect_tokens(source, names, count, whitening, device)
-    if conf["codebook"]:
+    if retrieval is not None:
+        codebook = Codebook(torch.from_numpy(retrieval.codebook))
+        if codebook.dim != descriptors.shape[1]:
+            raise ValueError(f"retrieval checkpoint {conf['retrieval']} has dimension {codebook.dim}, "
+                             f"tokens have {descriptors.shape[1]} (another backbone?)")
+    elif conf["codebook"]:
         codebook = Codebook.load(conf["codebook"])
         if codebook.dim != descriptors.shape[1]:
             raise ValueError(f"codebook {conf['codebook']} has dimension {codebook.dim}, tokens have {descriptors.shape[1]}")
@@ -169,9 +182,29 @@ def image_similarity(source: TokenSource, names: Sequence[str], conf: dict[str, 
     return collection_similarity(descriptors, image_ids, len(names), codebook, params, progress=progress)
 
 
-def token_source(conf: dict[str, Any], context: PairsContext) -> TokenSource:
+def load_retrieval(weights: str) -> RetrievalCheckpoint:
+    """An official MASt3R retrieval checkpoint and its codebook: ``official`` (the released one),
+    a registered checkpoint name, or a path (the ``_codebook.pkl`` next to it)."""
+    return load_retrieval_checkpoint(RETRIEVAL_NAME if weights == "official" else weights)
+
+
+def mast3r_encoder(conf: dict[str, Any], context: PairsContext) -> tuple[str, int]:
+    """Checkpoint and input size of the MASt3R encoder that makes ``tokens: mast3r``:
+    ``encoder_weights`` / ``encoder_size``, by default the matcher's own when the matcher is MASt3R
+    (so the matcher reuses the tokens), else the official checkpoint at 512 px (MASt3R retrieval's
+    ``imsize``)."""
+    matcher = context.matcher if context.matcher.get("name") == "mast3r" else {}
+    weights = conf["encoder_weights"] or matcher.get("weights") or "official"
+    size = conf["encoder_size"] or matcher.get("size") or MAST3R_RETRIEVAL_SIZE
+    return str(weights), int(size)
+
+
+def token_source(conf: dict[str, Any], context: PairsContext, names: Sequence[str]) -> TokenSource:
     """``tokens: features`` reads ``token_path`` or the pipeline's ``features.h5``; ``tokens: cache``
-    reads a token cache (``token_path``, ``/<name>/tokens``) written by a network stage."""
+    reads a token cache (``token_path``, ``/<name>/tokens``) written by a network stage; ``tokens:
+    mast3r`` encodes every image of ``names`` once with MASt3R's encoder into the run's
+    ``mast3r-tokens.h5`` (:func:`recon.match.mast3r.encoder_token_cache`), which the MASt3R
+    matcher then reads instead of encoding again."""
     if conf["tokens"] == "features":
         path = conf["token_path"] or context.features_path
         if not path:
@@ -181,17 +214,27 @@ def token_source(conf: dict[str, Any], context: PairsContext) -> TokenSource:
         if not conf["token_path"]:
             raise ValueError("pairs: tokens=cache needs token_path (an HDF5 file of /<name>/tokens)")
         return TokenCache(conf["token_path"])
-    raise ValueError(f"pairs: unknown token source {conf['tokens']!r} (known: features, cache)")
+    if conf["tokens"] == "mast3r":
+        # imported here: recon.match imports recon.graph (token caches), not the other way round
+        from ..match.mast3r import encoder_token_cache
+
+        weights, size = mast3r_encoder(conf, context)
+        cache = encoder_token_cache(context.image_dir, context.output_dir, weights, size, context.device)
+        cache.fill(names)
+        return cache
+    raise ValueError(f"pairs: unknown token source {conf['tokens']!r} (known: features, cache, mast3r)")
 
 
 #: tokens per image that MASt3R's retrieval keeps (``nfeat``)
 MAST3R_NUM_TOKENS = 300
+#: MASt3R retrieval's input size (``imsize``; the official Retriever accepts only 512)
+MAST3R_RETRIEVAL_SIZE = 512
 
 #: options shared by every strategy that computes ASMK similarities from tokens
 ASMK_OPTIONS: dict[str, Any] = dict(
     tokens="features", token_path="", max_read=1500, num_tokens=0, whitening="pca", whitening_samples=100_000,
     codebook="", codebook_size=0, coarse_size=-1, probes=8, query_assignments=5, database_assignments=1,
-    alpha=3.0, threshold=0.0, use_idf=False)
+    alpha=3.0, threshold=0.0, use_idf=False, retrieval_weights="", encoder_weights="", encoder_size=0)
 
 
 @PAIR_STRATEGIES.register("mast3r_graph", num_keyframes=0, num_neighbors=0, symmetrize=True, **ASMK_OPTIONS)
@@ -200,8 +243,14 @@ def mast3r_graph(names: list[str], conf: dict[str, Any], context: PairsContext) 
 
     Options: ``num_keyframes`` / ``num_neighbors`` (0: :func:`auto_graph_size`); ``symmetrize``;
     ``tokens`` (``features``: the pipeline's features.h5 or ``token_path``; ``cache``: a network
-    token cache at ``token_path``); ``max_read`` (features: only the 1500 highest-scoring keypoints
-    of each image - a repeatable detector ranks the same 3D points first); ``num_tokens`` (tokens
+    token cache at ``token_path``; ``mast3r``: MASt3R encoder tokens, encoded once per image into
+    the run's ``mast3r-tokens.h5`` with ``encoder_weights`` at ``encoder_size`` - by default the
+    MASt3R matcher's checkpoint and size, so the matcher reuses them - as MASt3R-SfM does);
+    ``retrieval_weights`` (an official MASt3R retrieval checkpoint - ``official``, a registered
+    name or a path, its ``_codebook.pkl`` beside it - whose pre-whitening, ``nfeat`` and codebook
+    replace ``whitening``, ``num_tokens`` and ``codebook``); ``max_read`` (features: only the 1500
+    highest-scoring keypoints of each image - a repeatable detector ranks the same 3D points
+    first); ``num_tokens`` (tokens
     kept by whitened norm; 0 = all read tokens for features - on the synthetic benchmark a 300-token
     norm-selected subset of local features lost 6 points of recall, since the norm of a whitened
     SIFT-like descriptor is not a saliency - and MASt3R's 300 for network tokens); ``whitening`` (``pca`` fitted on ``whitening_samples`` tokens,
@@ -213,7 +262,7 @@ def mast3r_graph(names: list[str], conf: dict[str, Any], context: PairsContext) 
     """
     if len(names) < 2:
         return []
-    similarity = image_similarity(token_source(conf, context), names, conf, context.seed, context.device)
+    similarity = image_similarity(token_source(conf, context, names), names, conf, context.seed, context.device)
     auto_keyframes, auto_neighbours = auto_graph_size(len(names))
     pairs, _ = scene_graph(similarity, conf["num_keyframes"] or auto_keyframes,
                            conf["num_neighbors"] or auto_neighbours, seeded_start(len(names), context.seed),

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -31,7 +32,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..io.h5 import H5Writer, list_names, read_features
+from ..io.h5 import H5Writer, read_features
 
 
 class TokenSource(Protocol):
@@ -74,36 +75,55 @@ class TokenCache:
     """HDF5 cache of network tokens, ``/<name>/tokens`` (T, D), filled once per image.
 
     ``encode(name) -> (T, D)`` computes missing entries (e.g. a MASt3R encoder pass); without it
-    the cache is read-only and a missing image is an error. Writes go through :class:`H5Writer`
-    (temporary file, atomic rename), so an interrupted fill resumes from the images already cached.
+    the cache is read-only and a missing image is an error. ``key(name) -> str`` (optional) says
+    what an entry must have been made from - the network, its input size, the image's content -
+    and is stored as the entry's ``key`` attribute: an entry with another key is stale and is
+    recomputed, so an edited image or another checkpoint never reuses old tokens. Writes go through
+    :class:`H5Writer` (temporary file, atomic rename), published every ``flush_seconds``, so an
+    interrupted fill resumes from the images already published.
     """
 
-    def __init__(self, path: str | os.PathLike, encode: Callable[[str], torch.Tensor] | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, encode: Callable[[str], torch.Tensor] | None = None,
+                 key: Callable[[str], str] | None = None, flush_seconds: float = 5.0) -> None:
         self.path = Path(path)
         self.encode = encode
+        self.key = key
+        self.flush_seconds = flush_seconds
+
+    def cached(self, names: Sequence[str]) -> list[str]:
+        """The names among ``names`` whose entry exists and is current (its key matches)."""
+        if not self.path.exists():
+            return []
+        with h5py.File(self.path, "r") as f:
+            return [n for n in names if f"{n}/tokens" in f and self._current(f[n], n)]
+
+    def _current(self, group: h5py.Group, name: str) -> bool:
+        return self.key is None or group.attrs.get("key") == self.key(name)
 
     def fill(self, names: Sequence[str]) -> None:
-        """Encode and store every name not cached yet."""
-        cached = set(list_names(self.path))
-        missing = [n for n in names if n not in cached]
+        """Encode and store every name not cached yet (or cached with another key)."""
+        current = set(self.cached(names))
+        missing = [n for n in dict.fromkeys(names) if n not in current]
         if not missing:
             return
         if self.encode is None:
             raise KeyError(f"{self.path}: no tokens for {len(missing)} images (e.g. {missing[0]!r}) and no encoder")
         with H5Writer(self.path) as writer:
+            last_flush = time.time()
             for name in tqdm(missing, desc="encoding tokens"):
                 tokens = self.encode(name).detach().float().cpu().numpy()
                 writer.delete(name)
-                writer.file.create_group(name).create_dataset("tokens", data=tokens)
-
-    def _cached(self, name: str) -> bool:
-        if not self.path.exists():
-            return False
-        with h5py.File(self.path, "r") as f:
-            return f"{name}/tokens" in f
+                group = writer.file.create_group(name)
+                group.create_dataset("tokens", data=tokens)
+                if self.key is not None:
+                    group.attrs["key"] = self.key(name)
+                if time.time() - last_flush > self.flush_seconds:
+                    writer.flush()
+                    last_flush = time.time()
 
     def tokens(self, name: str) -> torch.Tensor:
-        if not self._cached(name):
+        """(T, D) float32 tokens of ``name``, encoded first if needed."""
+        if not self.cached([name]):
             self.fill([name])
         with h5py.File(self.path, "r") as f:
             return torch.from_numpy(f[name]["tokens"][()].astype(np.float32))

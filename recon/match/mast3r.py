@@ -8,7 +8,11 @@ the same helpers (:func:`~matchers.mast3r.matching.anchor_keypoints`,
 :func:`~matchers.mast3r.matching.hloc_matches`). recon/match/dense.py's quantiser is not used.
 
 Every image is encoded once (:class:`~matchers.mast3r.matching.EncoderCache`); each pair is decoded
-both ways. Besides the matches, the stage accumulates what the sparse global alignment
+both ways. The encoder tokens are shared with the pair graph: ``pairs: mast3r_graph`` with
+``tokens: mast3r`` encodes every image into ``mast3r-tokens.h5`` (:func:`encoder_token_cache`,
+``/<name>/tokens`` (N, C) float32, each entry keyed by checkpoint, input size and image content),
+and this stage reads those tokens back instead of encoding again when its checkpoint and size
+are the same (the tokens are the encoder's float32 output, so matches are bit-identical). Besides the matches, the stage accumulates what the sparse global alignment
 (:mod:`recon.align`) needs per image: its *canonical pointmap* at the anchors, the
 confidence-weighted average (weights ``conf - 0.999`` as in MASt3R-SfM) of the pointmaps the
 network predicts for the image in its own frame, over every pair it is in. The sums are streamed
@@ -24,7 +28,9 @@ edited image invalidates them.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +42,14 @@ from tqdm import tqdm
 from matchers.mast3r.matching import (EncoderCache, PreparedImage, anchor_keypoints, anchor_matches_from_predictions,
                                       anchor_pixels, hloc_matches, load_image, symmetric_predictions)
 from ..fingerprint import fingerprint
+from ..graph.tokens import TokenCache
 from ..io import h5
 from ..io.images import ImageInfo
 from . import load_model, open_resumable
 
+logger = logging.getLogger(__name__)
 CANONICAL_FILE = "mast3r-canonical.h5"
+TOKENS_FILE = "mast3r-tokens.h5"
 CONF_OFFSET = 0.999  # MASt3R-SfM weights pointmaps by conf - 0.999 (conf >= 1 by construction)
 
 
@@ -67,7 +76,8 @@ def match_mast3r(pairs: list[tuple[str, str]], infos: list[ImageInfo], image_dir
     """Match ``pairs`` with MASt3R into ``output_dir`` (features.h5, matches.h5, mast3r-canonical.h5);
     return how many pairs were computed (0 when everything was up to date)."""
     names = sorted({n for pair in pairs for n in pair})
-    stamp = fingerprint("mast3r", conf, [(n, _content_digest(image_dir / n)) for n in names])
+    digests = {n: _content_digest(image_dir / n) for n in names}
+    stamp = fingerprint("mast3r", conf, sorted(digests.items()))
     canonical_path = output_dir / CANONICAL_FILE
     features_path, matches_path = output_dir / "features.h5", output_dir / "matches.h5"
     done = _done_pairs(canonical_path, stamp) if h5.read_stamp(matches_path) == h5.read_stamp(features_path) == stamp else set()
@@ -87,7 +97,14 @@ def match_mast3r(pairs: list[tuple[str, str]], infos: list[ImageInfo], image_dir
     accumulators = _read_accumulators(canonical_path, images, subsample)
     model = load_model({"name": conf["name"], "weights": conf["weights"]}, device)
     cache = EncoderCache(model)
-    cache.encode_all({n: images[n] for n in dict.fromkeys(n for p in todo for n in p)}, conf["encoder_batch"])
+    needed = list(dict.fromkeys(n for p in todo for n in p))
+    tokens = TokenCache(output_dir / TOKENS_FILE, key=lambda n: encoder_key(conf["weights"], conf["size"], digests[n]))
+    reused = tokens.cached(needed)
+    for name in reused:
+        cache.add(name, tokens.tokens(name), images[name].size)
+    if reused:
+        logger.info("MASt3R: encoder tokens of %d of %d images read from %s", len(reused), len(needed), TOKENS_FILE)
+    cache.encode_all({n: images[n] for n in needed}, conf["encoder_batch"])
     anchors = {n: anchor_pixels(image.size, subsample) for n, image in images.items()}
     with open_resumable(matches_path, stamp) as writer:
         for name0, name1 in tqdm(todo, desc="MASt3R matching", unit="pair"):
@@ -101,6 +118,35 @@ def match_mast3r(pairs: list[tuple[str, str]], infos: list[ImageInfo], image_dir
                 _write_canonical(canonical_path, stamp, accumulators, images, subsample, done)
     _write_canonical(canonical_path, stamp, accumulators, images, subsample, done)
     return len(todo)
+
+
+def encoder_key(weights: str, size: int, digest: str) -> str:
+    """What one image's cached encoder tokens were made from: checkpoint, input size, image bytes."""
+    return fingerprint("mast3r-encoder", str(weights), int(size), digest)
+
+
+def encoder_token_cache(image_dir: Path, output_dir: Path, weights: str, size: int,
+                        device: torch.device) -> TokenCache:
+    """The run's MASt3R encoder-token cache (``mast3r-tokens.h5``), filled on demand.
+
+    Missing images are prepared as the matcher prepares them (:func:`load_image` at ``size``) and
+    encoded one at a time; the network is loaded only if some image is missing. Tokens (N, C) are
+    the encoder output after ``enc_norm``: what MASt3R's decoder and its retrieval both read.
+    """
+    model = None
+
+    @functools.cache
+    def key(name: str) -> str:
+        return encoder_key(weights, size, _content_digest(image_dir / name))
+
+    @torch.no_grad()
+    def encode(name: str) -> torch.Tensor:
+        nonlocal model
+        if model is None:
+            model = load_model({"name": "mast3r", "weights": weights}, device)
+        return model.encode(load_image(image_dir / name, size=size).img.to(device)).feat[0]
+
+    return TokenCache(output_dir / TOKENS_FILE, encode, key)
 
 
 def _content_digest(path: Path) -> str:
