@@ -10,7 +10,7 @@ import torch
 from align_synthetic import rotation_errors, synthetic_scene
 from recon.align import AlignmentOptions, gamma_loss, sparse_global_alignment
 from recon.align.model import ModelLayout, to_reconstruction
-from recon.align.sparse_ga import project
+from recon.align.sparse_ga import depth_prior_loss, project
 from recon.ba import BAOptions, adjust
 
 # 300 + 300 iterations (the MASt3R demo's counts; the reference function defaults to 500 + 500).
@@ -118,3 +118,61 @@ def test_mast3r_sga_mapper_reads_the_stage_files(tmp_path):
     assert rotation_errors(rotations, scene.rotations).max() < 0.1
     assert abs(model.cameras[camera_id].focal_length / scene.focals[0] - 1) < 0.005
     assert model.compute_mean_reprojection_error() < 0.05
+
+
+def test_depth_prior_loss_compares_depth_ratios_only():
+    """Zero for depths proportional to the prior at any scale (the model's scale is arbitrary);
+    otherwise the mean absolute log error about the median ratio."""
+    prior = torch.tensor([1.0, 2.0, 4.0, 8.0])
+    assert float(depth_prior_loss(3.7 * prior, prior.log())) == pytest.approx(0.0, abs=1e-6)
+    off = prior * torch.tensor([1.0, 1.0, 1.0, 1.5])  # one depth 50 % too far
+    assert float(depth_prior_loss(0.2 * off, prior.log())) == pytest.approx(np.log(1.5) / 4, rel=1e-5)
+
+
+def test_depth_prior_helps_where_pointmaps_and_views_are_weak():
+    """Three views, pointmap depths 10 % noisy, keypoints 1 px noisy: the reprojection loss alone
+    leaves the cameras off (measured: worst pair rotation 1.65 degrees, focal 1.8 % off); with the
+    exact metric depth as a prior (depth_weight 10) they improve to 0.98 degree and 0.6 %.
+    (With 2 % independent noise on every prior depth the gain shrinks to 1.38 degrees and 1.0 %.)"""
+    scene = synthetic_scene(num_images=3, num_points=500, depth_noise=0.1, pixel_noise=1.0, seed=1)
+    scene.data.prior_depth = torch.tensor(scene.depths, dtype=torch.float32)
+    errors = {}
+    for weight in (0.0, 10.0):
+        result = sparse_global_alignment(scene.data, AlignmentOptions(opt_pp=False, depth_weight=weight, **FAST))
+        errors[weight] = (rotation_errors(result.rotation.double().numpy(), scene.rotations).max(),
+                          abs(float(result.focal[0]) / scene.focals[0] - 1))
+    assert errors[0.0][0] > 1.0 and errors[0.0][1] > 0.01  # the weak case
+    assert errors[10.0][0] < 0.7 * errors[0.0][0]
+    assert errors[10.0][1] < 0.5 * errors[0.0][1]
+
+
+def test_depth_weight_needs_prior_depths():
+    scene = synthetic_scene(num_images=3, num_points=100, seed=0)
+    with pytest.raises(ValueError, match="prior_depth"):
+        sparse_global_alignment(scene.data, AlignmentOptions(depth_weight=1.0, **FAST))
+
+
+def test_mast3r_sga_reads_prior_depths_at_its_anchors(tmp_path):
+    """The mapper's depth prior comes from the priors stage's priors-depth.h5: each anchor gets
+    the depth of the pixel containing it (COLMAP pixels), unknown pixels give NaN."""
+    from recon.mapping.mast3r_sga import anchor_prior_depths
+    from recon.priors.depth import DEPTH_FILE, ArrayDepthSource, cache_depths
+
+    scene = synthetic_scene(num_images=3, num_points=200, seed=4)
+    keypoints, image = scene.data.keypoints.numpy(), scene.data.anchor_image.numpy()
+    names = [f"im{k}.png" for k in range(3)]
+    maps = {name: np.zeros((192, 256), np.float32) for name in names}  # sparse maps: 0 = unknown
+    for k, name in enumerate(names):  # test data
+        cols, rows = np.floor(keypoints[image == k]).astype(int).T
+        maps[name][rows, cols] = scene.depths[image == k]
+    maps["im1.png"][:] = 0  # no prior for one image
+    cache_depths(lambda: ArrayDepthSource(maps), names, tmp_path / DEPTH_FILE, stamp="s")
+    depth = anchor_prior_depths(tmp_path / DEPTH_FILE, names, scene.data).numpy()
+    pixel = image * 10**6 + np.floor(keypoints[:, 1]).astype(int) * 1000 + np.floor(keypoints[:, 0]).astype(int)
+    alone = np.isin(pixel, np.flatnonzero(np.bincount(pixel) == 1))  # anchors not sharing their pixel
+    known = image != 1
+    assert (known & alone).sum() > 300
+    np.testing.assert_allclose(depth[known & alone], scene.depths[known & alone], rtol=1e-3)  # float16 storage
+    assert np.isnan(depth[~known]).all()
+    with pytest.raises(RuntimeError, match="depth priors choice"):
+        anchor_prior_depths(tmp_path / "missing.h5", names, scene.data)
