@@ -5,8 +5,9 @@ Output folder layout (hloc's names): ``features.h5``, ``pairs.txt``, ``matches.h
 ``priors-depth.h5`` (a depth priors choice's maps, :mod:`recon.priors.depth`), ``database.db``,
 ``sparse/0/`` (COLMAP binary; ``text=True`` adds text), ``points.ply``, ``report.json``,
 ``cameras.png`` (a top view of cameras and points) and ``plots/`` (match plots of the strongest
-pairs, verified inliers in green). A stage whose output exists and was made from the same inputs and configuration is skipped; depth priors, features and matches
-resume per image and per pair. With a depth priors choice (``depth_pro``, ``ground_truth``) and
+pairs, verified inliers in green). A stage whose output exists and was made from the same inputs
+and configuration is skipped; depth priors, features and matches resume per image and per pair.
+With a depth priors choice (``depth_pro``, ``ground_truth``) and
 ``priors.metric_scale`` on, the mapper's model is scaled to metres before it is written.
 """
 from __future__ import annotations

@@ -67,7 +67,8 @@ class DepthProSource:
     ``focal_hint(name)`` (e.g. the EXIF focal in pixels) is given to the network when known, so
     the metric depth uses it instead of the predicted field of view, as the official CLI does.
     Focal lengths are kept for every image; only the most recent depth map is kept, since
-    full-resolution maps of a whole collection do not fit in memory.
+    full-resolution maps of a whole collection do not fit in memory (the priors stage keeps them
+    on disk with :func:`cache_depths`).
     """
 
     name = "depth_pro"

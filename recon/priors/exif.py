@@ -50,6 +50,9 @@ def depth_priors(infos: list[ImageInfo], conf: dict[str, Any], context: Any,
     ``context.depth_path`` (:func:`~recon.priors.depth.cache_depths`; ``open_source`` is called
     only when some image is missing, so a resumed run loads no network), then the focal prior by
     the precedence rule, the EXIF focal counting only with ``use_exif``."""
+    if context is None or not hasattr(context, "depth_path"):
+        raise ValueError(f"priors.{conf['name']} runs inside the reconstruction pipeline (it keeps depth maps in "
+                         "the output folder); use priors.name=exif or none here")
     names = [i.name for i in infos]
     cached = cache_depths(open_source, names, context.depth_path, depth_stamp(conf, infos))
     return {i.name: focal_prior(i.name, i.exif_focal if conf["use_exif"] else None, cached, i.width, i.height)
