@@ -75,10 +75,23 @@ def test_cameras_keep_their_own_intrinsics_and_ba_refines_the_model():
     assert rotation_errors(rotations, scene.rotations).max() < 0.1
 
 
-def test_mast3r_sga_mapper_reads_the_stage_files(tmp_path):
+def sparse_depth_maps(scene, names: list[str], width: int = 256, height: int = 192) -> dict[str, np.ndarray]:
+    """Depth maps holding each anchor's true depth at the pixel containing it, 0 (unknown) elsewhere."""
+    keypoints, image = scene.data.keypoints.numpy(), scene.data.anchor_image.numpy()
+    maps = {name: np.zeros((height, width), np.float32) for name in names}
+    for k, name in enumerate(names):  # test data
+        cols, rows = np.floor(keypoints[image == k]).astype(int).T
+        maps[name][rows, cols] = scene.depths[image == k]
+    return maps
+
+
+@pytest.mark.parametrize("depth_prior_weight", [0.0, 10.0])
+def test_mast3r_sga_mapper_reads_the_stage_files(tmp_path, depth_prior_weight):
     """The mapper end to end from files laid out as the MASt3R stage writes them (canonical
     pointmaps with hloc keypoints, hloc matches, pairs.txt) plus a database: exact input gives
-    back the cameras, so the pixel conventions and id bookkeeping between the files agree."""
+    back the cameras, so the pixel conventions and id bookkeeping between the files agree. With
+    the depth-prior term on, exact prior depths (priors-depth.h5, as the priors stage writes it)
+    keep the answer exact."""
     import pycolmap
 
     from recon.io import h5
@@ -110,7 +123,11 @@ def test_mast3r_sga_mapper_reads_the_stage_files(tmp_path):
             matches0 = np.full(np.count_nonzero(image == i), -1)
             matches0[a[sel] - offsets[i]] = b[sel] - offsets[j]
             h5.write_matches(writer, names[i], names[j], matches0, np.where(matches0 >= 0, 10.0, 0.0))
-    conf = {**MAPPERS.get("mast3r_sga").defaults, "niter1": 300, "niter2": 300}
+    if depth_prior_weight > 0:
+        from recon.priors.depth import DEPTH_FILE, ArrayDepthSource, cache_depths
+        cache_depths(lambda: ArrayDepthSource(sparse_depth_maps(scene, names)), names, tmp_path / DEPTH_FILE, "s")
+    conf = {**MAPPERS.get("mast3r_sga").defaults, "niter1": 300, "niter2": 300,
+            "depth_prior_weight": depth_prior_weight}
     model = MAPPERS.get("mast3r_sga").function(tmp_path / "database.db", tmp_path, tmp_path, conf, torch.device("cpu"))
     assert model.num_reg_images() == n
     by_name = {im.name: im for im in model.images.values()}
@@ -161,10 +178,7 @@ def test_mast3r_sga_reads_prior_depths_at_its_anchors(tmp_path):
     scene = synthetic_scene(num_images=3, num_points=200, seed=4)
     keypoints, image = scene.data.keypoints.numpy(), scene.data.anchor_image.numpy()
     names = [f"im{k}.png" for k in range(3)]
-    maps = {name: np.zeros((192, 256), np.float32) for name in names}  # sparse maps: 0 = unknown
-    for k, name in enumerate(names):  # test data
-        cols, rows = np.floor(keypoints[image == k]).astype(int).T
-        maps[name][rows, cols] = scene.depths[image == k]
+    maps = sparse_depth_maps(scene, names)
     maps["im1.png"][:] = 0  # no prior for one image
     cache_depths(lambda: ArrayDepthSource(maps), names, tmp_path / DEPTH_FILE, stamp="s")
     depth = anchor_prior_depths(tmp_path / DEPTH_FILE, names, scene.data).numpy()
