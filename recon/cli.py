@@ -226,9 +226,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def summary_line(report: dict, output: Path) -> str:
     error = report["mean_reprojection_error"]
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in report["timings"].items() if v >= 0.05)
+    scale = report.get("metric_scale") or {}
+    metric = (f", metric scale {scale['scale']:.4g} m/unit (spread {100 * scale['spread']:.1f}%)"
+              if "scale" in scale else "")
     return (f"registered {report['num_registered']}/{report['num_images']} images, {report['num_points']} points, "
             f"track length {report['mean_track_length']:.2f}, reprojection error "
-            f"{'n/a' if error is None else f'{error:.3f}px'} -> {output}\n  time: {stages}")
+            f"{'n/a' if error is None else f'{error:.3f}px'}{metric} -> {output}\n  time: {stages}")
 
 
 def evaluate_and_format(model: Path, gt: Path, json_path: Path | None, names: list[str] | None = None) -> str:

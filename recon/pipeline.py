@@ -2,11 +2,13 @@
 mapper -> model, each stage reading the previous stage's files in the output folder.
 
 Output folder layout (hloc's names): ``features.h5``, ``pairs.txt``, ``matches.h5``,
-``database.db``, ``sparse/0/`` (COLMAP binary; ``text=True`` adds text), ``points.ply``,
-``report.json``, ``cameras.png`` (a top view of cameras and points) and ``plots/`` (match plots of
-the strongest pairs, verified inliers in green). A stage whose output exists and
-was made from the same inputs and configuration is skipped; features and matches resume per image
-and per pair.
+``priors-depth.h5`` (a depth priors choice's maps, :mod:`recon.priors.depth`), ``database.db``,
+``sparse/0/`` (COLMAP binary; ``text=True`` adds text), ``points.ply``, ``report.json``,
+``cameras.png`` (a top view of cameras and points) and ``plots/`` (match plots of the strongest
+pairs, verified inliers in green). A stage whose output exists and was made from the same inputs
+and configuration is skipped; depth priors, features and matches resume per image and per pair.
+With a depth priors choice (``depth_pro``, ``ground_truth``) and
+``priors.metric_scale`` on, the mapper's model is scaled to metres before it is written.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import matchers
 from .colmap.database import build_database
 from .fingerprint import fingerprint
 from .graph import PAIR_STRATEGIES, PairsContext
+from .io import h5
 from .io.images import ImageInfo, usable_images
 from .io.jsonfile import write_json
 from .io.pairs import unique_pairs, write_pairs
@@ -33,6 +36,9 @@ from .match import extract_features, match_pairs
 from .match.dense import match_dense, match_dense_keypoints
 from .match.mast3r import match_mast3r
 from .priors import PRIORS
+from .priors.depth import DEPTH_FILE, H5DepthSource
+from .priors.exif import depth_stamp, is_depth_choice
+from .priors.scale import ScaleEstimationError, apply_scale, estimate_metric_scale
 from .viz.report import write_run_pictures
 
 logger = logging.getLogger(__name__)
@@ -52,6 +58,7 @@ class Pipeline:
     infos: list[ImageInfo] = field(default_factory=list)
     priors: dict[str, tuple[float, str]] = field(default_factory=dict)
     pairs: list[tuple[str, str]] = field(default_factory=list)
+    metric_scale: dict[str, Any] | None = None  # the metric-scale step's result (report.json)
 
     def __post_init__(self) -> None:
         self.image_dir = Path(self.image_dir)
@@ -77,6 +84,10 @@ class Pipeline:
         return self.output_dir / "database.db"
 
     @property
+    def depth_path(self) -> Path:
+        return self.output_dir / DEPTH_FILE
+
+    @property
     def model_path(self) -> Path:
         return self.output_dir / "sparse" / "0"
 
@@ -93,18 +104,28 @@ class Pipeline:
         return self.infos
 
     def compute_priors(self) -> dict[str, tuple[float, str]]:
-        """Focal priors per image; reused from the run state when images and options are the same
-        (a network prior such as Depth Pro is not rerun on every resume)."""
+        """Focal priors per image (and, for a depth choice, every image's depth map in
+        priors-depth.h5); reused from the run state when images and options are the same and
+        the depth maps are all there (a network such as Depth Pro is not rerun on a resume)."""
         conf = self.config["priors"]
         stamp = fingerprint("priors", conf, [(i.name, i.width, i.height, i.exif_focal) for i in self.infos])
         cached = self.read_state().get("priors")
-        if cached and cached["stamp"] == stamp:
+        if cached and cached["stamp"] == stamp and (not is_depth_choice(conf) or self.depth_source() is not None):
             self.priors = {name: (focal, source) for name, (focal, source) in cached["values"].items()}
             return self.priors
         choice = PRIORS.get(conf["name"])
         self.priors = self.timed("priors", choice.function, self.infos, conf, self)
         self.write_state(priors={"stamp": stamp, "values": self.priors})
         return self.priors
+
+    def depth_source(self) -> H5DepthSource | None:
+        """The priors stage's depth maps when the priors choice keeps them and priors-depth.h5
+        holds every image for the current options, else None."""
+        conf = self.config["priors"]
+        if not is_depth_choice(conf) or h5.read_stamp(self.depth_path) != depth_stamp(conf, self.infos):
+            return None
+        source = H5DepthSource(self.depth_path)
+        return source if {i.name for i in self.infos} <= set(source.names()) else None
 
     def extract(self) -> None:
         if self.config["features"]["name"] == "none" or self.dense:
@@ -175,20 +196,50 @@ class Pipeline:
         self.write_state(database=stamp)
 
     def map(self) -> pycolmap.Reconstruction:
+        """The mapper's model, made metric by the depth priors when they allow it (see
+        :meth:`scale_to_metres`), written to sparse/0 and points.ply."""
         conf = self.config["mapper"]
-        stamp = fingerprint("mapper", self.database_fingerprint(), conf, self.seed)
-        if self.model_path.is_dir() and self.read_state().get("mapper") == stamp:
+        stamp = fingerprint("mapper", self.database_fingerprint(), conf, self.config["priors"], self.seed)
+        state = self.read_state()
+        if self.model_path.is_dir() and state.get("mapper") == stamp:
             logger.info("sparse/0 is up to date")
             self.computed["mapping"] = 0
+            self.metric_scale = state.get("metric_scale")
             return pycolmap.Reconstruction(self.model_path)
         choice = MAPPERS.get(conf["name"])
         options = {k: v for k, v in conf.items() if k != "name"}
         model = self.timed("mapping", choice.function, self.database_path, self.image_dir, self.output_dir,
                            options, self.device, self.seed)
+        self.metric_scale = self.timed("metric_scale", self.scale_to_metres, model)
         self.write_model(model)
         self.computed["mapping"] = model.num_reg_images()
-        self.write_state(mapper=stamp)
+        self.write_state(mapper=stamp, metric_scale=self.metric_scale)
         return model
+
+    def scale_to_metres(self, model: pycolmap.Reconstruction) -> dict[str, Any] | None:
+        """Scale ``model`` in place to metres from the priors' depth maps (robust ratio of prior
+        to reconstructed depth at the triangulated keypoints, :mod:`recon.priors.scale`).
+
+        Returns the estimate for report.json, ``{"error": ...}`` when no image has enough usable
+        depths (the model is then left as the mapper made it), or None when the priors choice
+        keeps no depth or ``priors.metric_scale`` is off.
+        """
+        conf = self.config["priors"]
+        if not conf.get("metric_scale"):
+            return None
+        source = self.depth_source()
+        if source is None:
+            raise RuntimeError(f"priors.{conf['name']}: {self.depth_path.name} is missing or incomplete; "
+                               "rerun the priors stage")
+        try:
+            estimate = estimate_metric_scale(model, source)
+        except ScaleEstimationError as error:
+            logger.warning("no metric scale: %s", error)
+            return {"source": source.name, "error": str(error)}
+        apply_scale(model, estimate.scale)
+        logger.info("metric scale %.4g m/unit from %s depth (spread %.1f %% over %d images)",
+                    estimate.scale, source.name, 100 * estimate.spread, estimate.num_images)
+        return {"source": source.name, **estimate.to_dict()}
 
     def write_model(self, model: pycolmap.Reconstruction) -> None:
         """sparse/0 (and points.ply) replaced atomically: written aside, then renamed."""
@@ -242,6 +293,7 @@ class Pipeline:
             "unregistered": sorted({i.name for i in self.infos} - {im.name for im in model.images.values()
                                                                      if im.has_pose}),
             "focal_priors": {name: {"focal": focal, "source": source} for name, (focal, source) in self.priors.items()},
+            "metric_scale": self.metric_scale,
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
             "computed": self.computed,
             "device": str(self.device),

@@ -17,6 +17,7 @@ class SyntheticScene:
     rotations: np.ndarray      # (N, 3, 3) cam_from_world
     centres: np.ndarray        # (N, 3)
     focals: np.ndarray         # (N,)
+    depths: np.ndarray         # (A,) true depth of every anchor along its camera's axis (world units)
 
 
 def look_at(centre: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -44,7 +45,7 @@ def synthetic_scene(num_images: int = 5, width: int = 256, height: int = 192, fo
     rotations = np.stack([look_at(c, rng.normal(0, 0.1, 3)) for c in centres])
     cameras = np.arange(num_images) % len(focals)
     focal = np.asarray(focals, float)[cameras]
-    keypoints, points, images, point_ids = [], [], [], []
+    keypoints, points, images, point_ids, depths = [], [], [], [], []
     for k in range(num_images):  # building the test data per image (not code under test)
         local = (world - centres[k]) @ rotations[k].T
         uv = focal[k] * local[:, :2] / local[:, 2:3] + np.array([width, height]) / 2
@@ -55,6 +56,7 @@ def synthetic_scene(num_images: int = 5, width: int = 256, height: int = 192, fo
         points.append(scale * noisy)
         images.append(np.full(visible.sum(), k))
         point_ids.append(np.flatnonzero(visible))
+        depths.append(local[visible, 2])
     images, point_ids = np.concatenate(images), np.concatenate(point_ids)
     # matches: every pair of anchors of different images that see the same world point
     order = np.lexsort((images, point_ids))
@@ -70,7 +72,7 @@ def synthetic_scene(num_images: int = 5, width: int = 256, height: int = 192, fo
         image_camera=torch.tensor(cameras),
         match0=torch.tensor(a), match1=torch.tensor(b),
         match_conf=torch.full((len(a),), 10.0))
-    return SyntheticScene(data, rotations, centres, focal)
+    return SyntheticScene(data, rotations, centres, focal, np.concatenate(depths))
 
 
 def rotation_errors(estimated: np.ndarray, truth: np.ndarray) -> np.ndarray:

@@ -12,11 +12,18 @@ bipartite camera/point graph, solved exactly by eliminating the points (each poi
 scalar times I_3) and Cholesky on the dense camera Schur complement - then the scales and the
 robust IRLS weights are updated. The gauge: camera 0 at the origin, median
 camera-to-point distance 1 after every iteration.
+
+With metric depth priors (Depth Pro) the distance along every ray is known up to one global
+scale, so ``X_k - c_n = d_e v_e`` is linear and :func:`positioning_from_depths` solves it
+directly (the same bipartite system, robust IRLS); the result starts the BATA alternation in
+place of the random start (``global_positioning(start_centres=...)``).
 """
 from __future__ import annotations
 
 import torch
 from tqdm import tqdm
+
+from .triangulation import triangulate
 
 
 def point_pairs(point: torch.Tensor, num_points: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,13 +94,48 @@ def solve_bipartite(num_cams: int, num_points: int, cam: torch.Tensor, point: to
     return centres, points
 
 
+def positioning_from_depths(rays: torch.Tensor, cam: torch.Tensor, point: torch.Tensor, distances: torch.Tensor,
+                            num_cams: int, num_points: int, iterations: int = 10,
+                            loss_scale: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Camera centres (N, 3) and points (P, 3) from rays with known distances (metric depth priors).
+
+    Minimises ``sum_e rho(|X_k - c_n - d_e v_e| / d_e)`` with ``c_0 = 0``: rays (M, 3) unit world
+    directions, distances (M,) ``d_e`` along them (NaN or <= 0: unknown, left out). Residuals are
+    relative to the distance, as depth errors are; IRLS with Cauchy weights of scale
+    ``loss_scale`` (0.2 = 20 % of the distance) sheds wrong depths and wrong rays. Points with no
+    known distance come back NaN. Raises ValueError when a camera has no observation with a
+    known distance (nothing places it).
+    """
+    known = torch.isfinite(distances) & (distances > 0)
+    seen = torch.zeros(num_cams, dtype=torch.bool, device=cam.device)
+    seen[cam[known]] = True
+    if not bool(seen.all()):
+        raise ValueError(f"positioning from depths: camera(s) {torch.nonzero(~seen).flatten().tolist()[:5]} have no "
+                         "observation with a known depth")
+    cam, rays, dist = cam[known], rays[known], distances[known]
+    point_ids, point_index = torch.unique(point[known], return_inverse=True)
+    offsets = rays * dist[:, None]
+    lengths = torch.bincount(point_index, minlength=len(point_ids))
+    pairs = point_pairs(point_index, len(point_ids)) if int((lengths * (lengths - 1)).sum()) < num_cams * len(point_ids) else None
+    robust = torch.ones_like(dist)
+    for _ in range(iterations + 1):
+        centres, solved = solve_bipartite(num_cams, len(point_ids), cam, point_index, robust / dist ** 2, offsets, pairs)
+        residual = (solved[point_index] - centres[cam] - offsets).norm(dim=1) / dist
+        robust = 1.0 / (1.0 + (residual / loss_scale) ** 2)
+    points = torch.full((num_points, 3), float("nan"), dtype=rays.dtype, device=rays.device)
+    points[point_ids] = solved
+    return centres, points
+
+
 def global_positioning(rays: torch.Tensor, cam: torch.Tensor, point: torch.Tensor, num_cams: int, num_points: int,
                        seed: int = 0, iterations: int = 100, loss_scale: float = 0.1, tolerance: float = 1e-6,
-                       progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                       progress: bool = True, start_centres: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Camera centres and points from unit world-frame rays (see the module docstring).
 
     rays: (M, 3) unit directions from camera ``cam[e]`` towards point ``point[e]``; every camera
-    and point must be observed. Random start in [-1, 1]^3 from ``seed``. IRLS weights: Huber
+    and point must be observed. Random start in [-1, 1]^3 from ``seed``, or ``start_centres``
+    (N, 3) (e.g. :func:`positioning_from_depths`) with the points triangulated from them. IRLS weights: Huber
     (``loss_scale``) for the first half of the iterations, Cauchy (same scale) after, so that
     wrong rays stop pulling the solution. Stops when the largest
     move of a centre between iterations is below ``tolerance`` (in units of the median
@@ -104,6 +146,9 @@ def global_positioning(rays: torch.Tensor, cam: torch.Tensor, point: torch.Tenso
     generator = torch.Generator().manual_seed(seed)
     centres = (torch.rand(num_cams, 3, generator=generator, dtype=dtype) * 2 - 1).to(dev)
     points = (torch.rand(num_points, 3, generator=generator, dtype=dtype) * 2 - 1).to(dev)
+    if start_centres is not None:
+        centres = start_centres.to(dtype)
+        points = triangulate(centres[cam], rays, point, num_points)
     centres = centres - centres[:1]
     lengths = torch.bincount(point, minlength=num_points)
     num_pairs = int((lengths * (lengths - 1)).sum())

@@ -26,6 +26,13 @@ Steps (after MASt3R-SfM, Duisburg et al. 2024, and the official ``sparse_ga.py``
    normalised by the summed confidences; pairs whose best match confidence is below
    ``matching_conf_thr`` are left out (the reference falls back to a pointmap regression loss for
    them; not implemented here).
+5. Optional depth prior (recon's addition, ``depth_weight > 0`` with ``prior_depth`` given): in
+   both stages, ``depth_weight`` times the mean of ``|log z - log z_prior - c|`` over the anchors
+   with a prior, z the anchor's depth along its camera's axis and ``c`` the median log-ratio
+   (closed form: the alignment's scale is arbitrary and the prior is metric, so only depth
+   ratios are compared). A metric depth network (Depth Pro) thus ties each image's scale and its
+   anchors' depths to one consistent depth map where the pointmaps disagree or the views
+   triangulate poorly.
 
 Fixes relative to the reference: shared intrinsics are one parameter tensor per camera, passed to
 the optimiser once (the reference lists the shared tensor once per image, so Adam stepped it N
@@ -58,7 +65,8 @@ class AlignmentInput:
     anchor's camera frame (network units; any per-image scale); confidence (A,): canonical
     confidence (0 = no prediction); anchor_image (A,) long; image_size (N, 2) (width, height);
     image_camera (N,) long camera index; match0, match1 (M,) long anchor indices (different
-    images); match_conf (M,) positive confidences.
+    images); match_conf (M,) positive confidences; prior_depth (A,) optional metric depth prior
+    of each anchor along its camera's optical axis (0 or NaN: none), read by the depth term.
     """
 
     keypoints: torch.Tensor
@@ -70,6 +78,7 @@ class AlignmentInput:
     match0: torch.Tensor
     match1: torch.Tensor
     match_conf: torch.Tensor
+    prior_depth: torch.Tensor | None = None
 
     @property
     def num_images(self) -> int:
@@ -80,9 +89,10 @@ class AlignmentInput:
         return int(self.image_camera.max()) + 1
 
     def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> "AlignmentInput":
-        moved = {k: v.to(device) for k, v in vars(self).items()}
-        for key in ("keypoints", "points", "confidence", "image_size", "match_conf"):
-            moved[key] = moved[key].to(dtype)
+        moved = {k: None if v is None else v.to(device) for k, v in vars(self).items()}
+        for key in ("keypoints", "points", "confidence", "image_size", "match_conf", "prior_depth"):
+            if moved[key] is not None:
+                moved[key] = moved[key].to(dtype)
         return AlignmentInput(**moved)
 
 
@@ -100,6 +110,7 @@ class AlignmentOptions:
     opt_pp: bool = True
     opt_depth: bool = True
     focal_iterations: int = 10
+    depth_weight: float = 0.0  # weight of the depth-prior term (step 5); 0: off
     progress: bool = True
 
 
@@ -107,7 +118,8 @@ class AlignmentOptions:
 class AlignmentResult:
     """focal (C,) pixels; principal_point (C, 2) pixels; rotation (N, 3, 3) and translation (N, 3)
     cam_from_world; points (A, 3) world anchors; tree_parent (N,) long (-1 at the root);
-    used_matches (M,) bool; losses: final coarse and fine loss."""
+    used_matches (M,) bool; losses: final coarse and fine loss (with the depth term's final value
+    when it is on)."""
 
     focal: torch.Tensor
     principal_point: torch.Tensor
@@ -317,9 +329,9 @@ class SparseScene(torch.nn.Module):
         focal = self.log_focal.exp()[cam].clamp(min=self.min_focal, max=self.max_focal)
         return focal, self.pp[cam] * self.data.image_size
 
-    def forward(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """focal (N,), pp (N, 2), world_from_cam rotation (N, 3, 3) and translation (N, 3), anchor
-        points (A, 3) in the world."""
+        points (A, 3) in the world and their depths (A,) along their cameras' axes."""
         data = self.data
         focal, pp = self.intrinsics()
         size = self.log_size.exp()
@@ -336,7 +348,7 @@ class SparseScene(torch.nn.Module):
         depth = global_scaling * (z_cam[img] + (self.core_depth - 1) * self.median_depth[img] * size[img])
         rays = torch.cat(((data.keypoints - pp[img]) / focal[img, None], torch.ones_like(depth)[:, None]), -1)
         points = (rotation[img] @ (rays * depth[:, None])[..., None])[..., 0] + translation[img]
-        return focal, pp, rotation, translation, points
+        return focal, pp, rotation, translation, points, depth
 
 
 def _homogeneous(rotation: torch.Tensor, translation: torch.Tensor) -> torch.Tensor:
@@ -375,15 +387,19 @@ def sparse_global_alignment(data: AlignmentInput, options: AlignmentOptions | No
     img0, img1 = data.anchor_image[m0], data.anchor_image[m1]
 
     def loss_3d() -> torch.Tensor:
-        points = scene()[4]
-        return conf @ gamma_loss((points[m0] - points[m1]).norm(dim=-1), options.gamma1) / conf.sum()
+        _, _, _, _, points, depth = scene()
+        loss = conf @ gamma_loss((points[m0] - points[m1]).norm(dim=-1), options.gamma1) / conf.sum()
+        return loss + depth_term(depth)
 
     def loss_2d() -> torch.Tensor:
-        focal, pp, rotation, translation, points = scene()
+        focal, pp, rotation, translation, points, depth = scene()
         into0 = project(rotation[img0], translation[img0], focal[img0], pp[img0], points[m1])
         into1 = project(rotation[img1], translation[img1], focal[img1], pp[img1], points[m0])
         residual = torch.cat(((into0 - data.keypoints[m0]).norm(dim=-1), (into1 - data.keypoints[m1]).norm(dim=-1)))
-        return torch.cat((conf, conf)) @ gamma_loss(residual, options.gamma2) / (2 * conf.sum())
+        loss = torch.cat((conf, conf)) @ gamma_loss(residual, options.gamma2) / (2 * conf.sum())
+        return loss + depth_term(depth)
+
+    depth_term = _depth_term(data, options.depth_weight)
 
     losses = {}
     coarse = [scene.quat, scene.trans, scene.log_size]
@@ -391,12 +407,38 @@ def sparse_global_alignment(data: AlignmentInput, options: AlignmentOptions | No
     fine = coarse + [scene.log_focal] + ([scene.pp] if options.opt_pp else []) + ([scene.core_depth] if options.opt_depth else [])
     losses["fine"] = _optimise(scene, fine, loss_2d, options.lr2, options.niter2, "fine (2D)", options.progress)
     with torch.no_grad():
-        focal, pp, rotation, translation, points = scene()
+        focal, pp, rotation, translation, points, depth = scene()
+        if options.depth_weight > 0:
+            losses["depth"] = float(depth_term(depth)) / options.depth_weight
         camera_focal = focal.new_zeros(data.num_cameras).index_copy_(0, data.image_camera, focal)
         camera_pp = pp.new_zeros(data.num_cameras, 2).index_copy_(0, data.image_camera, pp)
         cam_rotation = rotation.transpose(1, 2)
         cam_translation = -(cam_rotation @ translation[..., None])[..., 0]
     return AlignmentResult(camera_focal, camera_pp, cam_rotation, cam_translation, points, scene.parent, used, losses)
+
+
+def depth_prior_loss(depth: torch.Tensor, log_prior: torch.Tensor) -> torch.Tensor:
+    """Mean ``|log depth - log_prior - c|`` (depth (K,) > 0, log_prior (K,)), c the median of
+    ``log depth - log_prior``: the best common log-scale between an arbitrary-scale model and a
+    metric prior in closed form (the median minimises the L1 sum, so holding it constant in the
+    gradient is exact at the optimum). L1 in log space: relative depth errors, symmetric, and a
+    few wrong prior depths pull only linearly."""
+    ratio = depth.clamp(min=1e-12).log() - log_prior
+    return (ratio - ratio.detach().median()).abs().mean()
+
+
+def _depth_term(data: AlignmentInput, weight: float):
+    """``depth (A,) -> weight * depth_prior_loss`` over the anchors with a usable prior depth, or
+    a zero term when the weight is 0."""
+    if weight <= 0:
+        return lambda depth: depth.new_zeros(())
+    if data.prior_depth is None:
+        raise ValueError("sparse alignment: depth_weight > 0 needs AlignmentInput.prior_depth")
+    known = torch.isfinite(data.prior_depth) & (data.prior_depth > 0) & (data.confidence > 0)
+    if not bool(known.any()):
+        raise ValueError("sparse alignment: no anchor has a usable prior depth")
+    log_prior = data.prior_depth[known].log()
+    return lambda depth: weight * depth_prior_loss(depth[known], log_prior)
 
 
 def _confident_pairs(data: AlignmentInput, threshold: float) -> torch.Tensor:

@@ -1,4 +1,6 @@
-"""A dense matcher that knows the answer: exact correspondences of a rendered scene.
+"""Oracles that know the answer for a scene written by ``recon.datasets.render`` (with ``--depth``):
+a dense matcher giving its exact correspondences, and a depth source giving its exact depth maps
+and focal lengths (the priors stage's ``ground_truth`` choice).
 
 It stands where a dense network (RoMa, DKM, MASt3R) stands in the pipeline, so the dense-to-
 COLMAP path can be tested against ground truth: for a pair of views of a scene written by
@@ -127,3 +129,29 @@ def to_input(keypoints: np.ndarray, scale: np.ndarray) -> np.ndarray:
 def from_input(keypoints: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """Input-image pixels -> original pixels (inverse of :func:`to_input`)."""
     return (keypoints + 0.5) / scale - 0.5
+
+
+class SceneDepthSource:
+    """:class:`~recon.priors.depth.DepthSource` of a rendered scene: its exact depth maps
+    (``depth/<stem>.npy``, camera z in metres at every pixel centre) and each view's true focal
+    (the mean of fx and fy of its ``gt/`` camera). The renderer works in metres, so these are the
+    metric truth the metric-scale step must recover."""
+
+    name = "ground_truth"
+
+    def __init__(self, scene: str | Path) -> None:
+        self.scene = Path(scene)
+        if not scene or not (self.scene / "depth").is_dir() or not (self.scene / "gt").is_dir():
+            raise ValueError(f"ground_truth priors need scene=<folder rendered with --depth>, got '{scene}'")
+        truth = pycolmap.Reconstruction(self.scene / "gt")
+        self.focals = {image.name: float(truth.cameras[image.camera_id].mean_focal_length())
+                       for image in truth.images.values()}
+
+    def depth(self, image_name: str) -> np.ndarray:
+        path = self.scene / "depth" / (Path(image_name).stem + ".npy")
+        if not path.exists():
+            raise KeyError(f"ground_truth: no depth map for image '{image_name}' ({path})")
+        return np.load(path).astype(np.float32)
+
+    def focal_px(self, image_name: str) -> float | None:
+        return self.focals.get(image_name)

@@ -7,6 +7,12 @@ share a COLMAP camera share intrinsics in the alignment. The alignment uses MASt
 matches weighted by their confidence (as MASt3R-SfM does), not COLMAP's verified subset; the
 final BA uses a Cauchy loss so remaining outliers do not pull the model, and points still
 reprojecting worse than ``max_reproj_error`` pixels are dropped afterwards.
+
+``depth_prior_weight > 0`` adds the alignment's depth-prior term (:mod:`recon.align.sparse_ga`,
+step 5) with the priors stage's metric depth maps (``priors-depth.h5``, from ``priors.name=
+depth_pro`` or ``ground_truth``) sampled at every anchor. On a synthetic three-view scene with
+10 % pointmap depth noise, exact prior depths at weight 10 cut the worst rotation error from 1.65
+to 0.98 degree and the focal error from 1.8 % to 0.6 % (tests/test_sparse_ga.py); 0 turns it off.
 """
 from __future__ import annotations
 
@@ -23,12 +29,13 @@ from ..ba import BAOptions, adjust
 from ..io import h5
 from ..io.pairs import read_pairs
 from ..match.mast3r import CANONICAL_FILE, read_canonical
+from ..priors.depth import DEPTH_FILE, H5DepthSource, sample_depth
 from . import MAPPERS
 
 
 @MAPPERS.register("mast3r_sga", lr1=0.2, niter1=500, lr2=0.02, niter2=500, matching_conf_thr=5.0, opt_pp=False,
                   opt_depth=True, bundle_adjustment=True, ba_loss="cauchy", ba_loss_scale=1.0, ba_iterations=100,
-                  max_reproj_error=4.0)
+                  max_reproj_error=4.0, depth_prior_weight=0.0)
 def mast3r_sga(database_path: Path, image_dir: Path, output_dir: Path, conf: dict[str, Any],
                device: torch.device, seed: int = 0) -> pycolmap.Reconstruction:
     """Sparse global alignment + BA. ``opt_pp`` is off by default (unlike the reference): on exact
@@ -40,9 +47,11 @@ def mast3r_sga(database_path: Path, image_dir: Path, output_dir: Path, conf: dic
         raise RuntimeError(f"mast3r_sga needs {canonical_path} from the MASt3R matcher (matcher.name=mast3r)")
     data, layout = read_alignment_input(database_path, canonical_path, output_dir / "matches.h5",
                                         read_pairs(output_dir / "pairs.txt"))
+    if conf["depth_prior_weight"] > 0:
+        data.prior_depth = anchor_prior_depths(output_dir / DEPTH_FILE, layout.image_names, data)
     options = AlignmentOptions(lr1=conf["lr1"], niter1=conf["niter1"], lr2=conf["lr2"], niter2=conf["niter2"],
                                matching_conf_thr=conf["matching_conf_thr"], opt_pp=conf["opt_pp"],
-                               opt_depth=conf["opt_depth"])
+                               opt_depth=conf["opt_depth"], depth_weight=conf["depth_prior_weight"])
     result = sparse_global_alignment(data.to(device), options)
     model = to_reconstruction(data, result, layout)
     if conf["bundle_adjustment"] and model.num_points3D():
@@ -102,3 +111,18 @@ def read_alignment_input(database_path: Path, canonical_path: Path, matches_path
     layout = ModelLayout(names, [db_images[n].image_id for n in names], camera_ids,
                          [cameras[c].model.name for c in camera_ids])
     return data, layout
+
+
+def anchor_prior_depths(depth_path: Path, names: list[str], data: AlignmentInput) -> torch.Tensor:
+    """(A,) the priors stage's metric depth at every anchor (its pixel's value; NaN where the map
+    has none). ``names[k]`` is image k of ``data``, whose anchors are contiguous (as
+    :func:`read_alignment_input` lays them out)."""
+    if not depth_path.exists():
+        raise RuntimeError(f"mast3r_sga: depth_prior_weight needs the depth maps of a depth priors choice "
+                           f"(priors.name=depth_pro or ground_truth); {depth_path} is missing")
+    source = H5DepthSource(depth_path)
+    keypoints = data.keypoints.double().cpu().numpy()
+    bounds = np.searchsorted(data.anchor_image.cpu().numpy(), np.arange(len(names) + 1))
+    depth = np.concatenate([sample_depth(source.depth(name), keypoints[start:end])  # one map per image
+                            for name, start, end in zip(names, bounds[:-1], bounds[1:])])
+    return torch.from_numpy(depth).float()

@@ -8,7 +8,8 @@ Phases (each a module of :mod:`recon.align`; a tqdm bar names the running phase)
    the result by more than ``max_rotation_error`` degrees are dropped and the averaging redone;
 3. tracks - connected components of the matches of the remaining pairs;
 4. global positioning - camera centres and points jointly from the rays of the longest
-   ``max_points`` tracks (BATA objective, random start);
+   ``max_points`` tracks (BATA objective, random start; with ``depth_prior``, started instead
+   from the centres that the priors stage's metric depth maps give directly, see below);
 5. refinement - observations first kept when their ray passes within ``max_ray_angle`` degrees
    of the positioned point; then ``refinement_rounds`` times: bundle adjustment of the inliers
    with recon's BA engine (Cauchy loss, intrinsics fixed), every track re-triangulated from all
@@ -26,6 +27,12 @@ are repeated (at most ``focal_passes`` times, until no focal moves by more than
 ``focal_tolerance``) with the focal lengths the last BA found: relative poses, and so rotations,
 depend on the focal length.
 
+``depth_prior`` (needs a depth priors choice: ``priors.name=depth_pro`` or ``ground_truth``, whose
+maps are in ``priors-depth.h5``): every observation's prior depth turns its ray into a 3D offset
+from the camera, so centres and points follow from one robust linear solve
+(:func:`~recon.align.positioning.positioning_from_depths`); BATA then starts there and keeps only
+its direction-only objective, so a per-image depth bias of the network cannot shift the cameras.
+
 The model has the database's image and camera ids, every keypoint of a registered image as a
 Point2D (so point2D index == keypoint index, as in COLMAP's mappers) and only registered images.
 """
@@ -41,7 +48,7 @@ import pycolmap
 import torch
 from tqdm import tqdm
 
-from ..align.positioning import global_positioning
+from ..align.positioning import global_positioning, positioning_from_depths
 from ..align.rotation_averaging import average_rotations, rotation_consistency, spanning_tree_rotations
 from ..align.tracks import Tracks, build_tracks
 from ..align.triangulation import ray_angles, reprojection_errors, triangulate, triangulation_angles
@@ -49,6 +56,7 @@ from ..align.view_graph import (ViewGraph, calibrate_focal_lengths, estimate_rel
                                 restrict_to_largest_component)
 from ..ba import BAOptions, Problem, solve
 from ..ba.problem import camera_param_matrix, gauge_two_cams, intrinsics_constant_mask
+from ..priors.depth import DEPTH_FILE, DepthSource, H5DepthSource, sample_depth
 from . import MAPPERS
 
 logger = logging.getLogger(__name__)
@@ -59,23 +67,29 @@ PHASES = ("view graph", "rotation averaging", "tracks", "global positioning", "r
                   max_points=50000, positioning_iterations=60, max_ray_angle=10.0, max_reprojection_error=4.0,
                   min_triangulation_angle=1.5, min_image_observations=15, refinement_rounds=2, ba_iterations=20,
                   focal_passes=5, focal_tolerance=0.005,
-                  final_ba_iterations=50, num_threads=1,
+                  final_ba_iterations=50, num_threads=1, depth_prior=False,
                   refine_focal_length=True, refine_principal_point=False, refine_extra_params=True)
 def recon_global(database_path: Path, image_dir: Path, output_dir: Path, conf: dict[str, Any],
                  device: torch.device, seed: int = 0) -> pycolmap.Reconstruction:
     """recon's global mapper (rotation averaging, global positioning, bundle adjustment; GPU when present)."""
     device = torch.device(device)
+    depths = None
+    if conf["depth_prior"]:
+        if not (Path(output_dir) / DEPTH_FILE).exists():
+            raise RuntimeError("recon_global: depth_prior needs the depth maps of a depth priors choice "
+                               f"(priors.name=depth_pro or ground_truth); {Path(output_dir) / DEPTH_FILE} is missing")
+        depths = H5DepthSource(Path(output_dir) / DEPTH_FILE)
     threads = torch.get_num_threads()
     if device.type == "cpu" and conf["num_threads"] > 0:
         torch.set_num_threads(conf["num_threads"])
     try:
-        return _recon_global(database_path, image_dir, conf, device, seed)
+        return _recon_global(database_path, image_dir, conf, device, seed, depths)
     finally:
         torch.set_num_threads(threads)
 
 
 def _recon_global(database_path: Path, image_dir: Path | None, conf: dict[str, Any], device: torch.device,
-                  seed: int) -> pycolmap.Reconstruction:
+                  seed: int, depths: DepthSource | None = None) -> pycolmap.Reconstruction:
     bar = tqdm(total=len(PHASES), desc="recon_global", unit="phase", leave=False)
 
     def phase(name: str) -> None:
@@ -93,7 +107,7 @@ def _recon_global(database_path: Path, image_dir: Path | None, conf: dict[str, A
         bar.set_description(f"recon_global pass {number + 1}/{passes}")
         graph.valid = pairs_read.copy()
         before = np.array([camera.mean_focal_length() for camera in graph.cameras])
-        state = map_once(graph, conf, device, seed, phase)
+        state = map_once(graph, conf, device, seed, phase, depths)
         state.current_cameras()  # the refined intrinsics start the next pass
         after = np.array([camera.mean_focal_length() for camera in graph.cameras])
         if np.abs(after / before - 1.0).max() < conf["focal_tolerance"]:
@@ -109,8 +123,10 @@ def _recon_global(database_path: Path, image_dir: Path | None, conf: dict[str, A
     return model
 
 
-def map_once(graph: ViewGraph, conf: dict[str, Any], device: torch.device, seed: int, phase) -> "State":
-    """One pass of phases 1-5 with the graph's current cameras; returns the refined state."""
+def map_once(graph: ViewGraph, conf: dict[str, Any], device: torch.device, seed: int, phase,
+             depths: DepthSource | None = None) -> "State":
+    """One pass of phases 1-5 with the graph's current cameras (``depths``: metric depth priors
+    that start the global positioning); returns the refined state."""
     phase("view graph")
     estimate_relative_poses(graph)
     restrict_to_largest_component(graph)
@@ -123,7 +139,7 @@ def map_once(graph: ViewGraph, conf: dict[str, Any], device: torch.device, seed:
         raise RuntimeError("recon_global: the verified matches form no tracks")
     state = State.start(graph, tracks, rotations, device)
     phase("global positioning")
-    state.position(conf["max_points"], conf["positioning_iterations"], conf["max_ray_angle"], seed)
+    state.position(conf["max_points"], conf["positioning_iterations"], conf["max_ray_angle"], seed, depths)
     phase("refinement")
     filter_args = (conf["min_triangulation_angle"], conf["min_image_observations"])
     state.filter(state.inlier, *filter_args)
@@ -223,8 +239,24 @@ class State:
         world = (self.rotations[self.obs_image].transpose(1, 2) @ local[:, :, None])[:, :, 0]
         return world / world.norm(dim=1, keepdim=True)
 
-    def position(self, max_points: int, iterations: int, max_ray_angle: float, seed: int) -> None:
-        """Centres and points from the rays of the longest tracks; the rest triangulated."""
+    def prior_distances(self, depths: DepthSource, rays: torch.Tensor) -> torch.Tensor:
+        """(M,) distance along each observation's unit world ray (M, 3) to its point from the
+        image's prior depth map (NaN where the map has none): depth / the ray's camera z."""
+        xy = self.obs_xy.cpu().numpy()
+        image = self.obs_image.cpu().numpy()
+        order = np.argsort(image, kind="stable")
+        bounds = np.searchsorted(image[order], np.arange(len(self.images) + 1))
+        depth = np.full(len(xy), np.nan)
+        for k, n in enumerate(self.images):  # one depth map per image
+            rows = order[bounds[k]:bounds[k + 1]]
+            depth[rows] = sample_depth(depths.depth(self.graph.names[n]), xy[rows])
+        camera_z = (self.rotations[self.obs_image] @ rays[:, :, None])[:, 2, 0]
+        return torch.as_tensor(depth, dtype=rays.dtype, device=self.device) / camera_z
+
+    def position(self, max_points: int, iterations: int, max_ray_angle: float, seed: int,
+                 depths: DepthSource | None = None) -> None:
+        """Centres and points from the rays of the longest tracks (BATA started from the depth
+        priors' solution when ``depths`` is given); the rest triangulated."""
         rays = self.rays()
         lengths = torch.bincount(self.track, minlength=len(self.points))
         order = torch.argsort(-lengths.float(), stable=True)
@@ -239,8 +271,16 @@ class State:
         unseen_tracks[self.track[~images_seen[self.obs_image]]] = True
         rows = (chosen | unseen_tracks)[self.track]
         point_ids, point_index = torch.unique(self.track[rows], return_inverse=True)
+        start = None
+        if depths is not None:
+            try:
+                start, _ = positioning_from_depths(rays[rows], self.obs_image[rows], point_index,
+                                                   self.prior_distances(depths, rays)[rows], len(self.images),
+                                                   len(point_ids))
+            except ValueError as error:
+                logger.warning("recon_global: random start for the global positioning (%s)", error)
         centres, _, _ = global_positioning(rays[rows], self.obs_image[rows], point_index, len(self.images),
-                                           len(point_ids), seed=seed, iterations=iterations)
+                                           len(point_ids), seed=seed, iterations=iterations, start_centres=start)
         self.translations = -(self.rotations @ centres[:, :, None])[:, :, 0]
         self.points = triangulate(centres[self.obs_image], rays, self.track, len(self.points))
         angle = torch.rad2deg(ray_angles(self.points[self.track], centres[self.obs_image], rays))

@@ -11,10 +11,19 @@ axis, metres) at the centre of pixel (col, row), i.e. COLMAP image coordinates
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping, Protocol, runtime_checkable
+import time
+from pathlib import Path
+from typing import Callable, Mapping, Protocol, Sequence, runtime_checkable
 
+import h5py
 import numpy as np
 import torch
+from tqdm import tqdm
+
+from ..io.h5 import H5Writer, list_names
+from ..match import FLUSH_SECONDS, open_resumable
+
+DEPTH_FILE = "priors-depth.h5"  # the priors stage's depth maps, in the output folder
 
 
 @runtime_checkable
@@ -58,7 +67,8 @@ class DepthProSource:
     ``focal_hint(name)`` (e.g. the EXIF focal in pixels) is given to the network when known, so
     the metric depth uses it instead of the predicted field of view, as the official CLI does.
     Focal lengths are kept for every image; only the most recent depth map is kept, since
-    full-resolution maps of a whole collection do not fit in memory.
+    full-resolution maps of a whole collection do not fit in memory (the priors stage keeps them
+    on disk with :func:`cache_depths`).
     """
 
     name = "depth_pro"
@@ -113,3 +123,71 @@ def sample_depth(depth: np.ndarray, xy: np.ndarray) -> np.ndarray:
     values[inside] = depth[rows[inside], cols[inside]]
     values[~(np.isfinite(values) & (values > 0))] = np.nan
     return values
+
+
+class H5DepthSource:
+    """Depth maps and focal lengths cached by :func:`cache_depths` in ``priors-depth.h5``.
+
+    Layout: one group per image name (relative path; ``a/b.jpg`` is a nested group, as in
+    features.h5) holding ``depth`` (H, W) float16 metres in the image's own pixels (float16's
+    0.05 % resolution is far below any depth prior's error and halves the file; depths beyond
+    its 65,504 m become inf, i.e. unknown, like sky) and the
+    attribute ``focal_px`` (NaN when the source had no estimate). Root attributes:
+    ``recon_fingerprint`` (the configuration that made it) and ``source`` (the source's name).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        with h5py.File(self.path, "r", libver="latest") as f:
+            self.name = str(f.attrs.get("source", "depth"))
+
+    def names(self) -> list[str]:
+        """Every image with a cached depth map."""
+        return list_names(self.path)
+
+    def depth(self, image_name: str) -> np.ndarray:
+        with h5py.File(self.path, "r", libver="latest") as f:
+            if image_name not in f:
+                raise KeyError(f"{self.name}: no depth map for image '{image_name}' in {self.path}")
+            return f[image_name]["depth"][()].astype(np.float32)
+
+    def focal_px(self, image_name: str) -> float | None:
+        with h5py.File(self.path, "r", libver="latest") as f:
+            focal = float(f[image_name]["depth"].attrs["focal_px"]) if image_name in f else float("nan")
+        return focal if np.isfinite(focal) else None
+
+
+def cache_depths(open_source: Callable[[], DepthSource], names: Sequence[str], path: str | Path,
+                 stamp: str) -> H5DepthSource:
+    """Ask a depth source once per image for its depth and focal and keep both in ``path``.
+
+    ``open_source()`` makes the source, and is called only when some image is missing (a
+    resumed run loads no network).
+
+    Why: a network source (Depth Pro) is expensive and its full-resolution maps of a whole
+    collection do not fit in memory, yet the metric scale and the alignment's depth term read
+    them after mapping. Images already in a file made with the same ``stamp`` are skipped (a
+    killed run resumes per image); progress is published atomically every few seconds.
+    """
+    with open_resumable(Path(path), stamp) as writer:
+        todo = [name for name in names if name not in writer]
+        if todo:
+            _write_depths(writer, open_source(), todo)
+    return H5DepthSource(path)
+
+
+def _write_depths(writer: H5Writer, source: DepthSource, names: Sequence[str]) -> None:
+    """One group per image (see :class:`H5DepthSource`), published every few seconds."""
+    writer.file.attrs["source"] = source.name
+    last_flush = time.time()
+    for name in tqdm(names, desc=f"{source.name} depth", unit="img"):
+        depth = np.asarray(source.depth(name), dtype=np.float32)
+        if depth.ndim != 2:
+            raise ValueError(f"{source.name}: depth of '{name}' must be (H, W), got shape {depth.shape}")
+        focal = source.focal_px(name)
+        writer.delete(name)
+        dataset = writer.file.create_group(name).create_dataset("depth", data=depth.astype(np.float16))
+        dataset.attrs["focal_px"] = float("nan") if focal is None else float(focal)
+        if time.time() - last_flush > FLUSH_SECONDS:
+            writer.flush()
+            last_flush = time.time()

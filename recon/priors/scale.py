@@ -35,7 +35,8 @@ class ScaleEstimate:
     ``scale``: multiply the model by it (:func:`apply_scale`) to make it metric.
     ``spread``: robust standard deviation of the per-image log-scales (0.02 = images disagree by
     about 2 %). ``per_image``: each used image's scale. ``num_observations``/``num_inliers``:
-    keypoints with both a prior and a reconstructed depth / those kept by the rejection.
+    keypoints with both a prior and a reconstructed depth / those kept by the rejection, in all
+    and (``per_image_observations``, ``per_image_inliers``) per used image.
     """
 
     scale: float
@@ -44,6 +45,8 @@ class ScaleEstimate:
     num_observations: int
     num_inliers: int
     per_image: dict[str, float] = field(default_factory=dict)
+    per_image_observations: dict[str, int] = field(default_factory=dict)
+    per_image_inliers: dict[str, int] = field(default_factory=dict)
     rejected_images: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -99,7 +102,8 @@ def estimate_metric_scale(reconstruction: pycolmap.Reconstruction, source: Depth
     gives one robust log-scale; the result is their robust median (see the module docstring).
     Raises :class:`ScaleEstimationError` when no image qualifies.
     """
-    names, centres, observed, kept = [], [], 0, 0
+    names, centres, counts, inlier_counts = [], [], [], []
+    observed = 0
     for image_id in sorted(reconstruction.reg_image_ids()):
         name = reconstruction.image(image_id).name
         ratios = image_log_ratios(reconstruction, image_id, source.depth(name))
@@ -109,7 +113,8 @@ def estimate_metric_scale(reconstruction: pycolmap.Reconstruction, source: Depth
         centre, inliers = robust_median(ratios, threshold)
         names.append(name)
         centres.append(centre)
-        kept += int(inliers.sum())
+        counts.append(int(ratios.size))
+        inlier_counts.append(int(inliers.sum()))
     if not centres:
         raise ScaleEstimationError(
             f"no registered image has {min_points_per_image} triangulated keypoints with a {source.name} depth")
@@ -121,8 +126,10 @@ def estimate_metric_scale(reconstruction: pycolmap.Reconstruction, source: Depth
         spread=spread,
         num_images=int(good.sum()),
         num_observations=observed,
-        num_inliers=kept,
+        num_inliers=sum(inlier_counts),
         per_image={n: float(np.exp(c)) for n, c in zip(names, centres)},
+        per_image_observations=dict(zip(names, counts)),
+        per_image_inliers=dict(zip(names, inlier_counts)),
         rejected_images=[n for n, g in zip(names, good) if not g],
     )
 
