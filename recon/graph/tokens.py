@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -79,16 +78,15 @@ class TokenCache:
     what an entry must have been made from - the network, its input size, the image's content -
     and is stored as the entry's ``key`` attribute: an entry with another key is stale and is
     recomputed, so an edited image or another checkpoint never reuses old tokens. Writes go through
-    :class:`H5Writer` (temporary file, atomic rename), published every ``flush_seconds``, so an
+    :class:`H5Writer` (temporary file, atomic rename), published at its checkpoints, so an
     interrupted fill resumes from the images already published.
     """
 
     def __init__(self, path: str | os.PathLike, encode: Callable[[str], torch.Tensor] | None = None,
-                 key: Callable[[str], str] | None = None, flush_seconds: float = 5.0) -> None:
+                 key: Callable[[str], str] | None = None) -> None:
         self.path = Path(path)
         self.encode = encode
         self.key = key
-        self.flush_seconds = flush_seconds
 
     def cached(self, names: Sequence[str]) -> list[str]:
         """The names among ``names`` whose entry exists and is current (its key matches)."""
@@ -109,7 +107,6 @@ class TokenCache:
         if self.encode is None:
             raise KeyError(f"{self.path}: no tokens for {len(missing)} images (e.g. {missing[0]!r}) and no encoder")
         with H5Writer(self.path) as writer:
-            last_flush = time.time()
             for name in tqdm(missing, desc="encoding tokens"):
                 tokens = self.encode(name).detach().float().cpu().numpy()
                 writer.delete(name)
@@ -117,9 +114,7 @@ class TokenCache:
                 group.create_dataset("tokens", data=tokens)
                 if self.key is not None:
                     group.attrs["key"] = self.key(name)
-                if time.time() - last_flush > self.flush_seconds:
-                    writer.flush()
-                    last_flush = time.time()
+                writer.checkpoint()
 
     def tokens(self, name: str) -> torch.Tensor:
         """(T, D) float32 tokens of ``name``, encoded first if needed."""

@@ -11,7 +11,6 @@ axis, metres) at the centre of pixel (col, row), i.e. COLMAP image coordinates
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Callable, Mapping, Protocol, Sequence, runtime_checkable
 
@@ -21,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from ..io.h5 import H5Writer, list_names
-from ..match import FLUSH_SECONDS, open_resumable
+from ..match import open_resumable
 
 DEPTH_FILE = "priors-depth.h5"  # the priors stage's depth maps, in the output folder
 
@@ -177,9 +176,8 @@ def cache_depths(open_source: Callable[[], DepthSource], names: Sequence[str], p
 
 
 def _write_depths(writer: H5Writer, source: DepthSource, names: Sequence[str]) -> None:
-    """One group per image (see :class:`H5DepthSource`), published every few seconds."""
+    """One group per image (see :class:`H5DepthSource`), published at checkpoints."""
     writer.file.attrs["source"] = source.name
-    last_flush = time.time()
     for name in tqdm(names, desc=f"{source.name} depth", unit="img"):
         depth = np.asarray(source.depth(name), dtype=np.float32)
         if depth.ndim != 2:
@@ -188,6 +186,5 @@ def _write_depths(writer: H5Writer, source: DepthSource, names: Sequence[str]) -
         writer.delete(name)
         dataset = writer.file.create_group(name).create_dataset("depth", data=depth.astype(np.float16))
         dataset.attrs["focal_px"] = float("nan") if focal is None else float(focal)
-        if time.time() - last_flush > FLUSH_SECONDS:
-            writer.flush()
-            last_flush = time.time()
+        writer.checkpoint()
+        
