@@ -20,7 +20,8 @@ positional encoding with ``temp_bug_fix=False``. Parameter names follow GIM's mo
 
 Keypoints follow hloc's convention (centre of the top-left pixel at (0, 0)): LoFTR's coarse
 position of cell (r, c) is pixel (8c, 8r) of the network input and its fine offsets are in
-input pixels, the integer-is-pixel-centre convention its depth-based supervision uses.
+input pixels; its supervision samples depth at those integer positions (pixel centres), and
+hloc's ``match_dense`` rescales LoFTR's keypoints as hloc-convention ones (``+0.5``, scale, ``-0.5``).
 """
 from __future__ import annotations
 
