@@ -17,10 +17,10 @@ what GIM changes is the inference recipe in its ``networks/roma/roma.py``,
 Checkpoints are PyTorch-Lightning files: the network's keys sit under ``ckpt["state_dict"]``
 with the prefix ``model.``, which is stripped; GIM_DKM's loader also drops every key containing
 ``encoder.net.fc`` (the ImageNet classifier of the ResNet-50, unused by DKM). GIM_RoMa needs the
-official DINOv2 ViT-L/14 file (``dinov2_vitl14_pretrain.pth``) like RoMa. GIM_LoFTR's checkpoint is read as ``demo.py`` reads it:
-``ckpt["state_dict"]`` as is, without stripping any prefix (its keys are LoFTR's own). The files are shared
-through Google Drive / OneDrive only (links in the GIM README), so they must be placed by hand in
-``$RECON_WEIGHTS`` or passed as a path.
+official DINOv2 ViT-L/14 file (``dinov2_vitl14_pretrain.pth``) like RoMa. GIM_LoFTR's checkpoint
+is read as ``demo.py`` reads it: ``ckpt["state_dict"]`` as is, no prefix stripped (its keys are
+LoFTR's own). The files are shared through Google Drive / OneDrive only (links in the GIM
+README), so they must be placed by hand in ``$RECON_WEIGHTS`` or passed as a path.
 """
 from __future__ import annotations
 
