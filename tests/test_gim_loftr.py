@@ -243,7 +243,7 @@ def test_pipeline_writes_hloc_files_with_the_preset(tmp_path) -> None:
     torch.save({"state_dict": GIMLoFTR().state_dict()}, checkpoint)
     out = tmp_path / "out"
     code = main(["match", str(images), str(out), "--config", "gim_loftr", "--set", f"matcher.weights={checkpoint}",
-                 "--set", "matcher.resize_max=128", "--set", "matcher.match_threshold=0.0", "--device", "cpu"])
+                 "--set", "matcher.resize_max=96", "--set", "matcher.match_threshold=0.0", "--device", "cpu"])
     assert code == 0
     assert sorted(h5.list_names(out / "features.h5")) == sorted(SACRE_COEUR)
     for name0, name1 in ((SACRE_COEUR[0], SACRE_COEUR[1]), (SACRE_COEUR[0], SACRE_COEUR[2]),
