@@ -1,11 +1,13 @@
-"""Dense matcher speed and peak memory: RoMa and GIM_DKM at full size, random weights.
+"""Dense matcher speed and peak memory: RoMa, GIM_DKM and GIM_LoFTR at full size, random weights.
 
 Each model runs in its own subprocess so that its peak resident memory (``ru_maxrss``) is its
 own; the table gives wall seconds per pair of ``forward`` (match both passes + sampling), pairs
 per second, each model's time relative to RoMa (the reference run), the CPU seconds per pair
 (all threads; the honest figure on a shared machine, where wall time depends on the load), and
 the resident memory after building the model and its peak during matching. Images are random 768 x 1024 RGB, resized by
-the models to their official resolutions (RoMa 560 -> 864, GIM_DKM 672x896 -> 1152x1536).
+the models to their official resolutions (RoMa 560 -> 864, GIM_DKM 672x896 -> 1152x1536); GIM_LoFTR matches
+each image at its own size floored to multiples of 8 (here 768 x 1024 itself: 12,288 coarse cells per image, so
+its coarse score matrix alone is 12,288^2 floats = 0.6 GB), shown as "native".
 
     PYTHONPATH=. python benchmarks/dense_speed.py               # 1 pair per model, CPU
     PYTHONPATH=. python benchmarks/dense_speed.py --pairs 3 --device cuda
@@ -63,7 +65,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=1, help="pairs timed per model (default 1)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--models", nargs="+", default=["roma_outdoor", "gim_dkm"])
+    parser.add_argument("--models", nargs="+", default=["roma_outdoor", "gim_dkm", "gim_loftr"])
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:

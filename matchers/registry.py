@@ -57,4 +57,5 @@ register("roma_outdoor", ".roma", "RoMa", default_weights="roma_outdoor", loader
 register("roma_indoor", ".roma", "RoMa", default_weights="roma_indoor", loader="load_weights")
 register("gim_roma", ".gim", "GIMRoMa", default_weights="gim_roma_100h", loader="load_weights")
 register("gim_dkm", ".gim", "GIMDKM", default_weights="gim_dkm_100h", loader="load_weights")
+register("gim_loftr", ".gim", "GIMLoFTR", default_weights="gim_loftr_50h")
 register("tiny_roma_v1_outdoor", ".roma.tiny", "TinyRoMa", default_weights="tiny_roma_v1_outdoor")

@@ -187,6 +187,10 @@ def validate_config(raw: dict[str, Any]) -> dict[str, Any]:
             continue
         name = str(section.pop("name", default_choice(stage)))
         config[stage] = {"name": name, **merge_conf(stage_defaults(stage, name), section, f"{stage}.{name}")}
+    if config["matcher"].get("at_keypoints") and not hasattr(_model_class("matcher", config["matcher"]["name"]),
+                                                             "match_keypoints"):
+        raise ConfigError(f"matcher.at_keypoints: {config['matcher']['name']} has no dense warp to match given "
+                          "keypoints through (only warp-based matchers such as RoMa, GIM_RoMa, GIM_DKM do)")
     if config["matcher"].get("at_keypoints") and config["features"]["name"] == "none":
         raise ConfigError(f"matcher.at_keypoints: {config['matcher']['name']} matches an extractor's keypoints, "
                           "but features.name is none (e.g. --set features.name=sift)")

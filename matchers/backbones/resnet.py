@@ -44,17 +44,22 @@ class ResNet50(nn.Module):
     16: (B,1024,H/16,W/16), 32: (B,2048,H/32,W/32)}`` (the pyramid DKM reads).
 
     ``max_stride`` stops early (e.g. 8 skips layer3/layer4 when only fine features are needed);
-    ``include_fc`` adds torchvision's 1000-class ``fc`` so ImageNet checkpoints load strictly.
+    ``include_fc`` adds torchvision's 1000-class ``fc`` so ImageNet checkpoints load strictly;
+    ``stages`` < 4 builds only ``layer1`` .. ``layer{stages}`` (GIM's LoFTR encoder has no
+    ``layer4``, so its checkpoint holds none; ``include_fc`` needs all four).
     """
 
-    def __init__(self, include_fc: bool = False, num_classes: int = 1000) -> None:
+    def __init__(self, include_fc: bool = False, num_classes: int = 1000, stages: int = 4) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         channels = 64
-        for index, (width, blocks, stride) in enumerate(((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2))):
+        if not 1 <= stages <= 4 or (include_fc and stages != 4):
+            raise ValueError(f"ResNet50: stages must be 1..4 (4 with include_fc), got {stages}")
+        self.stages = stages
+        for index, (width, blocks, stride) in enumerate(((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2))[:stages]):
             stage = []
             for block in range(blocks):
                 stage.append(Bottleneck(channels, width, stride if block == 0 else 1))
@@ -68,9 +73,10 @@ class ResNet50(nn.Module):
         x = self.relu(self.bn1(self.conv1(x)))
         features[2] = x
         x = self.maxpool(x)
-        for stride, stage in ((4, self.layer1), (8, self.layer2), (16, self.layer3), (32, self.layer4)):
+        for index in range(self.stages):
+            stride = 4 * 2 ** index
             if stride > max_stride:
                 break
-            x = stage(x)
+            x = getattr(self, f"layer{index + 1}")(x)
             features[stride] = x
         return features
