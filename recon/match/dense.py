@@ -9,9 +9,10 @@ and tracks form.
 
 Memory stays bounded as the number of pairs grows. Pass 1 streams each pair's quantised matches to
 ``dense-matches.h5`` as soon as the pair is done (resumable per pair). Pass 2 reads them back
-pair by pair twice: first summing positions per touched cell (memory grows with the number of
-distinct cells, which saturates, not with the number of pairs), then writing each pair's matches
-in hloc's format against the final keypoint indices. ``features.h5`` and ``matches.h5`` are
+image by image (summing positions per touched cell into the image's keypoints), then pair by
+pair (each pair's matches in hloc's format against the final keypoint indices), holding one
+image's cells and a small cache at a time: memory does not grow with the number of pairs or
+images. ``features.h5`` and ``matches.h5`` are
 rewritten from ``dense-matches.h5`` whenever it changed.
 
 With ``at_keypoints: true`` the dense matcher instead matches the keypoints of an extractor's
@@ -21,6 +22,7 @@ With ``at_keypoints: true`` the dense matcher instead matches the keypoints of a
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -193,26 +195,51 @@ def write_raw_pair(writer: h5.H5Writer, name0: str, name1: str, kp0: np.ndarray,
 
 
 def write_tracks(pairs: list[tuple[str, str]], sizes: dict[str, tuple[int, int]], raw_path: Path,
-                 features_path: Path, matches_path: Path, stamp: str) -> None:
-    """Pass 2: one keypoint per touched cell per image, then every pair's matches against them."""
-    cells = {name: CellAccumulator() for name in sizes}
-    with h5py.File(raw_path, "r") as raw:
-        for name0, name1 in tqdm(pairs, desc="dense keypoints", unit="pair", leave=False):
-            group = raw[h5.names_to_pair(name0, name1)]
-            cells[name0].add(group["cells0"][()], group["keypoints0"][()])
-            cells[name1].add(group["cells1"][()], group["keypoints1"][()])
-        with h5.H5Writer(features_path) as writer:
-            writer.file.attrs["recon_fingerprint"] = stamp
-            for name, accumulator in cells.items():
-                h5.write_features(writer, name, accumulator.keypoints(), None,
-                                  accumulator.counts.astype(np.float32), sizes[name])
-        with h5.H5Writer(matches_path) as writer:
-            writer.file.attrs["recon_fingerprint"] = stamp
-            for name0, name1 in tqdm(pairs, desc="dense tracks", unit="pair", leave=False):
-                group = raw[h5.names_to_pair(name0, name1)]
-                index0 = np.searchsorted(cells[name0].cells, group["cells0"][()])
-                index1 = np.searchsorted(cells[name1].cells, group["cells1"][()])
-                matches0 = np.full(len(cells[name0].cells), -1, np.int64)
-                scores0 = np.zeros(len(cells[name0].cells), np.float32)
-                matches0[index0], scores0[index0] = index1, group["scores"][()]
-                h5.write_matches(writer, name0, name1, matches0, scores0)
+                 features_path: Path, matches_path: Path, stamp: str, cache_images: int = 16) -> None:
+    """Pass 2: one keypoint per touched cell per image, then every pair's matches against them.
+
+    Image by image: an image's cells are gathered from the pairs it is in, averaged into its
+    keypoints (``features.h5``) and its sorted cell ids set aside in a scratch file; then pair by
+    pair, each side's cells are looked up in its image's ids (the last ``cache_images`` kept). Memory
+    is one image's cells plus that cache - independent of the number of pairs and of images.
+    """
+    sides: dict[str, list[tuple[str, int]]] = {name: [] for name in sizes}
+    for name0, name1 in pairs:
+        key = h5.names_to_pair(name0, name1)
+        sides[name0].append((key, 0))
+        sides[name1].append((key, 1))
+    cells_path = raw_path.with_name(raw_path.name + ".cells")
+    try:
+        with h5py.File(raw_path, "r") as raw:
+            with h5.H5Writer(features_path) as writer, h5py.File(cells_path, "w") as cells_file:
+                writer.file.attrs["recon_fingerprint"] = stamp
+                for name, members in tqdm(sides.items(), desc="dense keypoints", unit="img", leave=False):
+                    accumulator = CellAccumulator()
+                    for key, side in members:
+                        accumulator.add(raw[key][f"cells{side}"][()], raw[key][f"keypoints{side}"][()])
+                    h5.write_features(writer, name, accumulator.keypoints(), None,
+                                      accumulator.counts.astype(np.float32), sizes[name])
+                    cells_file.create_dataset(name, data=accumulator.cells)
+            with h5.H5Writer(matches_path) as writer, h5py.File(cells_path, "r") as cells_file:
+                writer.file.attrs["recon_fingerprint"] = stamp
+                image_cells: OrderedDict[str, np.ndarray] = OrderedDict()
+
+                def cells_of(name: str) -> np.ndarray:
+                    if name not in image_cells:
+                        image_cells[name] = cells_file[name][()]
+                        if len(image_cells) > cache_images:
+                            image_cells.popitem(last=False)
+                    image_cells.move_to_end(name)
+                    return image_cells[name]
+
+                for name0, name1 in tqdm(pairs, desc="dense tracks", unit="pair", leave=False):
+                    group = raw[h5.names_to_pair(name0, name1)]
+                    cells0, cells1 = cells_of(name0), cells_of(name1)
+                    matches0 = np.full(len(cells0), -1, np.int64)
+                    scores0 = np.zeros(len(cells0), np.float32)
+                    index0 = np.searchsorted(cells0, group["cells0"][()])
+                    matches0[index0] = np.searchsorted(cells1, group["cells1"][()])
+                    scores0[index0] = group["scores"][()]
+                    h5.write_matches(writer, name0, name1, matches0, scores0)
+    finally:
+        cells_path.unlink(missing_ok=True)
