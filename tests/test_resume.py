@@ -21,7 +21,8 @@ KILLER = textwrap.dedent("""
     from recon.io import h5
     from recon.config import load_config
     from recon.pipeline import reconstruct
-    h5.H5Writer.CHECKPOINT_SECONDS = 0.0     # publish after every pair
+    h5.H5Writer.CHECKPOINT_SECONDS = 0.0     # publish after every pair,
+    h5.H5Writer.COPY_SHARE = float("inf")    # however long the copies take
     original, written = h5.write_matches, []
     def write_then_die(*args, **kwargs):
         if len(written) == int(sys.argv[3]):
