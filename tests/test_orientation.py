@@ -69,7 +69,8 @@ def test_aliked_on_the_temple_ring_extracts_the_upside_down_view_turned(tmp_path
     and 4 (the gantry's other latitude). ALIKED is not rotation invariant: with ``rotations: 2``
     the extractor must turn 14 (or both others) by 180 degrees, and then plain mutual nearest
     neighbours between 3 and 14 agree with the ground-truth epipolar geometry, keypoints being
-    back in the original images' pixels."""
+    back in the original images' pixels (with ``rotations: 1`` the same pair gives no mutual
+    ratio-test match at all)."""
     from recon.config import stage_defaults
     from recon.datasets.ground_truth import load_ground_truth
     from recon.io import h5
@@ -101,6 +102,6 @@ def test_aliked_on_the_temple_ring_extracts_the_upside_down_view_turned(tmp_path
     x1 = np.c_[k1 + 0.5, np.ones(len(k1))]
     lines = x0 @ fundamental.T
     distance = np.abs(np.sum(x1 * lines, 1)) / np.hypot(lines[:, 0], lines[:, 1])
-    assert valid.sum() >= 30
-    assert np.mean(distance < 3.0) > 0.8  # unturned, fewer than 10% of the matches are right
+    right = float(np.mean(distance < 3.0)) if len(distance) else 0.0
+    assert valid.sum() >= 30 and right > 0.8, f"{int(valid.sum())} matches, {right:.0%} within 3 px of the epipolar line"
 
