@@ -121,13 +121,21 @@ def compare_reconstructions(scenes: list[str], overrides: list[str]) -> None:
 
     from scenes import SCENES, run_recon
 
+    from recon.io.images import list_image_files
+
     results: dict[tuple[str, str], dict] = {}
     for scene in scenes:
         front_end_time: dict[str, float] = {}
         with tempfile.TemporaryDirectory() as tmp:
             for label, preset, extra in METHODS:
                 key = "_".join([preset, *(o for o in extra if not o.startswith(("database.", "mapper.")))])
-                result = run_recon(scene, preset, Path(tmp) / key.replace("=", "-"), [*extra, *overrides])
+                start = time.perf_counter()
+                try:
+                    result = run_recon(scene, preset, Path(tmp) / key.replace("=", "-"), [*extra, *overrides])
+                except RuntimeError as error:  # e.g. the mapper built no model: a row, not a crash
+                    print(f"{scene} / {label}: {error}")
+                    result = {"registered": 0, "num_images": len(list_image_files(SCENES[scene][0])),
+                              "time": {}, "total": time.perf_counter() - start}
                 if key in front_end_time:
                     result["total"] += front_end_time[key]
                 else:
