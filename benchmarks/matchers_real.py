@@ -1,21 +1,28 @@
-"""Learned sparse matching on real images: throughput of ALIKED + LightGlue (issue 7).
+"""Learned sparse matching on real images (issue 7): ALIKED + LightGlue against SIFT + NN.
 
-Measured here (runs now, needs only ``../shared``):
-    matching throughput in pairs per second at 1024 px (longest side) and 2048 keypoints per
-    image, with the official weights, on CPU and on CUDA when a GPU is present: LightGlue with
-    its adaptive defaults (early stopping + point pruning) and with all 9 layers on all points,
-    against a reference measured in the same process on the same descriptors (brute-force
-    mutual nearest neighbour, what SIFT+NN-style matching costs). ALIKED extraction throughput
-    (images per second) is printed too.
+Printed in one run:
 
-With ``--reconstruct SCENE ...``: SIFT+NN (the default preset) against ALIKED+LightGlue (the
-aliked_lightglue preset) reconstructions of the same scenes - registered images, AUC@1/5/10/20,
-focal error and wall time (scenes: temple_sparse, fountain, sacre_coeur, fox, ...; see
-benchmarks/scenes.py). The official ALIKED and LightGlue weights must be findable
-(``RECON_WEIGHTS=../shared/weights``).
+1. with ``--reconstruct SCENE ...``: SIFT+NN (the default preset), ALIKED+LightGlue (the
+   aliked_lightglue preset) and ALIKED+LightGlue with ``features.rotations=4`` (each image extracted
+   at the in-plane rotation that gives all images a common orientation; see
+   recon/match/orientation.py) on the same scenes and the same pairs - registered images, AUC@1/5/10
+   and wall time, one table over all scenes, and per ground-truth scene whether the learned rows
+   reach SIFT's AUC@5 (scenes: temple_sparse, fountain, sacre_coeur, fox, ...; see
+   benchmarks/scenes.py). ``--set KEY=VALUE`` applies to every method (e.g. the same non-exhaustive
+   pairs on a large scene: ``--set pairs.name=sequential pairs.overlap=10``).
+2. matching throughput in pairs per second at 1024 px (longest side) and 2048 keypoints per image,
+   with the official weights, on CPU and on CUDA when a GPU is present: LightGlue with its
+   adaptive defaults (early stopping + point pruning) and with all 9 layers on all points, against
+   a reference measured in the same process on the same descriptors (brute-force mutual nearest
+   neighbour, what SIFT+NN-style matching costs). ALIKED extraction throughput (images per
+   second) is printed too. ``--no-throughput`` skips it.
+
+The official ALIKED and LightGlue weights must be findable (``RECON_WEIGHTS``, default
+``../shared/weights``).
 
     PYTHONPATH=. python benchmarks/matchers_real.py [--repeats 5] [--threads 2]
-    RECON_WEIGHTS=../shared/weights PYTHONPATH=. python benchmarks/matchers_real.py --reconstruct temple_sparse
+    PYTHONPATH=. python benchmarks/matchers_real.py --reconstruct temple_sparse fountain sacre_coeur
+    PYTHONPATH=. python benchmarks/matchers_real.py --reconstruct fox --set pairs.name=sequential pairs.overlap=10
 """
 from __future__ import annotations
 
@@ -96,34 +103,66 @@ def benchmark(device: torch.device, repeats: int, size: int, keypoints: int) -> 
     return rows
 
 
-def compare_reconstructions(scenes: list[str]) -> None:
-    """Both presets on each scene, one table per scene, ALIKED+LightGlue time relative to SIFT+NN."""
+# (label, preset, overrides) of the compared methods; the first is the reference.
+METHODS = (("SIFT + NN", "default", []),
+           ("ALIKED + LightGlue", "aliked_lightglue", []),
+           ("ALIKED + LG, rotations=4", "aliked_lightglue", ["features.rotations=4"]),
+           ("ALIKED + LG, rot=4, 2 px", "aliked_lightglue", ["features.rotations=4", "database.max_error=2.0"]))
+FRONT_END_STAGES = ("images", "priors", "features", "pairs", "matches")
+
+
+def compare_reconstructions(scenes: list[str], overrides: list[str]) -> None:
+    """Every method on each scene; one table over all scenes, then the issue's AUC@5 check.
+
+    Methods that differ only in database / mapper options share one output folder, so the
+    later ones reuse the features and matches (recon skips stages made with the same
+    configuration); their time adds the front end's time measured by the first of them."""
     import tempfile
 
-    from scenes import HEADER, format_row, run_recon
+    from scenes import SCENES, run_recon
 
+    from recon.io.images import list_image_files
+
+    results: dict[tuple[str, str], dict] = {}
     for scene in scenes:
+        front_end_time: dict[str, float] = {}
         with tempfile.TemporaryDirectory() as tmp:
-            sift = run_recon(scene, "default", Path(tmp) / "sift")
-            learned = run_recon(scene, "aliked_lightglue", Path(tmp) / "aliked")
-        print(f"\n== {scene}\n{HEADER}\n{format_row('SIFT + NN', sift)}\n{format_row('ALIKED + LightGlue', learned)}")
-        print(f"time ratio ALIKED+LightGlue / SIFT+NN: {learned['total'] / sift['total']:.2f}")
+            for label, preset, extra in METHODS:
+                key = "_".join([preset, *(o for o in extra if not o.startswith(("database.", "mapper.")))])
+                start = time.perf_counter()
+                try:
+                    result = run_recon(scene, preset, Path(tmp) / key.replace("=", "-"), [*extra, *overrides])
+                except RuntimeError as error:  # e.g. the mapper built no model: a row, not a crash
+                    print(f"{scene} / {label}: {error}")
+                    result = {"registered": 0, "num_images": len(list_image_files(SCENES[scene][0])),
+                              "time": {}, "total": time.perf_counter() - start}
+                if key in front_end_time:
+                    result["total"] += front_end_time[key]
+                else:
+                    front_end_time[key] = sum(result["time"].get(stage, 0.0) for stage in FRONT_END_STAGES)
+                results[scene, label] = result
+    print(f"\nreconstructions{' with ' + ' '.join(overrides) if overrides else ''}")
+    print(f"{'scene':14} {'method':26} {'registered':>10} {'AUC@1':>7} {'AUC@5':>7} {'AUC@10':>7} "
+          f"{'time s':>8} {'x SIFT':>7}")
+    for scene in scenes:
+        reference = results[scene, METHODS[0][0]]
+        for label, _, _ in METHODS:
+            r = results[scene, label]
+            aucs = " ".join(f"{r.get(f'auc@{k}', float('nan')):7.3f}" for k in (1, 5, 10))
+            print(f"{scene:14} {label:26} {r['registered']:>4}/{r['num_images']:<5} {aucs} "
+                  f"{r['total']:8.1f} {r['total'] / reference['total']:7.2f}")
+    for scene in scenes:
+        if SCENES[scene][1] is None:
+            continue
+        sift = results[scene, METHODS[0][0]].get("auc@5", 0.0)
+        for label, _, _ in METHODS[1:]:
+            r = results[scene, label]
+            verdict = "reaches" if r.get("auc@5", 0.0) >= sift else "is BELOW"
+            print(f"{scene}: {label} AUC@5 {r.get('auc@5', 0.0):.3f} {verdict} SIFT's {sift:.3f}; "
+                  f"registered {r['registered']}/{r['num_images']}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--size", type=int, default=1024, help="longest image side")
-    parser.add_argument("--keypoints", type=int, default=2048)
-    parser.add_argument("--reconstruct", nargs="*", metavar="SCENE",
-                        help="instead: compare SIFT+NN and ALIKED+LightGlue reconstructions of these scenes")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    os.environ.setdefault("RECON_WEIGHTS", str(SHARED / "weights"))
-    if args.reconstruct:
-        compare_reconstructions(args.reconstruct)
-        return
+def print_throughput(args: argparse.Namespace) -> None:
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     for device in devices:
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} threads"
@@ -135,6 +174,26 @@ def main() -> None:
         for label, wall, cpu, count in rows:
             ratio = f"{wall / reference:12.1f}" if "extraction" not in label else f"{'':12s}"
             print(f"{label:42s} {wall * 1e3:9.1f} {1 / wall:8.2f} {cpu * 1e3:9.1f} {count:6d} {ratio}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--size", type=int, default=1024, help="longest image side")
+    parser.add_argument("--keypoints", type=int, default=2048)
+    parser.add_argument("--reconstruct", nargs="*", default=[], metavar="SCENE",
+                        help="compare SIFT+NN and ALIKED+LightGlue reconstructions of these scenes")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="config overrides applied to every method of --reconstruct")
+    parser.add_argument("--no-throughput", action="store_true", help="skip the throughput table")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("RECON_WEIGHTS", str(SHARED / "weights"))
+    if args.reconstruct:
+        compare_reconstructions(args.reconstruct, args.overrides)
+    if not args.no_throughput:
+        print_throughput(args)
 
 
 if __name__ == "__main__":

@@ -58,7 +58,8 @@ FIXED_SECTIONS = {"database": DATABASE_DEFAULTS, "localize": LOCALIZE_DEFAULTS} 
 
 # Options every extractor / matcher stage has besides its model's own ``default_conf``
 # (an extractor class may set ``default_resize_max``, e.g. 1024 for ALIKED as in hloc).
-FEATURES_EXTRA: dict[str, Any] = {"resize_max": 1600, "weights": "official"}
+# ``rotations``: in-plane rotations (1, 2, 4) tried per image for a common orientation (recon.match.orientation).
+FEATURES_EXTRA: dict[str, Any] = {"resize_max": 1600, "rotations": 1, "weights": "official"}
 MATCHER_EXTRA: dict[str, Any] = {"weights": "official", "batch_size": 0}  # 0: auto (see recon.match)
 # Dense matchers also sample, resize and quantise, or (at_keypoints) match an extractor's
 # keypoints through their warp with RoMa's rule (see recon.match.dense).

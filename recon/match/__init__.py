@@ -23,9 +23,10 @@ from ..fingerprint import fingerprint
 from ..heap import reuse_freed_memory
 from ..io import h5
 from ..io.images import read_image, resize_max
+from .orientation import candidate_turns, choose_rotations, rotate_image, unrotate_keypoints
 
 logger = logging.getLogger(__name__)
-STAGE_OPTIONS = ("name", "resize_max", "weights", "batch_size", "max_matches", "min_score", "cell_size",
+STAGE_OPTIONS = ("name", "resize_max", "rotations", "weights", "batch_size", "max_matches", "min_score", "cell_size",
                  "at_keypoints", "keypoint_max_distance", "keypoint_min_certainty")
 
 
@@ -59,26 +60,70 @@ def to_original_pixels(keypoints: np.ndarray, scale: np.ndarray) -> np.ndarray:
 
 def extract_features(image_dir: Path, names: list[str], conf: dict[str, Any], features_path: Path,
                      device: torch.device) -> int:
-    """Extract local features for every image not yet in ``features_path``; return how many."""
+    """Extract local features for every image not yet in ``features_path``; return how many.
+
+    With ``conf["rotations"] > 1`` every image is extracted at that many in-plane rotations and
+    kept at the one that gives all images a common orientation (:mod:`recon.match.orientation`);
+    the choice is joint, so a missing image means extracting them all again.
+    """
     stamp = fingerprint("features", conf)
+    turns = candidate_turns(conf.get("rotations", 1))
     with open_resumable(features_path, stamp) as writer:
         todo = [name for name in names if name not in writer]
         if not todo:
             return 0
+        if len(turns) > 1:
+            todo = list(names)
         model = load_model(conf, device)
         grayscale = getattr(model, "grayscale", False)
         uncertainty = getattr(model, "detection_noise", 1.0)
         loader = _prefetch(image_dir, todo, grayscale, conf["resize_max"])
+        candidates: dict[str, tuple[list[dict[str, np.ndarray]], tuple[int, int], float]] = {}
         for name, image, scale, size in tqdm(loader, total=len(todo), desc="features", unit="img"):
-            tensor = torch.from_numpy(image).float().div_(255.0).to(device)
-            tensor = tensor[None, None] if tensor.ndim == 2 else tensor.permute(2, 0, 1)[None]
-            with torch.inference_mode():
-                pred = model({"image": tensor})
-            keypoints = to_original_pixels(pred["keypoints"][0].cpu().numpy(), scale)
-            h5.write_features(writer, name, keypoints, pred["descriptors"][0].cpu().numpy().T,
-                              pred["scores"][0].cpu().numpy(), size, uncertainty * float(scale.mean()))
+            resized_size = (image.shape[1], image.shape[0])
+            found = [_predict(model, image, scale, turn, resized_size, device) for turn in turns]
+            if len(turns) > 1:
+                candidates[name] = (found, size, uncertainty * float(scale.mean()))
+                continue
+            _write(writer, name, found[0], size, uncertainty * float(scale.mean()))
             writer.checkpoint()
+        if candidates:
+            _write_common_orientation(writer, candidates, turns, device)
     return len(todo)
+
+
+def _predict(model: matchers.BaseModel, image: np.ndarray, scale: np.ndarray, turns: int,
+             resized_size: tuple[int, int], device: torch.device) -> dict[str, np.ndarray]:
+    """One image's features with the image rotated by ``turns`` quarter turns; keypoints (N, 2)
+    in original-image pixels, descriptors (N, D), scores (N,)."""
+    tensor = torch.from_numpy(rotate_image(image, turns)).float().div_(255.0).to(device)
+    tensor = tensor[None, None] if tensor.ndim == 2 else tensor.permute(2, 0, 1)[None]
+    with torch.inference_mode():
+        pred = model({"image": tensor})
+    keypoints = unrotate_keypoints(pred["keypoints"][0].cpu().numpy(), turns, resized_size)
+    return {"keypoints": to_original_pixels(keypoints, scale), "descriptors": pred["descriptors"][0].cpu().numpy(),
+            "scores": pred["scores"][0].cpu().numpy()}
+
+
+def _write(writer: h5.H5Writer, name: str, pred: dict[str, np.ndarray], size: tuple[int, int],
+           uncertainty: float) -> None:
+    h5.write_features(writer, name, pred["keypoints"], pred["descriptors"].T, pred["scores"], size, uncertainty)
+
+
+def _write_common_orientation(writer: h5.H5Writer,
+                              candidates: dict[str, tuple[list[dict[str, np.ndarray]], tuple[int, int], float]],
+                              turns: list[int], device: torch.device) -> None:
+    """Write each image's features (``candidates[name]``: features per rotation, original size,
+    keypoint uncertainty) at the rotation that aligns it with the others."""
+    names = list(candidates)
+    chosen = choose_rotations([[c["descriptors"] for c in candidates[n][0]] for n in names],
+                              [[c["scores"] for c in candidates[n][0]] for n in names], device)
+    rotated = {name: 90 * turns[index] for name, index in zip(names, chosen) if turns[index]}
+    logger.info("features: %d of %d images extracted rotated (degrees counter-clockwise): %s",
+                len(rotated), len(names), rotated or "none")
+    for name, index in zip(names, chosen):
+        found, size, uncertainty = candidates[name]
+        _write(writer, name, found[index], size, uncertainty)
 
 
 def _prefetch(image_dir: Path, names: list[str], grayscale: bool, max_size: int) -> Iterator[tuple]:
