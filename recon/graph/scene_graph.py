@@ -92,6 +92,41 @@ def nearest_neighbors(similarity: torch.Tensor, k: int) -> torch.Tensor:
     return torch.topk(masked, k, dim=1).indices
 
 
+def expand_similarity(similarity: torch.Tensor, neighbors: int, alpha: float = 3.0) -> torch.Tensor:
+    """Query expansion on a similarity matrix: each image's row becomes the weighted sum of its
+    own row and its ``neighbors`` most similar images' rows (alpha-QE, Radenovic et al., TPAMI 2018).
+
+    similarity: (N, N), rows = query. Rows are first self-normalised, ``s_ij / sqrt(s_ii s_jj)``
+    (an image's similarity to itself is 1, so rows of different images are on one scale). The
+    neighbour weights are ``w_ij = (s_ij / s_i1) ** alpha`` with ``s_i1`` the row's best
+    neighbour, and ``w_ii = 1``: relative, because ASMK similarities between different images
+    are small (0.01-0.2 where cosine similarities of global descriptors, for which alpha-QE's
+    absolute ``s ** alpha`` was designed, are 0.5-0.9), and an absolute cube would switch the
+    expansion off. The expanded row is ``(W S)_i / sqrt((W S W^T)_ii)``: for a linear kernel
+    ``s_ij = <x_i, x_j>`` the similarity of the normalised expanded query ``sum_j w_ij x_j``.
+    A pair that shares few words directly but many with a view between them then ranks higher.
+    Returns (N, N) float32 on the input's device.
+    """
+    num = similarity.shape[0]
+    sim = similarity.float()
+    diagonal = sim.diagonal().clamp(min=1e-12).sqrt()
+    sim = sim / diagonal[:, None] / diagonal[None, :]
+    neighbors = min(neighbors, num - 1)
+    if neighbors <= 0:
+        return sim
+    masked = sim.clone()
+    masked.fill_diagonal_(-math.inf)
+    top = torch.topk(masked, neighbors, dim=1)
+    weights = (top.values.clamp(min=0) / top.values[:, :1].clamp(min=1e-12)) ** alpha  # (N, n), best = 1
+    expanded = sim.clone()
+    for rank in range(neighbors):
+        expanded += weights[:, rank, None] * sim[top.indices[:, rank]]
+    rows = torch.arange(num, device=sim.device)
+    # ||sum_j w_ij x_j||^2 = w_i . (W S)_i over the row's own support (itself and its neighbours)
+    norm = expanded[rows, rows] + (weights * expanded.gather(1, top.indices)).sum(1)
+    return expanded / norm.clamp(min=1e-12).sqrt()[:, None]
+
+
 def canonical_pairs(first: torch.Tensor, second: torch.Tensor, num_images: int) -> torch.Tensor:
     """Unordered, deduplicated, self-free pairs (P, 2) with i < j, sorted lexicographically."""
     lo, hi = torch.minimum(first, second), torch.maximum(first, second)
@@ -133,12 +168,14 @@ def scene_graph(similarity: torch.Tensor, num_keyframes: int, num_neighbors: int
 
 # --- the ``mast3r_graph`` pair strategy -----------------------------------------------------------
 
-def auto_coarse_size(codebook_size: int) -> int:
+def auto_coarse_size(codebook_size: int, probes: int = 8) -> int:
     """Coarse cells of a two-level vocabulary: none up to 2048 words (flat, the official
-    method), else ``2 ** ceil(log2(K) / 2)`` cells (~sqrt(K), e.g. 128 cells of 128 words for 16k)."""
+    method), else the power of two at or above ``sqrt(probes * K)``, which minimises the
+    distances per descriptor ``C + probes * K / C`` (e.g. 1024 cells of 64 words for 64k words
+    and 8 probes: 1,536 distances instead of 65,536)."""
     if codebook_size <= 2048:
         return 0
-    return 2 ** math.ceil(math.log2(codebook_size) / 2)
+    return 2 ** math.ceil(math.log2(probes * codebook_size) / 2)
 
 
 def image_similarity(source: TokenSource, names: Sequence[str], conf: dict[str, Any], seed: int,
@@ -162,7 +199,7 @@ def image_similarity(source: TokenSource, names: Sequence[str], conf: dict[str, 
     else:
         size = conf["codebook_size"] or auto_codebook_size(len(descriptors))
         size = min(size, len(descriptors))
-        coarse = auto_coarse_size(size) if conf["coarse_size"] < 0 else conf["coarse_size"]
+        coarse = auto_coarse_size(size, conf["probes"]) if conf["coarse_size"] < 0 else conf["coarse_size"]
         codebook = Codebook.train(descriptors, size, coarse_size=coarse, probes=conf["probes"], seed=seed)
     params = ASMKParams(conf["database_assignments"], conf["query_assignments"], conf["alpha"],
                         conf["threshold"], conf["use_idf"])
@@ -194,11 +231,26 @@ ASMK_OPTIONS: dict[str, Any] = dict(
     alpha=3.0, threshold=0.0, use_idf=False)
 
 
-@PAIR_STRATEGIES.register("mast3r_graph", num_keyframes=0, num_neighbors=0, symmetrize=True, **ASMK_OPTIONS)
+def graph_pairs(similarity: torch.Tensor, conf: dict[str, Any], seed: int) -> torch.Tensor:
+    """The ``mast3r_graph`` pairs (P, 2) of an ASMK similarity (N, N) under the strategy's options:
+    optional query expansion, then :func:`scene_graph` with the configured or automatic sizes."""
+    num = similarity.shape[0]
+    if conf["expansion"] > 0:
+        similarity = expand_similarity(similarity, conf["expansion"], conf["expansion_alpha"])
+    auto_keyframes, auto_neighbours = auto_graph_size(num)
+    pairs, _ = scene_graph(similarity, conf["num_keyframes"] or auto_keyframes,
+                           conf["num_neighbors"] or auto_neighbours, seeded_start(num, seed), conf["symmetrize"])
+    return pairs
+
+
+@PAIR_STRATEGIES.register("mast3r_graph", num_keyframes=0, num_neighbors=0, symmetrize=True, expansion=0,
+                          expansion_alpha=3.0, **ASMK_OPTIONS)
 def mast3r_graph(names: list[str], conf: dict[str, Any], context: PairsContext) -> list[tuple[str, str]]:
     """MASt3R-SfM scene graph: ASMK on tokens, FPS keyframes + nearest keyframe + kNN.
 
     Options: ``num_keyframes`` / ``num_neighbors`` (0: :func:`auto_graph_size`); ``symmetrize``;
+    ``expansion`` (neighbours of :func:`expand_similarity`, 0 = off, the official similarity) and
+    ``expansion_alpha``;
     ``tokens`` (``features``: the pipeline's features.h5 or ``token_path``; ``cache``: a network
     token cache at ``token_path``); ``max_read`` (features: only the 1500 highest-scoring keypoints
     of each image - a repeatable detector ranks the same 3D points first); ``num_tokens`` (tokens
@@ -214,8 +266,5 @@ def mast3r_graph(names: list[str], conf: dict[str, Any], context: PairsContext) 
     if len(names) < 2:
         return []
     similarity = image_similarity(token_source(conf, context), names, conf, context.seed, context.device)
-    auto_keyframes, auto_neighbours = auto_graph_size(len(names))
-    pairs, _ = scene_graph(similarity, conf["num_keyframes"] or auto_keyframes,
-                           conf["num_neighbors"] or auto_neighbours, seeded_start(len(names), context.seed),
-                           conf["symmetrize"])
+    pairs = graph_pairs(similarity, conf, context.seed)
     return [(names[i], names[j]) for i, j in pairs.tolist()]
