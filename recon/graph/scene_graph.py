@@ -168,14 +168,16 @@ def scene_graph(similarity: torch.Tensor, num_keyframes: int, num_neighbors: int
 
 # --- the ``mast3r_graph`` pair strategy -----------------------------------------------------------
 
-def auto_coarse_size(codebook_size: int, probes: int = 8) -> int:
+def auto_coarse_size(codebook_size: int) -> int:
     """Coarse cells of a two-level vocabulary: none up to 2048 words (flat, the official
-    method), else the power of two at or above ``sqrt(probes * K)``, which minimises the
-    distances per descriptor ``C + probes * K / C`` (e.g. 1024 cells of 64 words for 64k words
-    and 8 probes: 1,536 distances instead of 65,536)."""
+    method), else ``2 ** ceil(log2(K) / 2)`` cells (~sqrt(K), e.g. 256 cells of 256 words for
+    64k words). With 8 probes that is 2,304 distances per descriptor instead of 65,536. (Cells of
+    ``sqrt(probes * K)`` would need a third fewer, 1,536, probing 8 of 1024 cells; strong-pair
+    recall with them was 0.860 vs 0.863 on the synthetic 500 views and 0.972 vs 0.953 on fox,
+    differences of the size that retraining the codebook makes, so the rule is kept.)"""
     if codebook_size <= 2048:
         return 0
-    return 2 ** math.ceil(math.log2(probes * codebook_size) / 2)
+    return 2 ** math.ceil(math.log2(codebook_size) / 2)
 
 
 def image_similarity(source: TokenSource, names: Sequence[str], conf: dict[str, Any], seed: int,
@@ -199,7 +201,7 @@ def image_similarity(source: TokenSource, names: Sequence[str], conf: dict[str, 
     else:
         size = conf["codebook_size"] or auto_codebook_size(len(descriptors))
         size = min(size, len(descriptors))
-        coarse = auto_coarse_size(size, conf["probes"]) if conf["coarse_size"] < 0 else conf["coarse_size"]
+        coarse = auto_coarse_size(size) if conf["coarse_size"] < 0 else conf["coarse_size"]
         codebook = Codebook.train(descriptors, size, coarse_size=coarse, probes=conf["probes"], seed=seed)
     params = ASMKParams(conf["database_assignments"], conf["query_assignments"], conf["alpha"],
                         conf["threshold"], conf["use_idf"])
