@@ -258,10 +258,15 @@ def scaling_worker(num_images: int, dim: int, tokens: int, seed: int, threads: i
     descriptors, image_ids = synthetic_tokens(num_images, dim, tokens, seed)
     clock = StageClock()
     size = auto_codebook_size(len(descriptors))
-    codebook = clock("codebook", Codebook.train, descriptors, size, coarse_size=auto_coarse_size(size), seed=seed)
+    conf = PAIR_STRATEGIES.conf("mast3r_graph", {})  # the strategy's codebook and kernel settings
+    codebook = clock("codebook", Codebook.train, descriptors, size, coarse_size=auto_coarse_size(size, conf["probes"]),
+                     probes=conf["probes"], seed=seed)
+    params = ASMKParams(conf["database_assignments"], conf["query_assignments"], conf["alpha"], conf["threshold"],
+                        conf["use_idf"])
     query, database = clock("quantize+aggregate", aggregate_collection, descriptors, image_ids, num_images,
-                            codebook, ASMKParams())
-    similarity = clock("inverted file", asmk_similarity, query, database, num_images, num_images, codebook.size)
+                            codebook, params)
+    similarity = clock("inverted file", asmk_similarity, query, database, num_images, num_images, codebook.size,
+                       alpha=params.alpha, threshold=params.threshold, use_idf=params.use_idf)
     na, k = auto_graph_size(num_images)
     pairs, _ = clock("graph", scene_graph, similarity, na, k, start=0)
     # neighbours should be images along the trajectory (ids within the token window)
