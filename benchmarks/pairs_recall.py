@@ -1,6 +1,6 @@
 """Pair selection benchmark: does the MASt3R-SfM scene graph keep the pairs that matter, cheaply?
 
-Three parts (``python benchmarks/pairs_recall.py {synthetic,features,scaling}``):
+Four parts (``python benchmarks/pairs_recall.py {synthetic,features,reconstruct,scaling}``):
 
 * ``synthetic`` - a 500-view scene with exact geometry (a ring-shaped wall of 3D points seen from
   cameras inside it; each point has a descriptor, each observation adds noise; clutter tokens).
@@ -11,8 +11,11 @@ Three parts (``python benchmarks/pairs_recall.py {synthetic,features,scaling}``)
   (Na = 20, official kNN counting the image itself, S not symmetrised) and exhaustive.
 * ``features`` - the same on a real collection: ``--features features.h5`` (e.g. SIFT on
   ``shared/data/ngp_fox``) and ``--model`` the exhaustive reconstruction whose shared 3D points
-  define the strong pairs. (Registration and AUC of the final reconstruction need the pipeline's
-  mapper; not wired here yet.)
+  define the strong pairs.
+* ``reconstruct`` - a benchmark scene (default ``fox``, ``shared/data/ngp_fox``) reconstructed with
+  exhaustive pairs and with ``mast3r_graph`` in one folder (the graph run reuses the features and
+  matches): strong pairs from the exhaustive model, recall / pair fraction, registration and
+  AUC@1/5/10/20 of both runs against the ground truth.
 * ``scaling`` - time and peak memory of the whole graph (codebook training included) on
   synthetic tokens (300 per image) for N = 1k, 3k, 10k at dim 128 and N = 1k, 3k at dim 1024,
   each in its own process so peak RSS is per run; prints the time split (codebook / quantise +
@@ -38,8 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from recon.graph import PAIR_STRATEGIES, PairsContext  # noqa: E402
 from recon.graph.asmk import ASMKParams, Codebook, aggregate_collection, asmk_similarity, auto_codebook_size  # noqa: E402
 from recon.graph.retrieval import covisibility_counts  # noqa: E402
-from recon.graph.scene_graph import (auto_coarse_size, auto_graph_size, image_similarity, scene_graph,  # noqa: E402
-                                     seeded_start, token_source)
+from recon.graph.scene_graph import (auto_coarse_size, auto_graph_size, graph_pairs, image_similarity,  # noqa: E402
+                                     scene_graph, token_source)
 from recon.io.h5 import H5Writer, list_names, write_features  # noqa: E402
 
 STRONG_PARTNERS = 5
@@ -114,28 +117,35 @@ def write_views(path: Path, names: list[str], views) -> None:
 
 
 def compare_strategies(names: list[str], features: Path, strong: set, seed: int,
-                       counts: np.ndarray | None = None) -> None:
+                       counts: np.ndarray | None = None, overrides: dict | None = None) -> None:
     """Print recall / pair fraction for our graph, the reference settings and exhaustive; with
     ``counts``, also the same graph rule on the true co-visibility (the similarity's upper bound).
 
     The ASMK similarity is computed once, exactly as the ``mast3r_graph`` strategy computes it
-    (same function, default options), and both graph rules are applied to it.
+    (same functions, its options with ``overrides``), and every graph rule is applied to it:
+    the strategy's (with query expansion when configured, and the same rule without it), the
+    reference settings, and the rule on the true co-visibility.
     """
     num = len(names)
-    conf = PAIR_STRATEGIES.conf("mast3r_graph", {})
+    conf = PAIR_STRATEGIES.conf("mast3r_graph", overrides or {})
     context = PairsContext(image_dir=features.parent, output_dir=features.parent, features_path=features, seed=seed)
     start = time.perf_counter()
-    similarity = image_similarity(token_source(conf, context), names, conf, seed)
+    similarity = image_similarity(token_source(conf, context, names), names, conf, seed, progress=False)
     print(f"ASMK similarity of {num} images: {time.perf_counter() - start:.1f} s")
     na, k = auto_graph_size(num)
-    runs = {f"mast3r_graph (auto: Na={na}, k={k}, S symmetrised)": (similarity, na, k, True),
+    plain = {**conf, "expansion": 0}
+    runs = {f"mast3r_graph (Na={conf['num_keyframes'] or na}, k={conf['num_neighbors'] or k}, "
+            f"expansion {conf['expansion']})": (similarity, conf),
             # the official kNN counts the image itself among its k = 10
-            "reference settings (Na=20, k=10 incl. self, S rows)": (similarity, 20, 9, False)}
+            "reference settings (Na=20, k=10 incl. self, S rows)":
+                (similarity, {**plain, "num_keyframes": 20, "num_neighbors": 9, "symmetrize": False})}
+    if conf["expansion"]:
+        runs["the same without query expansion"] = (similarity, plain)
     if counts is not None:
-        runs["same graph rule on true co-visibility (upper bound)"] = (torch.from_numpy(counts / counts.max()), na, k, True)
+        runs["same graph rule on true co-visibility (upper bound)"] = (torch.from_numpy(counts / counts.max()), plain)
     print(f"{'strategy':56s} {'pairs':>7s} {'of exh.':>8s} {'recall':>7s}")
-    for label, (matrix, keyframes, neighbours, symmetrize) in runs.items():
-        pairs, _ = scene_graph(matrix, keyframes, neighbours, seeded_start(num, seed), symmetrize)
+    for label, (matrix, options) in runs.items():
+        pairs = graph_pairs(matrix, options, seed)
         result = evaluate([(names[i], names[j]) for i, j in pairs.tolist()], names, strong)
         print(f"{label:56s} {result['pairs']:7d} {result['fraction']:8.3f} {result['recall']:7.3f}")
     exhaustive = [(names[i], names[j]) for i in range(num) for j in range(i + 1, num)]
@@ -156,17 +166,58 @@ def run_synthetic(args) -> None:
         compare_strategies(names, features, strong, args.seed, counts)
 
 
-def run_features(args) -> None:
-    import pycolmap
-
-    model = pycolmap.Reconstruction(args.model)
-    names = sorted(set(list_names(args.features)) & {im.name for im in model.images.values()})
+def model_strong_pairs(model, features: Path) -> tuple[list[str], np.ndarray, set]:
+    """Names (registered and in ``features``), their shared-3D-point counts in ``model`` and the
+    strong pairs; prints the collection's summary."""
+    names = sorted(set(list_names(features)) & {im.name for im in model.images.values()})
     ids = {im.name: i for i, im in model.images.items()}
     counts = covisibility_counts(model, [ids[n] for n in names]).numpy()
     strong = strong_pairs(counts)
     overlap = (counts[np.triu_indices(len(names), 1)] >= 50).mean()
-    print(f"{args.features}: {len(names)} images, {len(strong)} strong pairs, {overlap:.1%} of pairs share >= 50 points")
-    compare_strategies(names, Path(args.features), strong, args.seed, counts)
+    print(f"{features}: {len(names)} images, {len(strong)} strong pairs, {overlap:.1%} of pairs share >= 50 points")
+    return names, counts, strong
+
+
+def graph_overrides(items: list[str]) -> dict:
+    """``key=value`` options of the mast3r_graph strategy (values parsed as YAML scalars)."""
+    import yaml
+
+    return {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in items)}
+
+
+def run_features(args) -> None:
+    import pycolmap
+
+    names, counts, strong = model_strong_pairs(pycolmap.Reconstruction(args.model), Path(args.features))
+    compare_strategies(names, Path(args.features), strong, args.seed, counts, graph_overrides(args.graph))
+
+
+def run_reconstruct(args) -> None:
+    """Exhaustive and mast3r_graph reconstructions of a benchmark scene in one output folder.
+
+    The graph's pairs are a subset of the exhaustive ones, so its run reuses features.h5 and
+    matches.h5 (both resume per entry) and only rebuilds the database and maps. Strong pairs come
+    from the exhaustive model; prints recall and pair fraction, then registration and AUC of both.
+    """
+    from scenes import HEADER, format_row, run_recon
+
+    output = Path(args.output)
+    extra = list(args.set)
+    results = {"exhaustive": run_recon(args.scene, args.preset, output, [*extra, "pairs.name=exhaustive"])}
+    import pycolmap
+
+    names, counts, strong = model_strong_pairs(pycolmap.Reconstruction(output / "sparse" / "0"),
+                                               output / "features.h5")
+    compare_strategies(names, output / "features.h5", strong, args.seed, counts, graph_overrides(args.graph))
+    graph = [f"pairs.{item}" for item in args.graph]
+    results["mast3r_graph"] = run_recon(args.scene, args.preset, output, [*extra, "pairs.name=mast3r_graph", *graph])
+    chosen = [tuple(line.split()) for line in (output / "pairs.txt").read_text().splitlines() if line.strip()]
+    result = evaluate(chosen, names, strong)
+    print(f"\nmast3r_graph run: {result['pairs']} pairs ({result['fraction']:.3f} of exhaustive), "
+          f"strong-pair recall {result['recall']:.3f}")
+    print(f"{args.scene}: {HEADER}")
+    for label, row in results.items():
+        print(format_row(label, row))
 
 
 # --- scaling -----------------------------------------------------------------------------------
@@ -207,10 +258,15 @@ def scaling_worker(num_images: int, dim: int, tokens: int, seed: int, threads: i
     descriptors, image_ids = synthetic_tokens(num_images, dim, tokens, seed)
     clock = StageClock()
     size = auto_codebook_size(len(descriptors))
-    codebook = clock("codebook", Codebook.train, descriptors, size, coarse_size=auto_coarse_size(size), seed=seed)
+    conf = PAIR_STRATEGIES.conf("mast3r_graph", {})  # the strategy's codebook and kernel settings
+    codebook = clock("codebook", Codebook.train, descriptors, size, coarse_size=auto_coarse_size(size, conf["probes"]),
+                     probes=conf["probes"], seed=seed)
+    params = ASMKParams(conf["database_assignments"], conf["query_assignments"], conf["alpha"], conf["threshold"],
+                        conf["use_idf"])
     query, database = clock("quantize+aggregate", aggregate_collection, descriptors, image_ids, num_images,
-                            codebook, ASMKParams())
-    similarity = clock("inverted file", asmk_similarity, query, database, num_images, num_images, codebook.size)
+                            codebook, params)
+    similarity = clock("inverted file", asmk_similarity, query, database, num_images, num_images, codebook.size,
+                       alpha=params.alpha, threshold=params.threshold, use_idf=params.use_idf)
     na, k = auto_graph_size(num_images)
     pairs, _ = clock("graph", scene_graph, similarity, na, k, start=0)
     # neighbours should be images along the trajectory (ids within the token window)
@@ -262,6 +318,14 @@ def main() -> None:
     p.add_argument("--features", required=True, help="features.h5 of the collection")
     p.add_argument("--model", required=True, help="exhaustive reconstruction (COLMAP model folder)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--graph", nargs="*", default=[], help="mast3r_graph options, e.g. expansion=2")
+    p = sub.add_parser("reconstruct")
+    p.add_argument("--scene", default="fox", help="a scene of benchmarks/scenes.py")
+    p.add_argument("--output", required=True, help="run folder (kept: a rerun reuses features and matches)")
+    p.add_argument("--preset", default="default")
+    p.add_argument("--set", nargs="*", default=[], help="recon overrides for both runs, e.g. features.max_num_features=2048")
+    p.add_argument("--graph", nargs="*", default=[], help="mast3r_graph options, e.g. expansion=2")
+    p.add_argument("--seed", type=int, default=0)
     p = sub.add_parser("scaling")
     p.add_argument("--sizes", type=int, nargs="*", default=[1000, 3000, 10000])
     p.add_argument("--sizes-1024", type=int, nargs="*", default=[1000, 3000])
@@ -279,6 +343,8 @@ def main() -> None:
         run_synthetic(args)
     elif args.part == "features":
         run_features(args)
+    elif args.part == "reconstruct":
+        run_reconstruct(args)
     elif args.part == "scaling":
         run_scaling(args)
     else:

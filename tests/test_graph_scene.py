@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from recon.graph import PAIR_STRATEGIES, PairsContext
-from recon.graph.scene_graph import (auto_graph_size, farthest_point_sampling, nearest_neighbors, scene_graph,
-                                     seeded_start)
+from recon.graph.scene_graph import (auto_graph_size, expand_similarity, farthest_point_sampling, nearest_neighbors,
+                                     scene_graph, seeded_start)
 from recon.io.h5 import H5Writer, write_features
 from conftest import shared_path
 
@@ -144,3 +144,17 @@ def test_two_disconnected_scenes_are_linked_within_each_scene(tmp_path):
                     reached.add(other)
                     frontier.append(other)
         assert reached == set(members)
+
+
+def test_expansion_is_alpha_qe_for_a_linear_kernel():
+    """For s_ij = c <x_i, x_j> (any scale c) the expanded row i is the cosine of the normalised
+    expanded query x_i + sum_j w_ij x_j, w_ij = (s_ij / s_i1) ** alpha over i's n best other
+    images, with every x_k."""
+    x = torch.nn.functional.normalize(torch.rand(12, 6, generator=torch.Generator().manual_seed(4)), dim=1)
+    expanded = expand_similarity(3.0 * x @ x.T, 3, alpha=2.0)
+    cosine = x @ x.T
+    top = torch.topk(cosine - 2 * torch.eye(12), 3, dim=1)
+    weights = (top.values / top.values[:, :1]) ** 2
+    queries = x + (weights[:, :, None] * x[top.indices]).sum(1)
+    expected = torch.nn.functional.normalize(queries, dim=1) @ x.T
+    torch.testing.assert_close(expanded, expected, atol=1e-5, rtol=1e-5)
