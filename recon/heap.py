@@ -4,11 +4,11 @@ recon's hot loops allocate and free the same multi-megabyte temporaries over and
 matcher's similarity matrix per pair, the bundle adjuster's gathered Jacobian rows per LM
 iteration). glibc serves an allocation above its mmap threshold (dynamic, at most 32 MiB on
 64-bit) with a new ``mmap`` and unmaps it on ``free``, so the kernel page-faults every 4 KiB page
-in again on each use. Measured A/B in separate processes (best of repeats): bundle adjustment
-of BAL ``problem-49-7776`` (20 LM iterations) 1.49x faster with one thread and 1.33x with two on
-an idle machine, 2.0x with one thread on a loaded one (page faults cost more under contention);
-one 8k x 8k SIFT nearest-neighbour match 1.29x (one thread) and 1.06x (two) idle, 1.7x loaded.
-Peak RSS is unchanged: the same blocks are reused, not added to.
+in again on each use. ``benchmarks/heap_reuse.py`` measures it A/B in fresh processes: bundle
+adjustment of BAL ``problem-49-7776`` (20 LM iterations) and one 8k x 8k SIFT-sized
+nearest-neighbour match were 1.1-1.5x faster with reuse on an idle 2-core machine (three runs,
+one and two threads) and 2.0x / 1.7x with one thread on a loaded one, where page faults cost
+more. Peak RSS is unchanged: the same blocks are reused, not added to.
 
 :func:`reuse_freed_memory` raises the thresholds for the duration of a block (the CLI wraps every
 command in it; :func:`recon.ba.solve` and :func:`recon.match.match_pairs` wrap themselves so
