@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pycolmap
 
+from mappers import print_mapper_table
+
 MAPPER_NAMES = ("colmap_incremental", "colmap_global", "recon_global")
 
 CHILD = """
@@ -97,18 +99,9 @@ def main() -> None:
             synthesize(work, size, args.points, args.outliers, args.noise, args.pair_fraction, args.seed)
             rows = {mapper: run_child(mapper, work, size) for mapper in args.mappers}
             results[size] = rows
-            print(f"\n== {size} images, {args.points} points, {args.outliers:.0%} wrong matches, "
-                  f"{args.noise} px noise, {args.pair_fraction:.0%} of pairs")
-            print(f"{'mapper':20} {'registered':>10} {'AUC@1':>7} {'AUC@5':>7} {'AUC@10':>7} {'centre err':>11} "
-                  f"{'time s':>8} {'peak MB':>8} {'x global':>9}")
-            reference = rows.get("colmap_global", {}).get("time")
-            for mapper, r in rows.items():
-                aucs = " ".join(f"{r.get(f'auc@{k}', float('nan')):7.3f}" for k in ("1", "5", "10"))
-                centre = r.get("center_error")
-                centre = f"{centre:11.4g}" if centre is not None else f"{'n/a':>11}"
-                ratio = f"{r['time'] / reference:9.2f}" if reference else f"{'n/a':>9}"
-                print(f"{mapper:20} {r['registered']:>4}/{r['num_images']:<5} {aucs} {centre} {r['time']:8.2f} "
-                      f"{r['peak_rss_mb']:8.0f} {ratio}")
+            print_mapper_table(f"{size} images, {args.points} points, {args.outliers:.0%} wrong matches, "
+                               f"{args.noise} px noise, {args.pair_fraction:.0%} of pairs", rows, "colmap_global",
+                               "x global")
             if args.work is None:
                 shutil.rmtree(work)
     if args.json:

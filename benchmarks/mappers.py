@@ -66,17 +66,21 @@ def run_mapper(name: str, database: Path, images: Path, scratch: Path, seed: int
     return model, time.perf_counter() - start
 
 
-def print_scene(scene: str, rows: dict[str, dict]) -> None:
-    print(f"\n== {scene}")
+def print_mapper_table(title: str, rows: dict[str, dict], reference: str, label: str) -> None:
+    """One row per mapper: registered, AUC@1/5/10, centre error, time, peak memory when measured,
+    and the time as a multiple of ``reference``'s (column ``label``)."""
+    memory = any("peak_rss_mb" in r for r in rows.values())
+    print(f"\n== {title}")
     print(f"{'mapper':20} {'registered':>10} {'AUC@1':>7} {'AUC@5':>7} {'AUC@10':>7} {'centre err':>11} "
-          f"{'time s':>8} {'x incr.':>8}")
-    reference = rows.get("colmap_incremental", {}).get("time")
+          f"{'time s':>8}" + (f" {'peak MB':>8}" if memory else "") + f" {label:>9}")
+    reference_time = rows.get(reference, {}).get("time")
     for name, r in rows.items():
         aucs = " ".join(f"{r.get(f'auc@{k}', float('nan')):7.3f}" for k in ("1", "5", "10"))
         centre = r.get("center_error")
         centre = f"{centre:11.4g}" if centre is not None else f"{'n/a':>11}"
-        ratio = f"{r['time'] / reference:8.2f}" if reference else f"{'n/a':>8}"
-        print(f"{name:20} {r['registered']:>4}/{r['num_images']:<5} {aucs} {centre} {r['time']:8.2f} {ratio}")
+        ratio = f"{r['time'] / reference_time:9.2f}" if reference_time else f"{'n/a':>9}"
+        peak = f" {r['peak_rss_mb']:8.0f}" if memory else ""
+        print(f"{name:20} {r['registered']:>4}/{r['num_images']:<5} {aucs} {centre} {r['time']:8.2f}{peak} {ratio}")
 
 
 def main() -> None:
@@ -107,7 +111,7 @@ def main() -> None:
                 model, seconds = run_mapper(name, database, images, work / scene / f"run_{name}", args.seed)
                 rows[name] = {**score(model, gt, names), "time": seconds}
             results[scene] = rows
-            print_scene(scene, rows)
+            print_mapper_table(scene, rows, "colmap_incremental", "x incr.")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

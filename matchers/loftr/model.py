@@ -33,6 +33,7 @@ from torch import nn
 
 from ..backbones.resnet import ResNet50
 from ..base import BaseModel, ConfigError
+from ..keypoints import keypoints_to_original
 from .ops import (border_mask, crop_windows, dual_softmax, fine_expectation, linear_attention,
                   mutual_nearest_matches, sine_position_encoding)
 
@@ -252,9 +253,8 @@ class LoFTR(BaseModel):
                              f"{[tuple(im.shape) for im in images]}")
         (image0, scale0), (image1, scale1) = (self.resize(im.to(self.device).float()) for im in images)
         out = self.match_tensors(image0, image1)
-        return {"keypoints0": (out["keypoints0"] + 0.5) * scale0 - 0.5,
-                "keypoints1": (out["keypoints1"] + 0.5) * scale1 - 0.5,
-                "scores": out["scores"]}
+        return {"keypoints0": keypoints_to_original(out["keypoints0"], scale0),
+                "keypoints1": keypoints_to_original(out["keypoints1"], scale1), "scores": out["scores"]}
 
 
 def cell_positions(cell_ids: torch.Tensor, width: int) -> torch.Tensor:

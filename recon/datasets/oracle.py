@@ -19,6 +19,7 @@ import torch
 
 from matchers.base import BaseModel
 from matchers.roma.ops import mutual_nearest_matches, pixels_to_normalized
+from ..match import rescale_keypoints
 
 
 class GroundTruthDenseMatcher(BaseModel):
@@ -88,8 +89,8 @@ class GroundTruthDenseMatcher(BaseModel):
         scale0, scale1 = (input_scale(data[key], depth) for key, depth in (("image0", depth0), ("image1", depth1)))
         device = data["image0"].device
         return {
-            "keypoints0": torch.from_numpy(to_input(kp0, scale0)).float().to(device),
-            "keypoints1": torch.from_numpy(to_input(kp1, scale1)).float().to(device),
+            "keypoints0": torch.from_numpy(rescale_keypoints(kp0, scale0)).float().to(device),
+            "keypoints1": torch.from_numpy(rescale_keypoints(kp1, scale1)).float().to(device),
             "scores": torch.ones(len(kp0), device=device),
         }
 
@@ -104,7 +105,7 @@ class GroundTruthDenseMatcher(BaseModel):
         self.check_inputs(data)
         depths = [self.depth(data["name0"]), self.depth(data["name1"])]
         scales = [input_scale(data[key], depth) for key, depth in zip(("image0", "image1"), depths)]
-        keypoints = [from_input(data[key].reshape(-1, 2).cpu().double().numpy(), scale)
+        keypoints = [rescale_keypoints(data[key].reshape(-1, 2).cpu().double().numpy(), 1.0 / scale)
                      for key, scale in zip(("keypoints0", "keypoints1"), scales)]
         projected, visible = self.transfer(data["name0"], data["name1"], keypoints[0])
         height, width = depths[1].shape
@@ -120,15 +121,6 @@ def input_scale(image: torch.Tensor, depth: np.ndarray) -> np.ndarray:
     """(sx, sy) from a view's original pixels (its depth map's size) to the input image's."""
     return np.array([image.shape[-1] / depth.shape[1], image.shape[-2] / depth.shape[0]])
 
-
-def to_input(keypoints: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """Original pixels -> input-image pixels, hloc's ``(x + 0.5) * s - 0.5`` rule."""
-    return (keypoints + 0.5) * scale - 0.5
-
-
-def from_input(keypoints: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """Input-image pixels -> original pixels (inverse of :func:`to_input`)."""
-    return (keypoints + 0.5) / scale - 0.5
 
 
 class SceneDepthSource:

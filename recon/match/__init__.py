@@ -53,8 +53,10 @@ def open_resumable(path: Path, stamp: str) -> h5.H5Writer:
     return writer
 
 
-def to_original_pixels(keypoints: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """hloc's rescaling of keypoints found on a resized image: ``(kp + 0.5) * scale - 0.5``."""
+def rescale_keypoints(keypoints: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """hloc's rescaling of keypoints (N, 2) between two sizes of one image: ``(kp + 0.5) * scale - 0.5``
+    with ``scale`` (2,) = target size / source size per axis (e.g. original / resized to bring
+    keypoints found on a resized image back; its inverse goes the other way)."""
     return (keypoints + 0.5) * scale[None] - 0.5
 
 
@@ -101,7 +103,7 @@ def _predict(model: matchers.BaseModel, image: np.ndarray, scale: np.ndarray, tu
     with torch.inference_mode():
         pred = model({"image": tensor})
     keypoints = unrotate_keypoints(pred["keypoints"][0].cpu().numpy(), turns, resized_size)
-    return {"keypoints": to_original_pixels(keypoints, scale), "descriptors": pred["descriptors"][0].cpu().numpy(),
+    return {"keypoints": rescale_keypoints(keypoints, scale), "descriptors": pred["descriptors"][0].cpu().numpy(),
             "scores": pred["scores"][0].cpu().numpy()}
 
 

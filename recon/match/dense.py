@@ -35,7 +35,7 @@ from tqdm import tqdm
 from ..fingerprint import fingerprint
 from ..io import h5
 from ..io.images import ImageInfo, read_image, resize_max
-from . import FeatureCache, load_model, open_resumable, to_original_pixels
+from . import FeatureCache, load_model, open_resumable, rescale_keypoints
 
 RAW_FILE = "dense-matches.h5"
 
@@ -124,8 +124,8 @@ def run_dense_pairs(pairs: list[tuple[str, str]], sizes: dict[str, tuple[int, in
                                                   for n in (name0, name1))
             with torch.inference_mode():
                 pred = model({"image0": image0, "image1": image1, "name0": name0, "name1": name1})
-            kp0 = to_original_pixels(pred["keypoints0"].cpu().numpy().reshape(-1, 2), scale0)
-            kp1 = to_original_pixels(pred["keypoints1"].cpu().numpy().reshape(-1, 2), scale1)
+            kp0 = rescale_keypoints(pred["keypoints0"].cpu().numpy().reshape(-1, 2), scale0)
+            kp1 = rescale_keypoints(pred["keypoints1"].cpu().numpy().reshape(-1, 2), scale1)
             scores = pred["scores"].cpu().numpy().reshape(-1).astype(np.float32)
             keep = sample_matches(scores, conf["max_matches"], conf["min_score"], rng)
             write_raw_pair(writer, name0, name1, kp0[keep], kp1[keep], scores[keep], conf["cell_size"],
@@ -151,7 +151,7 @@ def match_dense_keypoints(pairs: list[tuple[str, str]], image_dir: Path, feature
             for name0, name1 in tqdm(todo, desc="dense matches at keypoints", unit="pair"):
                 (image0, scale0), (image1, scale1) = (_load(images, image_dir, n, conf["resize_max"], device)
                                                       for n in (name0, name1))
-                keypoints = [to_original_pixels(features[n]["keypoints"].cpu().numpy(), 1.0 / s)
+                keypoints = [rescale_keypoints(features[n]["keypoints"].cpu().numpy(), 1.0 / s)
                              for n, s in ((name0, scale0), (name1, scale1))]  # into the resized inputs
                 with torch.inference_mode():
                     matches0, scores0 = model.match_keypoints(
