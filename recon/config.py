@@ -22,6 +22,7 @@ import yaml
 
 import matchers
 from matchers.base import ConfigError, merge_conf
+from .match.orientation import ROTATION_CHOICES
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 STAGES = ("features", "matcher", "pairs", "priors", "mapper", "database", "localize")
@@ -192,6 +193,8 @@ def validate_config(raw: dict[str, Any]) -> dict[str, Any]:
                                                              "match_keypoints"):
         raise ConfigError(f"matcher.at_keypoints: {config['matcher']['name']} has no dense warp to match given "
                           "keypoints through (only warp-based matchers such as RoMa, GIM_RoMa, GIM_DKM do)")
+    if config["features"].get("rotations", 1) not in ROTATION_CHOICES:
+        raise ConfigError(f"features.rotations must be one of {ROTATION_CHOICES}, got {config['features']['rotations']!r}")
     if config["matcher"].get("at_keypoints") and config["features"]["name"] == "none":
         raise ConfigError(f"matcher.at_keypoints: {config['matcher']['name']} matches an extractor's keypoints, "
                           "but features.name is none (e.g. --set features.name=sift)")

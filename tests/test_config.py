@@ -60,3 +60,8 @@ def test_yaml_file_with_unknown_option_is_rejected(tmp_path):
     path.write_text("features:\n  name: sift\n  max_features: 10\n")
     with pytest.raises(ConfigError, match="unknown option 'max_features'"):
         load_config(path)
+
+
+def test_feature_rotations_outside_the_choices_are_rejected_before_any_work():
+    with pytest.raises(ConfigError, match="features.rotations must be one of"):
+        load_config("default", ["features.rotations=3"])
