@@ -172,7 +172,7 @@ def load_config(preset: str | os.PathLike | None = "default", overrides: list[st
 
 
 def default_choice(stage: str) -> str:
-    return {"features": "sift", "matcher": "nearest_neighbor", "pairs": "exhaustive",
+    return {"features": "sift", "matcher": "nearest_neighbor", "pairs": "mast3r_graph",
             "priors": "exif", "mapper": "colmap_incremental"}[stage]
 
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from recon.graph import PAIR_STRATEGIES, PairsContext
-from recon.graph.scene_graph import (auto_graph_size, expand_similarity, farthest_point_sampling, nearest_neighbors,
-                                     scene_graph, seeded_start)
+from recon.graph.scene_graph import (auto_graph_size, expand_similarity, farthest_point_sampling, graph_pair_bound,
+                                     nearest_neighbors, scene_graph, seeded_start)
 from recon.io.h5 import H5Writer, write_features
 from conftest import shared_path
 
@@ -96,6 +96,30 @@ def test_graph_size_rule_grows_sublinearly():
     assert auto_graph_size(500) == (23, 10)
     assert auto_graph_size(10_000) == (100, 15)
     assert auto_graph_size(2) == (2, 1)
+
+
+def test_pair_bound_holds_for_every_start():
+    similarity = random_similarity(40, 2)
+    for start in range(40):
+        pairs, _ = scene_graph(similarity, 8, 6, start=start)
+        assert len(pairs) <= graph_pair_bound(40, 8, 6)
+    assert graph_pair_bound(4, 2, 3) == 6  # never more than all pairs
+
+
+def test_small_collections_match_every_pair(tmp_path):
+    """Up to 25 images the automatic graph could keep half of all pairs, so every pair is matched
+    and no token is read (there is no features.h5 here); from 26 images on, or with
+    ``all_pairs_share=0``, the graph is built and needs its tokens."""
+    strategy = PAIR_STRATEGIES.get("mast3r_graph").function
+    context = PairsContext(image_dir=tmp_path, output_dir=tmp_path)
+    conf = PAIR_STRATEGIES.conf("mast3r_graph", {})
+    names = [f"{i:02d}.jpg" for i in range(26)]
+    pairs = strategy(names[:25], conf, context)
+    assert len(pairs) == len({frozenset(p) for p in pairs}) == 25 * 24 // 2
+    with pytest.raises(ValueError, match="features.h5"):
+        strategy(names, conf, context)
+    with pytest.raises(ValueError, match="features.h5"):
+        strategy(names[:4], {**conf, "all_pairs_share": 0}, context)
 
 
 def write_two_scenes(path, per_scene: int = 12, tokens: int = 150, dim: int = 32) -> list[str]:

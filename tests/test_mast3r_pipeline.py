@@ -62,6 +62,7 @@ def test_mast3r_preset_runs_end_to_end(tmp_path, encoder_calls):
     # random weights, meaningless geometry: keep every match and every triangulated point
     config = load_config("mast3r", [f"matcher.weights={weights}", f"matcher.size={SIZE}", "device=cpu",
                                     f"pairs.retrieval_weights={retrieval}", "pairs.num_keyframes=1",
+                                    "pairs.all_pairs_share=0",  # the graph, even of 4 images
                                     "pairs.num_neighbors=1", "mapper.matching_conf_thr=0", "mapper.niter1=20",
                                     "mapper.niter2=20", "mapper.max_reproj_error=0"])
     assert config["pairs"]["name"] == "mast3r_graph" and config["pairs"]["tokens"] == "mast3r"
@@ -144,13 +145,15 @@ def test_mast3r_graph_tokens_follow_the_matcher_checkpoint_and_size(tmp_path):
     weights = str(shared_path(*FIX, "tiny_ckpt.pth"))
     context = PairsContext(images, tmp_path, matcher={"name": "mast3r", "weights": weights, "size": SIZE})
     strategy = PAIR_STRATEGIES.get("mast3r_graph").function
-    pairs = strategy(names, PAIR_STRATEGIES.conf("mast3r_graph", {"tokens": "mast3r", "num_keyframes": 1}), context)
+    pairs = strategy(names, PAIR_STRATEGIES.conf("mast3r_graph", {"tokens": "mast3r", "num_keyframes": 1,
+                                                                            "all_pairs_share": 0}), context)
     assert {n for pair in pairs for n in pair} == set(names) and len(pairs) >= len(names) - 1
     with h5py.File(tmp_path / TOKENS_FILE, "r") as f:
         for name in names:
             assert f[name].attrs["key"] == encoder_key(weights, SIZE, _content_digest(images / name))
             assert f[name]["tokens"].shape == (TOKENS, 64)
 
-    strategy(names, PAIR_STRATEGIES.conf("mast3r_graph", {"tokens": "mast3r", "encoder_size": 128}), context)
+    strategy(names, PAIR_STRATEGIES.conf("mast3r_graph", {"tokens": "mast3r", "encoder_size": 128,
+                                                                "all_pairs_share": 0}), context)
     with h5py.File(tmp_path / TOKENS_FILE, "r") as f:  # 128x96 input: 8x6 tokens, re-encoded
         assert all(f[name]["tokens"].shape == (48, 64) for name in names)
