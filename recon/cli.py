@@ -142,9 +142,14 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
 
 def cmd_pairs(args: argparse.Namespace) -> int:
+    from .graph.scene_graph import NETWORK_TOKENS
+
     pipeline = _pipeline(args)
     pipeline.find_images()
-    needs_features = pipeline.config["pairs"]["name"] not in ("exhaustive", "sequential", "from_file")
+    conf = pipeline.config["pairs"]
+    # network token sources encode the images themselves (unless global descriptors replace them)
+    encodes_images = conf.get("tokens") in NETWORK_TOKENS and not conf.get("global_descriptors")
+    needs_features = conf["name"] not in ("exhaustive", "sequential", "from_file") and not encodes_images
     if needs_features:
         pipeline.extract()
     pairs = pipeline.select_pairs()

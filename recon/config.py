@@ -195,6 +195,9 @@ def validate_config(raw: dict[str, Any]) -> dict[str, Any]:
                           "keypoints through (only warp-based matchers such as RoMa, GIM_RoMa, GIM_DKM do)")
     if config["features"].get("rotations", 1) not in ROTATION_CHOICES:
         raise ConfigError(f"features.rotations must be one of {ROTATION_CHOICES}, got {config['features']['rotations']!r}")
+    if "tokens" in config["pairs"]:  # the ASMK strategies (mast3r_graph, sequential_retrieval)
+        from .graph.scene_graph import check_token_options
+        check_token_options(config["pairs"])
     if config["matcher"].get("at_keypoints") and config["features"]["name"] == "none":
         raise ConfigError(f"matcher.at_keypoints: {config['matcher']['name']} matches an extractor's keypoints, "
                           "but features.name is none (e.g. --set features.name=sift)")

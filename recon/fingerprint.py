@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from pathlib import Path
 from typing import Any
 
 
@@ -15,3 +17,9 @@ def fingerprint(*parts: Any) -> str:
     """Stable short hash of JSON-serialisable parts (dict key order does not matter)."""
     text = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def content_digest(path: str | os.PathLike) -> str:
+    """SHA-1 of a file's bytes: results cached per image follow the image's content, not its name
+    (the MASt3R reference keyed its cache by path, so an edited image kept stale predictions)."""
+    return hashlib.sha1(Path(path).read_bytes()).hexdigest()

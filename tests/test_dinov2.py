@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import matchers
-from matchers.backbones.dinov2 import (DinoVisionTransformer, dinov2_vitb14, dinov2_vitl14,
-                                       dinov2_vits14, dinov2_vits14_reg)
+from matchers.backbones.dinov2 import (DinoVisionTransformer, architecture_from_state_dict, dinov2_vitb14,
+                                       dinov2_vitl14, dinov2_vits14, dinov2_vits14_reg)
 from matchers.weights import checkpoint
 
 from conftest import shared_path
@@ -125,3 +125,30 @@ def test_register_variant_layout():
         model = dinov2_vits14_reg()
     assert model.state_dict()["register_tokens"].shape == (1, 4, 384)
     assert model.conf["interpolate_offset"] == 0.0 and model.conf["interpolate_antialias"]
+
+
+@pytest.mark.parametrize("factory", [dinov2_vits14, dinov2_vitb14, dinov2_vitl14])
+def test_architecture_read_from_the_official_shapes_is_the_hub_models(factory):
+    """The sizes recovered from the official key/shape list (tensors on meta: no allocation) are
+    the hub model's own options."""
+    manifest = json.loads(shared_path("fixtures", "manifests", f"{factory.__name__}.json").read_text())
+    state = {key: torch.empty(entry["shape"], device="meta") for key, entry in manifest["state_dict"].items()}
+    architecture = architecture_from_state_dict(state)
+    with torch.device("meta"):
+        model = factory()
+    assert architecture == {key: model.conf[key] for key in architecture}
+
+
+def test_architecture_of_a_tiny_register_model_rebuilds_it_exactly():
+    torch.manual_seed(0)
+    source = dinov2_vits14_reg(embed_dim=128, num_heads=2, depth=3, img_size=42, mlp_ratio=2.0).eval()
+    architecture = architecture_from_state_dict(source.state_dict())
+    assert architecture["num_register_tokens"] == 4 and architecture["depth"] == 3 and architecture["img_size"] == 42
+    rebuilt = dinov2_vits14_reg(**architecture).eval()
+    rebuilt.load_state_dict(source.state_dict(), strict=True)
+    x = torch.rand(1, 3, 56, 70)
+    with torch.no_grad():
+        tokens = [model.forward_features(x)["x_norm_patchtokens"] for model in (rebuilt, source)]
+    assert torch.equal(*tokens)
+    with pytest.raises(ValueError, match="multiple of the head size 64"):
+        architecture_from_state_dict(dinov2_vits14(embed_dim=8, num_heads=2, depth=1).state_dict())

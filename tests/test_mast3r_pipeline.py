@@ -17,12 +17,13 @@ from helpers import temple_subset
 import matchers
 from matchers.mast3r import AsymmetricMASt3R, EncoderCache, load_image
 from recon.config import load_config
+from recon.fingerprint import content_digest
 from recon.graph import PAIR_STRATEGIES, PairsContext
 from recon.graph.scene_graph import image_similarity, scene_graph, seeded_start
 from recon.graph.tokens import TokenCache
 from recon.io import h5
 from recon.io.pairs import read_pairs
-from recon.match.mast3r import TOKENS_FILE, _content_digest, encoder_key, encoder_token_cache
+from recon.match.mast3r import TOKENS_FILE, encoder_key, encoder_token_cache
 from recon.pipeline import reconstruct
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -150,7 +151,7 @@ def test_mast3r_graph_tokens_follow_the_matcher_checkpoint_and_size(tmp_path):
     assert {n for pair in pairs for n in pair} == set(names) and len(pairs) >= len(names) - 1
     with h5py.File(tmp_path / TOKENS_FILE, "r") as f:
         for name in names:
-            assert f[name].attrs["key"] == encoder_key(weights, SIZE, _content_digest(images / name))
+            assert f[name].attrs["key"] == encoder_key(weights, SIZE, content_digest(images / name))
             assert f[name]["tokens"].shape == (TOKENS, 64)
 
     strategy(names, PAIR_STRATEGIES.conf("mast3r_graph", {"tokens": "mast3r", "encoder_size": 128,

@@ -39,6 +39,12 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
     "vitb14": dict(embed_dim=768, depth=12, num_heads=12),
     "vitl14": dict(embed_dim=1024, depth=24, num_heads=16),
 }
+# Every official DINOv2 (ViT-S/B/L/g) splits its width into heads of 64 channels.
+HEAD_DIM = 64
+# The input normalisation DINOv2 was trained with (timm's ImageNet defaults, used by the official
+# ``dinov2/data/transforms.py``), applied to RGB in [0, 1].
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 # The "_reg" hub models add 4 register tokens and resize position embeddings by output size
 # with antialiasing (hub: ``interpolate_antialias=True, interpolate_offset=0.0``).
 REGISTER_OPTIONS: dict[str, Any] = dict(num_register_tokens=4, interpolate_antialias=True,
@@ -288,6 +294,42 @@ class DinoVisionTransformer(BaseModel):
     def forward(self, x: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
         """The hub model's call: the normalised class token (B, D) (its head is the identity)."""
         return self.forward_features(x, masks)["x_norm_clstoken"]
+
+
+def imagenet_normalize(image: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) RGB in [0, 1] -> the normalised input DINOv2 expects."""
+    mean = image.new_tensor(IMAGENET_MEAN)[:, None, None]
+    std = image.new_tensor(IMAGENET_STD)[:, None, None]
+    return (image - mean) / std
+
+
+def architecture_from_state_dict(state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """The :class:`DinoVisionTransformer` options a state dict in the official layout was made with.
+
+    Read from tensor shapes: width (``cls_token``), depth (``blocks.{i}``), patch size and input
+    channels (``patch_embed.proj``), stored position grid (``pos_embed`` -> ``img_size``), MLP
+    ratio (``mlp.fc1``), register tokens, and whether LayerScale, the qkv bias and ``mask_token``
+    exist. The head count is not in the shapes: it is ``embed_dim / 64``, as in every official
+    DINOv2. The interpolation options are not in the file either (the hub ties them to the
+    register variants); the caller's model family supplies them.
+    """
+    try:
+        dim = state["cls_token"].shape[-1]
+        patch = state["patch_embed.proj.weight"].shape
+        positions = state["pos_embed"].shape[1] - 1
+        hidden = state["blocks.0.mlp.fc1.weight"].shape[0]
+    except KeyError as error:
+        raise ValueError(f"not a DINOv2 state dict in the official layout (no {error.args[0]})") from None
+    grid = math.isqrt(positions)
+    if dim % HEAD_DIM or grid * grid != positions:
+        raise ValueError(f"DINOv2 state dict with width {dim} and {positions} positions: the width must be a "
+                         f"multiple of the head size {HEAD_DIM} and the positions a square grid")
+    registers = state.get("register_tokens")
+    return dict(
+        embed_dim=dim, num_heads=dim // HEAD_DIM, patch_size=patch[-1], in_chans=patch[1], img_size=grid * patch[-1],
+        depth=len({key.split(".")[1] for key in state if key.startswith("blocks.")}), mlp_ratio=hidden / dim,
+        qkv_bias="blocks.0.attn.qkv.bias" in state, init_values=1.0 if "blocks.0.ls1.gamma" in state else 0.0,
+        mask_token="mask_token" in state, num_register_tokens=0 if registers is None else registers.shape[1])
 
 
 def _build(arch: str, registers: bool, conf: dict[str, Any]) -> DinoVisionTransformer:

@@ -41,7 +41,9 @@ import torch
 
 from matchers.mast3r.retrieval import RETRIEVAL_NAME, RetrievalCheckpoint, load_retrieval_checkpoint
 from . import PAIR_STRATEGIES, PairsContext
+from matchers.base import ConfigError
 from .asmk import ASMKParams, Codebook, auto_codebook_size, collection_similarity
+from .dinov2 import DEFAULT_MODEL, dinov2_token_cache, registered_name
 from .tokens import FeatureTokens, TokenCache, TokenSource, Whitening, collect_tokens, sample_tokens
 
 
@@ -252,12 +254,34 @@ def mast3r_encoder(conf: dict[str, Any], context: PairsContext) -> tuple[str, in
     return str(weights), int(size)
 
 
+#: the ``tokens`` choices of the ASMK strategies (see :func:`token_source`)
+TOKEN_SOURCES = ("features", "cache", "mast3r", "dinov2")
+#: the sources that encode the images with a network (no features.h5 needed)
+NETWORK_TOKENS = ("mast3r", "dinov2")
+
+
+def check_token_options(conf: dict[str, Any]) -> None:
+    """ConfigError for token options that cannot work, raised before anything is read or encoded
+    (the config loader calls it too): an unknown ``tokens`` or ``dinov2_model``, or MASt3R's
+    retrieval checkpoint - whitening and codebook learnt on MASt3R encoder tokens - on DINOv2
+    tokens (ViT-L/14's tokens even have the same 1024 dimensions, so nothing else would notice)."""
+    if conf["tokens"] not in TOKEN_SOURCES:
+        raise ConfigError(f"pairs.tokens: unknown token source {conf['tokens']!r} (known: {', '.join(TOKEN_SOURCES)})")
+    registered_name(conf["dinov2_model"])
+    if conf["tokens"] == "dinov2" and conf["retrieval_weights"]:
+        raise ConfigError("pairs.retrieval_weights is MASt3R's retrieval model (whitening and codebook of MASt3R "
+                          "encoder tokens); with tokens=dinov2 leave it empty (PCA whitening, trained codebook)")
+
+
 def token_source(conf: dict[str, Any], context: PairsContext, names: Sequence[str]) -> TokenSource:
     """``tokens: features`` reads ``token_path`` or the pipeline's ``features.h5``; ``tokens: cache``
     reads a token cache (``token_path``, ``/<name>/tokens``) written by a network stage; ``tokens:
     mast3r`` encodes every image of ``names`` once with MASt3R's encoder into the run's
     ``mast3r-tokens.h5`` (:func:`recon.match.mast3r.encoder_token_cache`), which the MASt3R
-    matcher then reads instead of encoding again."""
+    matcher then reads instead of encoding again; ``tokens: dinov2`` encodes every image once with
+    the DINOv2 ViT ``dinov2_model`` (``encoder_weights``, long side ``encoder_size``) into the run's
+    ``dinov2-tokens.h5`` (:mod:`recon.graph.dinov2`: final-norm patch tokens)."""
+    check_token_options(conf)
     if conf["tokens"] == "features":
         path = conf["token_path"] or context.features_path
         if not path:
@@ -275,7 +299,10 @@ def token_source(conf: dict[str, Any], context: PairsContext, names: Sequence[st
         cache = encoder_token_cache(context.image_dir, context.output_dir, weights, size, context.device)
         cache.fill(names)
         return cache
-    raise ValueError(f"pairs: unknown token source {conf['tokens']!r} (known: features, cache, mast3r)")
+    cache = dinov2_token_cache(context.image_dir, context.output_dir, conf["dinov2_model"],
+                               str(conf["encoder_weights"]), int(conf["encoder_size"]), context.device)
+    cache.fill(names)
+    return cache
 
 
 #: tokens per image that MASt3R's retrieval keeps (``nfeat``)
@@ -287,7 +314,8 @@ MAST3R_RETRIEVAL_SIZE = 512
 ASMK_OPTIONS: dict[str, Any] = dict(
     tokens="features", token_path="", max_read=1500, num_tokens=0, whitening="pca", whitening_samples=100_000,
     codebook="", codebook_size=0, coarse_size=-1, probes=8, query_assignments=5, database_assignments=3,
-    alpha=3.0, threshold=0.0, use_idf=False, retrieval_weights="", encoder_weights="", encoder_size=0)
+    alpha=3.0, threshold=0.0, use_idf=False, retrieval_weights="", encoder_weights="", encoder_size=0,
+    dinov2_model=DEFAULT_MODEL)
 
 
 def graph_size(num_images: int, conf: dict[str, Any]) -> tuple[int, int]:
@@ -331,7 +359,12 @@ def mast3r_graph(names: list[str], conf: dict[str, Any], context: PairsContext) 
     ``tokens`` (``features``: the pipeline's features.h5 or ``token_path``; ``cache``: a network
     token cache at ``token_path``; ``mast3r``: MASt3R encoder tokens, encoded once per image into
     the run's ``mast3r-tokens.h5`` with ``encoder_weights`` at ``encoder_size`` - by default the
-    MASt3R matcher's checkpoint and size, so the matcher reuses them - as MASt3R-SfM does);
+    MASt3R matcher's checkpoint and size, so the matcher reuses them - as MASt3R-SfM does;
+    ``dinov2``: DINOv2 final-norm patch tokens of ``dinov2_model`` - ``vits14``, ``vitb14``
+    (default), ``vitl14``, each also ``_reg4`` - with ``encoder_weights`` (empty: the official
+    checkpoint; a path: its shapes set the sizes) at long side ``encoder_size`` (0: 518), encoded
+    once per image into the run's ``dinov2-tokens.h5``, see :mod:`recon.graph.dinov2`; retrieval
+    quality with real DINOv2 weights is not measured);
     ``retrieval_weights`` (an official MASt3R retrieval checkpoint - ``official``, a registered
     name or a path, its ``_codebook.pkl`` beside it - whose pre-whitening, ``nfeat`` and codebook
     replace ``whitening``, ``num_tokens`` and ``codebook``); ``max_read`` (features: only the 1500

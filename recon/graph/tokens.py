@@ -6,7 +6,8 @@ kinds exist:
 * :class:`FeatureTokens` - the descriptors of any hloc ``features.h5`` (SIFT, ALIKED, SuperPoint,
   ...), so the scene graph works with no network at all;
 * :class:`TokenCache` - an HDF5 cache ``/<name>/tokens`` (T, D) of network tokens (MASt3R encoder
-  tokens, DINOv2 patch tokens). Given an ``encode(name)`` function it fills itself, once per image,
+  tokens, :func:`recon.match.mast3r.encoder_token_cache`; DINOv2 patch tokens,
+  :func:`recon.graph.dinov2.dinov2_token_cache`). Given an ``encode(name)`` function it fills itself, once per image,
   so tokens are never recomputed per pair or per run; the network sources plug in here;
 * anything else implementing the protocol.
 

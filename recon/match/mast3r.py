@@ -29,7 +29,6 @@ edited image invalidates them.
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,7 @@ from tqdm import tqdm
 
 from matchers.mast3r.matching import (EncoderCache, PreparedImage, anchor_keypoints, anchor_matches_from_predictions,
                                       anchor_pixels, hloc_matches, load_image, symmetric_predictions)
-from ..fingerprint import fingerprint
+from ..fingerprint import content_digest, fingerprint
 from ..graph.tokens import TokenCache
 from ..io import h5
 from ..io.images import ImageInfo
@@ -76,7 +75,7 @@ def match_mast3r(pairs: list[tuple[str, str]], infos: list[ImageInfo], image_dir
     """Match ``pairs`` with MASt3R into ``output_dir`` (features.h5, matches.h5, mast3r-canonical.h5);
     return how many pairs were computed (0 when everything was up to date)."""
     names = sorted({n for pair in pairs for n in pair})
-    digests = {n: _content_digest(image_dir / n) for n in names}
+    digests = {n: content_digest(image_dir / n) for n in names}
     stamp = fingerprint("mast3r", conf, sorted(digests.items()))
     canonical_path = output_dir / CANONICAL_FILE
     features_path, matches_path = output_dir / "features.h5", output_dir / "matches.h5"
@@ -137,7 +136,7 @@ def encoder_token_cache(image_dir: Path, output_dir: Path, weights: str, size: i
 
     @functools.cache
     def key(name: str) -> str:
-        return encoder_key(weights, size, _content_digest(image_dir / name))
+        return encoder_key(weights, size, content_digest(image_dir / name))
 
     @torch.no_grad()
     def encode(name: str) -> torch.Tensor:
@@ -147,12 +146,6 @@ def encoder_token_cache(image_dir: Path, output_dir: Path, weights: str, size: i
         return model.encode(load_image(image_dir / name, size=size).img.to(device)).feat[0]
 
     return TokenCache(output_dir / TOKENS_FILE, encode, key)
-
-
-def _content_digest(path: Path) -> str:
-    """Hash of an image file's bytes: cached results follow the image content, not its name (the
-    reference keyed its cache by path, so an edited image kept stale predictions)."""
-    return hashlib.sha1(path.read_bytes()).hexdigest()
 
 
 def _check_sizes(images: dict[str, PreparedImage], sizes: dict[str, tuple[int, int]]) -> None:
