@@ -5,11 +5,13 @@ Printed in one run:
 1. with ``--reconstruct SCENE ...``: SIFT+NN (the default preset), ALIKED+LightGlue (the
    aliked_lightglue preset) and ALIKED+LightGlue with ``features.rotations=4`` (each image extracted
    at the in-plane rotation that gives all images a common orientation; see
-   recon/match/orientation.py) on the same scenes and the same pairs - registered images, AUC@1/5/10
+   recon/match/orientation.py) on the same scenes - registered images, AUC@1/5/10
    and wall time, one table over all scenes, and per ground-truth scene whether the learned rows
    reach SIFT's AUC@5 (scenes: temple_sparse, fountain, sacre_coeur, fox, ...; see
-   benchmarks/scenes.py). ``--set KEY=VALUE`` applies to every method (e.g. the same non-exhaustive
-   pairs on a large scene: ``--set pairs.name=sequential pairs.overlap=10``).
+   benchmarks/scenes.py). ``--methods`` picks the learned rows. ``--set KEY=VALUE`` applies to
+   every method. Each preset's default pairs are the scene graph of its own features (every pair
+   up to 25 images); for the same pairs on a larger scene give all methods one pairs file:
+   ``--set pairs.name=from_file pairs.path=PAIRS``.
 2. matching throughput in pairs per second at 1024 px (longest side) and 2048 keypoints per image,
    with the official weights, on CPU and on CUDA when a GPU is present: LightGlue with its
    adaptive defaults (early stopping + point pruning) and with all 9 layers on all points, against
@@ -22,7 +24,9 @@ The official ALIKED and LightGlue weights must be findable (``RECON_WEIGHTS``, d
 
     PYTHONPATH=. python benchmarks/matchers_real.py [--repeats 5] [--threads 2]
     PYTHONPATH=. python benchmarks/matchers_real.py --reconstruct temple_sparse fountain sacre_coeur
-    PYTHONPATH=. python benchmarks/matchers_real.py --reconstruct fox --set pairs.name=sequential pairs.overlap=10
+    recon pairs ../shared/data/ngp_fox/images /tmp/fox_pairs   # the default graph on SIFT
+    PYTHONPATH=. python benchmarks/matchers_real.py --reconstruct fox --methods aliked --no-throughput
+        --set pairs.name=from_file pairs.path=/tmp/fox_pairs/pairs.txt
 """
 from __future__ import annotations
 
@@ -103,16 +107,18 @@ def benchmark(device: torch.device, repeats: int, size: int, keypoints: int) -> 
     return rows
 
 
-# (label, preset, overrides) of the compared methods; the first is the reference.
-METHODS = (("SIFT + NN", "default", []),
-           ("ALIKED + LightGlue", "aliked_lightglue", []),
-           ("ALIKED + LG, rotations=4", "aliked_lightglue", ["features.rotations=4"]),
-           ("ALIKED + LG, rot=4, 2 px", "aliked_lightglue", ["features.rotations=4", "database.max_error=2.0"]))
+# key: (label, preset, overrides) of the compared methods; the first is the reference.
+METHODS = {"sift": ("SIFT + NN", "default", []),
+           "aliked": ("ALIKED + LightGlue", "aliked_lightglue", []),
+           "aliked_rot4": ("ALIKED + LG, rotations=4", "aliked_lightglue", ["features.rotations=4"]),
+           "aliked_rot4_2px": ("ALIKED + LG, rot=4, 2 px", "aliked_lightglue",
+                               ["features.rotations=4", "database.max_error=2.0"])}
 FRONT_END_STAGES = ("images", "priors", "features", "pairs", "matches")
 
 
-def compare_reconstructions(scenes: list[str], overrides: list[str]) -> None:
-    """Every method on each scene; one table over all scenes, then the issue's AUC@5 check.
+def compare_reconstructions(scenes: list[str], overrides: list[str], keys: list[str]) -> None:
+    """The methods ``keys`` of :data:`METHODS` (SIFT, the reference, always first) on each scene;
+    one table over all scenes, then the issue's AUC@5 check.
 
     Methods that differ only in database / mapper options share one output folder, so the
     later ones reuse the features and matches (recon skips stages made with the same
@@ -123,11 +129,12 @@ def compare_reconstructions(scenes: list[str], overrides: list[str]) -> None:
 
     from recon.io.images import list_image_files
 
+    methods = [METHODS["sift"], *(METHODS[key] for key in keys if key != "sift")]
     results: dict[tuple[str, str], dict] = {}
     for scene in scenes:
         front_end_time: dict[str, float] = {}
         with tempfile.TemporaryDirectory() as tmp:
-            for label, preset, extra in METHODS:
+            for label, preset, extra in methods:
                 key = "_".join([preset, *(o for o in extra if not o.startswith(("database.", "mapper.")))])
                 start = time.perf_counter()
                 try:
@@ -145,8 +152,8 @@ def compare_reconstructions(scenes: list[str], overrides: list[str]) -> None:
     print(f"{'scene':14} {'method':26} {'registered':>10} {'AUC@1':>7} {'AUC@5':>7} {'AUC@10':>7} "
           f"{'time s':>8} {'x SIFT':>7}")
     for scene in scenes:
-        reference = results[scene, METHODS[0][0]]
-        for label, _, _ in METHODS:
+        reference = results[scene, methods[0][0]]
+        for label, _, _ in methods:
             r = results[scene, label]
             aucs = " ".join(f"{r.get(f'auc@{k}', float('nan')):7.3f}" for k in (1, 5, 10))
             print(f"{scene:14} {label:26} {r['registered']:>4}/{r['num_images']:<5} {aucs} "
@@ -154,8 +161,8 @@ def compare_reconstructions(scenes: list[str], overrides: list[str]) -> None:
     for scene in scenes:
         if SCENES[scene][1] is None:
             continue
-        sift = results[scene, METHODS[0][0]].get("auc@5", 0.0)
-        for label, _, _ in METHODS[1:]:
+        sift = results[scene, methods[0][0]].get("auc@5", 0.0)
+        for label, _, _ in methods[1:]:
             r = results[scene, label]
             verdict = "reaches" if r.get("auc@5", 0.0) >= sift else "is BELOW"
             print(f"{scene}: {label} AUC@5 {r.get('auc@5', 0.0):.3f} {verdict} SIFT's {sift:.3f}; "
@@ -184,6 +191,8 @@ def main() -> None:
     parser.add_argument("--keypoints", type=int, default=2048)
     parser.add_argument("--reconstruct", nargs="*", default=[], metavar="SCENE",
                         help="compare SIFT+NN and ALIKED+LightGlue reconstructions of these scenes")
+    parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS),
+                        help="methods of --reconstruct (SIFT, the reference, always runs)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="config overrides applied to every method of --reconstruct")
     parser.add_argument("--no-throughput", action="store_true", help="skip the throughput table")
@@ -191,7 +200,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     os.environ.setdefault("RECON_WEIGHTS", str(SHARED / "weights"))
     if args.reconstruct:
-        compare_reconstructions(args.reconstruct, args.overrides)
+        compare_reconstructions(args.reconstruct, args.overrides, args.methods)
     if not args.no_throughput:
         print_throughput(args)
 

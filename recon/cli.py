@@ -142,15 +142,11 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
 
 def cmd_pairs(args: argparse.Namespace) -> int:
-    from .graph.scene_graph import NETWORK_TOKENS
+    from .graph import reads_features
 
     pipeline = _pipeline(args)
     pipeline.find_images()
-    conf = pipeline.config["pairs"]
-    # network token sources encode the images themselves (unless global descriptors replace them)
-    encodes_images = conf.get("tokens") in NETWORK_TOKENS and not conf.get("global_descriptors")
-    needs_features = conf["name"] not in ("exhaustive", "sequential", "from_file") and not encodes_images
-    if needs_features:
+    if reads_features(pipeline.config["pairs"], len(pipeline.infos)):
         pipeline.extract()
     pairs = pipeline.select_pairs()
     print(f"{len(pairs)} pairs -> {pipeline.pairs_path}")

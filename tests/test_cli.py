@@ -54,3 +54,17 @@ def test_unknown_config_key_is_named(tmp_path, capsys):
 
 def test_evaluate_missing_model_fails_cleanly(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "missing"), "--gt", str(tmp_path / "gt")]) == 2
+
+
+def test_pairs_of_a_small_collection_are_all_pairs_without_features(tmp_path):
+    """The default graph matches every pair of a 6-image folder, so ``recon pairs`` extracts no
+    features for it."""
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (32, 48, 3), dtype=np.uint8)).save(images / f"{i}.png")
+    assert main(["pairs", str(images), str(tmp_path / "out")]) == 0
+    lines = (tmp_path / "out" / "pairs.txt").read_text().splitlines()
+    assert len({frozenset(line.split()) for line in lines}) == len(lines) == 15
+    assert not (tmp_path / "out" / "features.h5").exists()

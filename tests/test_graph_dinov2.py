@@ -73,7 +73,8 @@ def forward_calls(monkeypatch) -> list[int]:
 
 def graph_conf(weights: Path, **options) -> dict:
     return PAIR_STRATEGIES.conf("mast3r_graph", {"tokens": "dinov2", "encoder_weights": str(weights),
-                                                 "encoder_size": SIZE, "dinov2_model": "vits14", **options})
+                                                 "encoder_size": SIZE, "dinov2_model": "vits14",
+                                                 "all_pairs_share": 0, **options})  # the graph of 5 images
 
 
 def test_input_size_keeps_the_aspect_with_sides_multiple_of_the_patch():
@@ -146,7 +147,8 @@ def test_recon_pairs_cli_with_dinov2_tokens_writes_the_graph_without_features(im
     out = tmp_path / "out"
     code = main(["pairs", str(images), str(out), "--device", "cpu", "--set", "pairs.name=mast3r_graph",
                  "--set", "pairs.tokens=dinov2", "--set", "pairs.dinov2_model=vits14",
-                 "--set", f"pairs.encoder_weights={tiny_weights}", "--set", f"pairs.encoder_size={SIZE}"])
+                 "--set", f"pairs.encoder_weights={tiny_weights}", "--set", f"pairs.encoder_size={SIZE}",
+                 "--set", "pairs.all_pairs_share=0"])
     assert code == 0
     pairs = read_pairs(out / "pairs.txt")
     names = sorted(p.name for p in images.iterdir())
@@ -165,7 +167,8 @@ def test_offline_without_weights_names_the_url_and_the_expected_path(images, tmp
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
     names = sorted(p.name for p in images.iterdir())
-    conf = PAIR_STRATEGIES.conf("mast3r_graph", {"tokens": "dinov2", "encoder_size": SIZE})  # default vitb14
+    conf = PAIR_STRATEGIES.conf("mast3r_graph", {"tokens": "dinov2", "encoder_size": SIZE,
+                                                  "all_pairs_share": 0})  # default vitb14
     context = PairsContext(images, tmp_path / "out", device=torch.device("cpu"))
     with pytest.raises(WeightsNotFoundError) as error:
         PAIR_STRATEGIES.get("mast3r_graph").function(names, conf, context)

@@ -33,3 +33,17 @@ class PairsContext:
 from . import basic  # noqa: E402,F401  (registers exhaustive, sequential, from_file)
 from . import scene_graph  # noqa: E402,F401  (registers mast3r_graph)
 from . import retrieval  # noqa: E402,F401  (registers retrieval, sequential_retrieval, covisibility, poses)
+
+
+def reads_features(conf: dict[str, Any], num_images: int) -> bool:
+    """Whether pair strategy ``conf`` reads the pipeline's ``features.h5`` for ``num_images``
+    images, so that ``recon pairs`` extracts local features only when they are used: the order- and
+    file-based strategies never read them, nor do the ASMK ones when a network encodes the tokens
+    (and no global descriptors replace them) or when a small collection is matched exhaustively."""
+    from .scene_graph import NETWORK_TOKENS, matches_all_pairs
+
+    if conf["name"] in ("exhaustive", "sequential", "from_file"):
+        return False
+    if conf.get("tokens") in NETWORK_TOKENS and not conf.get("global_descriptors"):
+        return False
+    return not (conf["name"] == "mast3r_graph" and matches_all_pairs(num_images, conf))
