@@ -230,20 +230,23 @@ def padded(shape: tuple[int, ...], like: Tensor) -> Tensor:
 class Structure:
     """Index bookkeeping fixed for a problem: observation order, free columns, point pairs.
 
-    Observations are sorted by point so each point's track is contiguous; the pairs (a <= b) of
-    observations of the same point give the blocks of the Schur complement (dense solver).
+    Observations are stored image-major (sorted by image, then point), so every per-image
+    accumulation reads contiguous rows and the two sides of each image-pair block of the Schur
+    complement gather from two compact ranges (cache-friendly). Tracks are walked through
+    ``by_point``; the pairs (a <= b) of observations of one point give the blocks of the Schur
+    complement (dense solver). Built once per solve and reused by every iteration.
     """
 
     def __init__(self, problem: Problem, options: BAOptions):
         dev = problem.device
-        order = torch.argsort(problem.obs_point, stable=True)
+        self.num_images, self.num_cameras, self.num_points = problem.num_images, problem.num_cameras, problem.num_points
+        self.num_obs = problem.num_observations
+        order = torch.argsort(problem.obs_image * self.num_points + problem.obs_point, stable=True)
         self.obs_img = problem.obs_image[order]
         self.obs_pt = problem.obs_point[order]
         self.obs_xy = problem.obs_xy[order]
         self.image_camera = problem.image_camera
         self.obs_cam = problem.image_camera[self.obs_img]
-        self.num_images, self.num_cameras, self.num_points = problem.num_images, problem.num_cameras, problem.num_points
-        self.num_obs = problem.num_observations
         free_intr = ~problem.camera_constant
         self.kcols = free_intr.any(0).nonzero()[:, 0]  # intrinsics columns free somewhere
         self.ke = int(self.kcols.numel())
@@ -256,12 +259,12 @@ class Structure:
         self.full_free = torch.cat([self.pose_free.reshape(-1), self.intr_free.reshape(-1)])
         self.n_full = self.full_free.numel()
         self.groups = model_groups(problem.camera_models, self.obs_cam)
-        # Point pairs a < b within each track (observations are sorted by point).
+        # Point pairs a < b within each track, in track order (by_point: observation rows sorted by point).
+        by_point = torch.argsort(self.obs_pt, stable=True)
         counts = torch.bincount(self.obs_pt, minlength=self.num_points)
         starts = torch.cumsum(counts, 0) - counts
-        ends = (starts + counts)[self.obs_pt]  # (M,) one past the last observation of the same point
-        idx = torch.arange(self.num_obs, device=dev)
-        n_after = ends - idx - 1
+        track_pos = torch.arange(self.num_obs, device=dev)
+        n_after = (starts + counts)[self.obs_pt[by_point]] - track_pos - 1  # later observations of the same point
         self.num_pairs = int(n_after.sum())
         self.pair_entries = self.num_pairs * self.m * self.m
         # ext layout: one m-block per image ([pose, intrinsics of its camera]); maps to the full layout.
@@ -270,19 +273,19 @@ class Structure:
         intr_slots = 6 * self.num_images + problem.image_camera[:, None] * self.ke + torch.arange(self.ke, device=dev)
         self.ext_to_full = torch.cat([pose_slots, intr_slots], -1).reshape(-1)  # (I*m,)
         self.solver = self._choose_solver(options)
-        # Observations grouped by image, in chunks: per-image diagonal blocks of the Schur complement.
-        by_image = torch.argsort(self.obs_img, stable=True)
-        self.diag_idx, self.diag_chunk_image = chunk_groups(by_image, self.obs_img[by_image], CHUNK, self.num_obs)
+        # Per-image chunks of observation rows (contiguous): per-image diagonal blocks.
+        rows_all = torch.arange(self.num_obs, device=dev)
+        self.diag_idx, self.diag_chunk_image = chunk_groups(rows_all, self.obs_img, CHUNK, self.num_obs)
         if self.solver == "dense":
             # Pairs a <= b of observations of one point, keyed by image block; the a == b pairs
             # (the per-observation Schur terms) get keys I*I + image so they are not mirrored.
-            pair_a = torch.repeat_interleave(idx, n_after + 1)
-            offsets = torch.arange(pair_a.numel(), device=dev) - torch.repeat_interleave(torch.cumsum(n_after + 1, 0) - n_after - 1, n_after + 1)
-            pair_b = pair_a + offsets
+            t_a = torch.repeat_interleave(track_pos, n_after + 1)
+            offsets = torch.arange(t_a.numel(), device=dev) - torch.repeat_interleave(torch.cumsum(n_after + 1, 0) - n_after - 1, n_after + 1)
+            pair_a, pair_b = by_point[t_a], by_point[t_a + offsets]  # images ascend along a track: img(a) <= img(b)
             n_img = self.num_images
             block = torch.where(pair_a == pair_b, n_img * n_img + self.obs_img[pair_a],
                                 self.obs_img[pair_a] * n_img + self.obs_img[pair_b])
-            by_block = torch.argsort(block, stable=True)
+            by_block = torch.argsort(block * self.num_obs + pair_a)
             self.pair_a_idx, self.pair_chunk_block = chunk_groups(pair_a[by_block], block[by_block], CHUNK, self.num_obs)
             self.pair_b_idx, _ = chunk_groups(pair_b[by_block], block[by_block], CHUNK, self.num_obs)
 
