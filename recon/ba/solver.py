@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import losses
-from .cameras import MIN_DEPTH, model_groups, project, project_groups
+from .cameras import MIN_DEPTH, model_groups, project, project_groups_t
 from .geometry import so3_exp
 from ..heap import reuse_freed_memory
 from .problem import Problem
@@ -344,24 +344,34 @@ class Linearization:
     jac_pts: Tensor | None = None
 
 
-def _camera_frame(st: Structure, x: State) -> tuple[Tensor, Tensor]:
-    """Rotated points R X (M, 3) and camera-frame points R X + t (M, 3)."""
-    rx = mv(rows(x.rotations, st.obs_img), rows(x.points, st.obs_pt))
-    return rx, rx + rows(x.translations, st.obs_img)
+def columns(t: Tensor, idx: Tensor) -> Tensor:
+    """Component-major gather: t (N, ...) -> (prod(...), len(idx)), i.e. t[idx] flattened and transposed.
+
+    Per-observation maths on (components, M) tensors runs over contiguous length-M vectors.
+    """
+    return t.reshape(t.shape[0], -1).T.contiguous().index_select(1, idx)
+
+
+def _camera_frame(st: Structure, x: State) -> tuple[Tensor, Tensor, Tensor]:
+    """Component-major rotations (3, 3, M), rotated points R X (3, M), camera-frame points R X + t (3, M)."""
+    rot = columns(x.rotations, st.obs_img).view(3, 3, st.num_obs)
+    rx = (rot * columns(x.points, st.obs_pt)[None]).sum(1)
+    return rot, rx, rx + columns(x.translations, st.obs_img)
 
 
 def _analytic_jacobians(st: Structure, x: State):
-    """Residuals and analytic Jacobians of every observation, one batched call per camera model."""
-    rx, pc = _camera_frame(st, x)
-    xy, j_pc, j_par = project_groups(st.groups, rows(x.camera_params, st.obs_cam), pc)
+    """Projections and analytic Jacobians of every observation, one batched call per camera model.
+
+    Computed component-major; returned as (M, ...) views: xy (M, 2), p_cam (M, 3),
+    J_cam (M, 2, m), J_pts (M, 2, 3) (not contiguous).
+    """
+    rot, rx, pc = _camera_frame(st, x)
+    xy, j_pc, j_par = project_groups_t(st.groups, columns(x.camera_params, st.obs_cam), pc)
     # Left perturbation: d(Exp(w) R X)/dw = -[R X]_x, so row j of J_rot is cross(R X, J_pc[j]).
-    q = rx[:, None, :]
-    j_rot = torch.stack([q[..., 1] * j_pc[..., 2] - q[..., 2] * j_pc[..., 1],
-                         q[..., 2] * j_pc[..., 0] - q[..., 0] * j_pc[..., 2],
-                         q[..., 0] * j_pc[..., 1] - q[..., 1] * j_pc[..., 0]], -1)
-    j_cam = torch.cat([j_rot, j_pc, j_par[:, :, st.kcols]], -1)
-    j_pts = outer_sum(j_pc.transpose(1, 2), rows(x.rotations, st.obs_img))  # J_pc @ R
-    return xy, pc, j_cam, j_pts
+    j_rot = torch.linalg.cross(rx[None], j_pc, dim=1)
+    j_cam = torch.cat([j_rot, j_pc, j_par[:, st.kcols]], 1)  # (2, m, M)
+    j_pts = (j_pc[:, :, None] * rot[None]).sum(1)  # J_pc @ R, (2, 3, M)
+    return xy.T, pc.T, j_cam.permute(2, 0, 1), j_pts.permute(2, 0, 1)
 
 
 def _autodiff_jacobians(st: Structure, x: State):
@@ -398,8 +408,9 @@ def evaluate(st: Structure, x: State, options: BAOptions, with_jac: bool) -> Lin
         jac_fn = _analytic_jacobians if options.jacobian == "analytic" else _autodiff_jacobians
         xy, pc, j_cam, j_pts = jac_fn(st, x)
     else:
-        _, pc = _camera_frame(st, x)
-        xy = project_groups(st.groups, rows(x.camera_params, st.obs_cam), pc, with_jac=False)
+        pc = _camera_frame(st, x)[2]
+        xy = project_groups_t(st.groups, columns(x.camera_params, st.obs_cam), pc, with_jac=False).T
+        pc = pc.T
     valid = pc[:, 2] >= MIN_DEPTH  # COLMAP: points with depth < eps get a zero residual
     r = torch.where(valid[:, None], xy - st.obs_xy, torch.zeros_like(xy))
     rho, rho1 = losses.evaluate(options.loss, options.loss_scale, (r * r).sum(-1))
@@ -408,9 +419,12 @@ def evaluate(st: Structure, x: State, options: BAOptions, with_jac: bool) -> Lin
         return Linearization(cost, r)
     scale = torch.sqrt(rho1) * valid
     r = r * scale[:, None]
-    # where, not a product: at depth 0 the projection's Jacobian is inf/NaN and NaN * 0 is NaN
-    j_cam = torch.where(valid[:, None, None], j_cam * (scale[:, None, None] * st.obs_free[:, None, :]), 0.0)
-    j_pts = torch.where(valid[:, None, None], j_pts * (scale * st.obs_point_free)[:, None, None], 0.0)
+    # The products also lay the Jacobians out row-major (contiguous (M, 2, .)), as the normal equations read them.
+    j_cam = torch.mul(j_cam, (scale[:, None] * st.obs_free)[:, None, :], out=j_cam.new_empty(j_cam.shape))
+    j_pts = torch.mul(j_pts, (scale * st.obs_point_free)[:, None, None], out=j_pts.new_empty(j_pts.shape))
+    if not bool(valid.all()):  # at depth 0 the projection's Jacobian is inf/NaN, and NaN * 0 is NaN
+        j_cam = j_cam.masked_fill(~valid[:, None, None], 0.0)
+        j_pts = j_pts.masked_fill(~valid[:, None, None], 0.0)
     return Linearization(cost, r, j_cam, j_pts)
 
 
