@@ -297,15 +297,19 @@ class Structure:
 
     def gather_cam(self, pose: Tensor, intr: Tensor) -> Tensor:
         """Full-layout camera-side vectors (I, 6) + (C, Ke) -> per-observation (M, m)."""
-        return torch.cat([rows(pose, self.obs_img), rows(intr, self.obs_cam)], -1)
+        return rows(torch.cat([pose, intr[self.image_camera]], -1), self.obs_img)
 
     def scatter_cam(self, per_obs: Tensor) -> Tensor:
         """Per-observation (M, m) -> summed full-layout vector (6 I + Ke C,)."""
-        pose = torch.zeros(self.num_images, 6, dtype=per_obs.dtype, device=per_obs.device)
-        pose.index_add_(0, self.obs_img, per_obs[:, :6])
-        intr = torch.zeros(self.num_cameras, self.ke, dtype=per_obs.dtype, device=per_obs.device)
-        intr.index_add_(0, self.obs_cam, per_obs[:, 6:])
-        return torch.cat([pose.reshape(-1), intr.reshape(-1)])
+        per_image = torch.zeros(self.num_images, self.m, dtype=per_obs.dtype, device=per_obs.device)
+        return self.fold_images(per_image.index_add_(0, self.obs_img, per_obs))
+
+    def fold_images(self, per_image: Tensor) -> Tensor:
+        """Per-image ext-layout (I, m) -> full layout (6 I + Ke C,): images sharing a camera add
+        into its intrinsics entries."""
+        intr = torch.zeros(self.num_cameras, self.ke, dtype=per_image.dtype, device=per_image.device)
+        intr.index_add_(0, self.image_camera, per_image[:, 6:])
+        return torch.cat([per_image[:, :6].reshape(-1), intr.reshape(-1)])
 
     def split_full(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return x[:6 * self.num_images].reshape(self.num_images, 6), x[6 * self.num_images:].reshape(self.num_cameras, self.ke)
@@ -446,31 +450,36 @@ def _sym3_inverse(a: Tensor) -> Tensor:
 class NormalEquations:
     """J^T J and J^T r in block form, built once per linearization and reused across LM retries.
 
-    Kept per observation: W_a = Jc_a^T Jp_a (M, m, 3) and g_a = Jc_a^T r_a (M, m); per point:
-    V_p = sum Jp^T Jp (P, 3, 3) and g_p (P, 3); per camera-side entry: diag(J^T J) for damping.
+    Kept per observation: W_a^T = Jp_a^T Jc_a (M, 3, m); per image: the (m, m) blocks of
+    Jc^T Jc; per point: V_p = sum Jp^T Jp (P, 3, 3) and g_p (P, 3); in the full layout: the
+    camera gradient and diag(J^T J) for damping.
     """
 
     def __init__(self, st: Structure, lin: Linearization, options: BAOptions):
         self.st, self.lin = st, lin
         self.schur_float32 = options.schur_float32
         jc, jp, r = lin.jac_cam, lin.jac_pts, lin.residuals
-        self.wt_pad = padded((st.num_obs, 3, st.m), jc)
+        m = st.m
+        self.wt_pad = padded((st.num_obs, 3, m), jc)
         self.wt = outer_sum(jp, jc, out=self.wt_pad[:-1])  # W_a^T = Jp^T Jc (M, 3, m), zero row after
-        self.gc = mtv(jc, r)  # (M, m)
-        v = torch.zeros(st.num_points, 3, 3, dtype=r.dtype, device=r.device)
-        add_rows(v, st.obs_pt, outer_sum(jp, jp))
-        gp = torch.zeros(st.num_points, 3, dtype=r.dtype, device=r.device)
-        add_rows(gp, st.obs_pt, mtv(jp, r))
+        # Camera side: one per-image gram of [Jc | r] holds the image blocks of Jc^T Jc and Jc^T r.
+        jcr = padded((st.num_obs, 2, m + 1), jc)
+        jcr[:-1, :, :m] = jc
+        jcr[:-1, :, m] = r
+        gram = torch.zeros(st.num_images, m + 1, m + 1, dtype=r.dtype, device=r.device)
+        add_rows(gram, st.diag_chunk_image, chunk_gram(jcr, jcr, st.diag_idx, st.diag_idx, CHUNK))
+        self.h_img = gram[:, :m, :m]
+        self.g_cam = st.fold_images(gram[:, :m, m])
+        self.diag_cam = st.fold_images(torch.diagonal(self.h_img, dim1=1, dim2=2)).clamp(
+            options.min_lm_diagonal, options.max_lm_diagonal)
+        # Point side: one scatter of [Jp^T Jp | Jp^T r] per observation.
+        vg = torch.zeros(st.num_points, 3, 4, dtype=r.dtype, device=r.device)
+        add_rows(vg, st.obs_pt, outer_sum(jp, torch.cat([jp, r[:, :, None]], -1)))
         # Constant points: unit block so the elimination is well defined and their step is zero.
         eye = torch.eye(3, dtype=r.dtype, device=r.device)
-        v = v + (1.0 - st.point_free)[:, None, None] * eye
-        self.v, self.gp = v, gp
-        self.g_cam = st.scatter_cam(self.gc)
-        self.diag_cam = st.scatter_cam((jc * jc).sum(1)).clamp(options.min_lm_diagonal, options.max_lm_diagonal)
-        self.diag_pts = torch.diagonal(v, dim1=1, dim2=2).clamp(options.min_lm_diagonal, options.max_lm_diagonal)
-        jc_pad = _pad_row(jc)
-        h_img = torch.zeros(st.num_images, st.m, st.m, dtype=r.dtype, device=r.device)
-        self.h_img = add_rows(h_img, st.diag_chunk_image, chunk_gram(jc_pad, jc_pad, st.diag_idx, st.diag_idx, CHUNK))
+        self.v = vg[:, :, :3] + (1.0 - st.point_free)[:, None, None] * eye
+        self.gp = vg[:, :, 3]
+        self.diag_pts = torch.diagonal(self.v, dim1=1, dim2=2).clamp(options.min_lm_diagonal, options.max_lm_diagonal)
 
     def gradient_max_norm(self) -> float:
         return max(float(self.g_cam.abs().max()), float(self.gp.abs().max()))
@@ -484,9 +493,9 @@ class NormalEquations:
         outer_sum(rows(vinv, self.st.obs_pt), self.wt, out=y_pad[:-1])
         return y_pad
 
-    def reduced_rhs(self, y_pad: Tensor) -> Tensor:
+    def reduced_rhs(self, vinv: Tensor) -> Tensor:
         """b = g_c - W V^-1 g_p in the full layout."""
-        return self.st.scatter_cam(self.gc - mtv(y_pad[:-1], rows(self.gp, self.st.obs_pt)))
+        return self.g_cam - self.st.scatter_cam(mtv(self.wt, rows(mv(vinv, self.gp), self.st.obs_pt)))
 
     def image_blocks(self, y_pad: Tensor) -> Tensor:
         """Per-image (I, m, m) diagonal blocks of H_cc - W V^-1 W^T from observations alone
@@ -532,7 +541,7 @@ def solve_dense(ne: NormalEquations, lam: float) -> tuple[Tensor, Tensor, int] |
     n_img, m = st.num_images, st.m
     vinv = ne.damped_point_inverse(lam)
     y = ne.eliminate(vinv)
-    rhs = ne.reduced_rhs(y)
+    rhs = ne.reduced_rhs(vinv)
     blocks = torch.zeros(n_img * n_img + n_img, m, m, dtype=y.dtype, device=y.device)
     if ne.schur_float32:
         gram = chunk_gram(y.float(), ne.wt_pad.float(), st.pair_a_idx, st.pair_b_idx, CHUNK).double()
@@ -568,7 +577,7 @@ def solve_pcg(ne: NormalEquations, lam: float, options: BAOptions) -> tuple[Tens
     vinv = ne.damped_point_inverse(lam)
     y = ne.eliminate(vinv)
     free = st.full_free
-    rhs = -ne.reduced_rhs(y) * free
+    rhs = -ne.reduced_rhs(vinv) * free
     damp = torch.where(free > 0, lam * ne.diag_cam, torch.ones_like(ne.diag_cam))
 
     def apply_s(xv: Tensor) -> Tensor:
