@@ -153,9 +153,9 @@ CHUNK = 32  # observations (or point pairs) per batched GEMM in the block accumu
 
 
 def chunk_groups(items: Tensor, keys: Tensor, size: int, pad: int) -> tuple[Tensor, Tensor]:
-    """Split ``items`` (sorted by ``keys``) into fixed-size chunks that never mix keys.
+    """Split ``items`` (N,) or (N, k) (rows sorted by ``keys``) into fixed-size chunks that never mix keys.
 
-    Returns (num_chunks * size,) item indices, padded with ``pad`` (the index of an all-zero row),
+    Returns (num_chunks * size, ...) item rows, padded with ``pad`` (the index of an all-zero row),
     and the key of each chunk. Accumulating a block per key as a batched GEMM over chunks is ~10x
     faster on CPU than a batched GEMM over single observations.
     """
@@ -164,13 +164,14 @@ def chunk_groups(items: Tensor, keys: Tensor, size: int, pad: int) -> tuple[Tens
     n_chunks = (counts + size - 1) // size
     first_item = torch.cumsum(counts, 0) - counts
     chunk_key = torch.repeat_interleave(uniq, n_chunks)
-    chunk_group = torch.repeat_interleave(torch.arange(uniq.numel(), device=dev), n_chunks)
+    group_ids = torch.arange(uniq.numel(), device=dev)
+    chunk_group = torch.repeat_interleave(group_ids, n_chunks)
     chunk_in_group = torch.arange(int(n_chunks.sum()), device=dev) - torch.repeat_interleave(torch.cumsum(n_chunks, 0) - n_chunks, n_chunks)
     pos = chunk_in_group[:, None] * size + torch.arange(size, device=dev)  # (chunks, size) position in group
-    valid = pos < counts[chunk_group][:, None]
-    src = (first_item[chunk_group][:, None] + pos).clamp_max(items.numel() - 1)
-    idx = torch.where(valid, items[src], torch.full_like(src, pad))
-    return idx.reshape(-1), chunk_key
+    valid = (pos < counts.index_select(0, chunk_group)[:, None]).reshape(-1)
+    src = (first_item.index_select(0, chunk_group)[:, None] + pos).reshape(-1).clamp_max(items.shape[0] - 1)
+    idx = items.index_select(0, src).masked_fill_(~valid.view(-1, *[1] * (items.dim() - 1)), pad)
+    return idx, chunk_key
 
 
 def chunk_gram(a: Tensor, b: Tensor, idx_a: Tensor, idx_b: Tensor, size: int) -> Tensor:
@@ -242,11 +243,11 @@ class Structure:
         self.num_images, self.num_cameras, self.num_points = problem.num_images, problem.num_cameras, problem.num_points
         self.num_obs = problem.num_observations
         order = torch.argsort(problem.obs_image * self.num_points + problem.obs_point, stable=True)
-        self.obs_img = problem.obs_image[order]
-        self.obs_pt = problem.obs_point[order]
-        self.obs_xy = problem.obs_xy[order]
+        self.obs_img = problem.obs_image.index_select(0, order)
+        self.obs_pt = problem.obs_point.index_select(0, order)
+        self.obs_xy = problem.obs_xy.index_select(0, order)
         self.image_camera = problem.image_camera
-        self.obs_cam = problem.image_camera[self.obs_img]
+        self.obs_cam = problem.image_camera.index_select(0, self.obs_img)
         free_intr = ~problem.camera_constant
         self.kcols = free_intr.any(0).nonzero()[:, 0]  # intrinsics columns free somewhere
         self.ke = int(self.kcols.numel())
@@ -254,8 +255,8 @@ class Structure:
         self.pose_free = (~problem.pose_constant).to(torch.float64)  # (I, 6)
         self.intr_free = free_intr[:, self.kcols].to(torch.float64)  # (C, Ke)
         self.point_free = (~problem.point_constant).to(torch.float64)  # (P,)
-        self.obs_free = torch.cat([self.pose_free[self.obs_img], self.intr_free[self.obs_cam]], -1)  # (M, m)
-        self.obs_point_free = self.point_free[self.obs_pt]  # (M,)
+        self.obs_free = torch.cat([self.pose_free, self.intr_free.index_select(0, self.image_camera)], -1).index_select(0, self.obs_img)  # (M, m)
+        self.obs_point_free = self.point_free.index_select(0, self.obs_pt)  # (M,)
         self.full_free = torch.cat([self.pose_free.reshape(-1), self.intr_free.reshape(-1)])
         self.n_full = self.full_free.numel()
         self.groups = model_groups(problem.camera_models, self.obs_cam)
@@ -264,7 +265,7 @@ class Structure:
         counts = torch.bincount(self.obs_pt, minlength=self.num_points)
         starts = torch.cumsum(counts, 0) - counts
         track_pos = torch.arange(self.num_obs, device=dev)
-        n_after = (starts + counts)[self.obs_pt[by_point]] - track_pos - 1  # later observations of the same point
+        n_after = (starts + counts).index_select(0, self.obs_pt.index_select(0, by_point)) - track_pos - 1  # later observations of the same point
         self.num_pairs = int(n_after.sum())
         self.pair_entries = self.num_pairs * self.m * self.m
         # ext layout: one m-block per image ([pose, intrinsics of its camera]); maps to the full layout.
@@ -281,13 +282,14 @@ class Structure:
             # (the per-observation Schur terms) get keys I*I + image so they are not mirrored.
             t_a = torch.repeat_interleave(track_pos, n_after + 1)
             offsets = torch.arange(t_a.numel(), device=dev) - torch.repeat_interleave(torch.cumsum(n_after + 1, 0) - n_after - 1, n_after + 1)
-            pair_a, pair_b = by_point[t_a], by_point[t_a + offsets]  # images ascend along a track: img(a) <= img(b)
-            n_img = self.num_images
-            block = torch.where(pair_a == pair_b, n_img * n_img + self.obs_img[pair_a],
-                                self.obs_img[pair_a] * n_img + self.obs_img[pair_b])
-            by_block = torch.argsort(block * self.num_obs + pair_a)
-            self.pair_a_idx, self.pair_chunk_block = chunk_groups(pair_a[by_block], block[by_block], CHUNK, self.num_obs)
-            self.pair_b_idx, _ = chunk_groups(pair_b[by_block], block[by_block], CHUNK, self.num_obs)
+            pair_a, pair_b = by_point.index_select(0, t_a), by_point.index_select(0, t_a + offsets)
+            img_a, img_b = self.obs_img.index_select(0, pair_a), self.obs_img.index_select(0, pair_b)
+            n_img = self.num_images  # images ascend along a track: img(a) <= img(b)
+            block = torch.where(offsets == 0, n_img * n_img + img_a, img_a * n_img + img_b)
+            by_block = torch.argsort(block, stable=True)  # pair_a ascends within a block (tracks are in point order)
+            pairs, self.pair_chunk_block = chunk_groups(torch.stack([pair_a, pair_b], 1).index_select(0, by_block),
+                                                        block.index_select(0, by_block), CHUNK, self.num_obs)
+            self.pair_a_idx, self.pair_b_idx = pairs.T.contiguous()
 
     def _choose_solver(self, options: BAOptions) -> str:
         if options.linear_solver != "auto":
