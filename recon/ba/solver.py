@@ -428,9 +428,9 @@ def evaluate(st: Structure, x: State, options: BAOptions, with_jac: bool) -> Lin
     # The products also lay the Jacobians out row-major (contiguous (M, 2, .)), as the normal equations read them.
     j_cam = torch.mul(j_cam, (scale[:, None] * st.obs_free)[:, None, :], out=j_cam.new_empty(j_cam.shape))
     j_pts = torch.mul(j_pts, (scale * st.obs_point_free)[:, None, None], out=j_pts.new_empty(j_pts.shape))
-    if not bool(valid.all()):  # at depth 0 the projection's Jacobian is inf/NaN, and NaN * 0 is NaN
-        j_cam = j_cam.masked_fill(~valid[:, None, None], 0.0)
-        j_pts = j_pts.masked_fill(~valid[:, None, None], 0.0)
+    behind = (~valid).nonzero()[:, 0]  # at depth 0 the projection's Jacobian is inf/NaN, and NaN * 0 is NaN
+    j_cam.index_fill_(0, behind, 0.0)
+    j_pts.index_fill_(0, behind, 0.0)
     return Linearization(cost, r, j_cam, j_pts)
 
 
