@@ -273,6 +273,8 @@ class Structure:
         pose_slots = img[:, None] * 6 + torch.arange(6, device=dev)
         intr_slots = 6 * self.num_images + problem.image_camera[:, None] * self.ke + torch.arange(self.ke, device=dev)
         self.ext_to_full = torch.cat([pose_slots, intr_slots], -1).reshape(-1)  # (I*m,)
+        self.ext_is_full = self.num_images * self.m == self.n_full and bool(
+            torch.bincount(problem.image_camera, minlength=self.num_cameras).eq(1).all())
         self.solver = self._choose_solver(options)
         # Per-image chunks of observation rows (contiguous): per-image diagonal blocks.
         rows_all = torch.arange(self.num_obs, device=dev)
@@ -555,15 +557,21 @@ def solve_dense(ne: NormalEquations, lam: float) -> tuple[Tensor, Tensor, int] |
     diag = s_blocks.diagonal(dim1=0, dim2=1)  # (m, m, I) view
     diag += (ne.h_img - blocks[n_img * n_img:]).permute(1, 2, 0)
     s_ext = s_blocks.permute(0, 2, 1, 3).reshape(n_img * m, n_img * m)
-    s = torch.zeros(st.n_full, n_img * m, dtype=y.dtype, device=y.device).index_add_(0, st.ext_to_full, s_ext)
-    s = torch.zeros(st.n_full, st.n_full, dtype=y.dtype, device=y.device).index_add_(1, st.ext_to_full, s)
-    d = torch.where(st.full_free > 0, torch.diagonal(s) + lam * ne.diag_cam, torch.ones_like(ne.diag_cam))
-    s = s * (st.full_free[:, None] * st.full_free[None, :])
+    if st.ext_is_full:  # one camera per image: the ext layout is a permutation of the full one
+        s, order = s_ext, st.ext_to_full
+    else:
+        s = torch.zeros(st.n_full, n_img * m, dtype=y.dtype, device=y.device).index_add_(0, st.ext_to_full, s_ext)
+        s = torch.zeros(st.n_full, st.n_full, dtype=y.dtype, device=y.device).index_add_(1, st.ext_to_full, s)
+        order = torch.arange(st.n_full, device=y.device)
+    free = st.full_free.index_select(0, order)
+    d = torch.where(free > 0, torch.diagonal(s) + lam * ne.diag_cam.index_select(0, order), torch.ones_like(free))
+    s = s * (free[:, None] * free[None, :])
     s.diagonal().copy_(d)
     chol, info = torch.linalg.cholesky_ex(s)
     if int(info) != 0:
         return None
-    delta_cam = torch.cholesky_solve(-rhs[:, None], chol)[:, 0] * st.full_free
+    delta = torch.cholesky_solve(-rhs.index_select(0, order)[:, None], chol)[:, 0] * free
+    delta_cam = torch.empty_like(delta).index_copy_(0, order, delta)
     return delta_cam, ne.back_substitute(vinv, delta_cam), 0
 
 
