@@ -29,6 +29,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from . import losses
@@ -182,9 +183,19 @@ def chunk_gram(a: Tensor, b: Tensor, idx_a: Tensor, idx_b: Tensor, size: int) ->
     """
     k, m = a.shape[1], a.shape[2]
     n = idx_a.numel() // size
-    ac = rows(a, idx_a).view(n, size * k, m)
-    bc = rows(b, idx_b).view(n, size * k, m)
-    return ac.transpose(1, 2) @ bc
+    return batched_gram(rows(a, idx_a).view(n, size * k, m), rows(b, idx_b).view(n, size * k, m))
+
+
+def batched_gram(a: Tensor, b: Tensor) -> Tensor:
+    """a^T b per batch entry: (n, k, m), (n, k, m') -> (n, m, m'), float64 throughout.
+
+    On CPU this goes through numpy's matmul (OpenBLAS, one GEMM per entry): for thousands of
+    9 x 96 x 9 products it took a third of the CPU time of torch.bmm (MKL) on the 2-core AMD EPYC
+    machine this was tuned on (BAL 49-7776 pair blocks: 3.2 vs 9-10 ms). Elsewhere torch.bmm.
+    """
+    if a.device.type == "cpu" and not (a.requires_grad or b.requires_grad):
+        return torch.from_numpy(np.matmul(a.numpy().transpose(0, 2, 1), b.numpy()))
+    return a.transpose(1, 2) @ b
 
 
 def rows(t: Tensor, idx: Tensor) -> Tensor:
