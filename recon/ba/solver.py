@@ -309,7 +309,7 @@ class Structure:
 
     def gather_cam(self, pose: Tensor, intr: Tensor) -> Tensor:
         """Full-layout camera-side vectors (I, 6) + (C, Ke) -> per-observation (M, m)."""
-        return rows(torch.cat([pose, intr[self.image_camera]], -1), self.obs_img)
+        return rows(torch.cat([pose, intr.index_select(0, self.image_camera)], -1), self.obs_img)
 
     def scatter_cam(self, per_obs: Tensor) -> Tensor:
         """Per-observation (M, m) -> summed full-layout vector (6 I + Ke C,)."""
@@ -384,8 +384,10 @@ def _analytic_jacobians(st: Structure, x: State):
     rot, rx, pc = _camera_frame(st, x)
     xy, j_pc, j_par = project_groups_t(st.groups, columns(x.camera_params, st.obs_cam), pc)
     # Left perturbation: d(Exp(w) R X)/dw = -[R X]_x, so row j of J_rot is cross(R X, J_pc[j]).
-    j_rot = torch.linalg.cross(rx[None], j_pc, dim=1)
-    j_cam = torch.cat([j_rot, j_pc, j_par[:, st.kcols]], 1)  # (2, m, M)
+    q0, q1, q2 = rx.unbind(0)
+    j0, j1, j2 = j_pc.unbind(1)  # (2, M) each
+    j_rot = torch.stack([q1 * j2 - q2 * j1, q2 * j0 - q0 * j2, q0 * j1 - q1 * j0], 1)
+    j_cam = torch.cat([j_rot, j_pc, j_par.index_select(1, st.kcols)], 1)  # (2, m, M)
     j_pts = (j_pc[:, :, None] * rot[None]).sum(1)  # J_pc @ R, (2, 3, M)
     return xy.T, pc.T, j_cam.permute(2, 0, 1), j_pts.permute(2, 0, 1)
 
