@@ -183,7 +183,9 @@ def chunk_gram(a: Tensor, b: Tensor, idx_a: Tensor, idx_b: Tensor, size: int) ->
     """
     k, m = a.shape[1], a.shape[2]
     n = idx_a.numel() // size
-    return outer_sum(rows(a, idx_a).view(n, size * k, m), rows(b, idx_b).view(n, size * k, m))
+    ac = rows(a, idx_a).view(n, size * k, m)
+    bc = ac if a is b and idx_a is idx_b else rows(b, idx_b).view(n, size * k, b.shape[2])
+    return outer_sum(ac, bc)
 
 
 def rows(t: Tensor, idx: Tensor) -> Tensor:
@@ -232,8 +234,11 @@ def outer_sum(a: Tensor, b: Tensor, out: Tensor | None = None) -> Tensor:
 
 
 def padded(shape: tuple[int, ...], like: Tensor) -> Tensor:
-    """A zero buffer with one extra leading row: rows [:-1] take data, row -1 is the padding target."""
-    return torch.zeros((shape[0] + 1, *shape[1:]), dtype=like.dtype, device=like.device)
+    """A buffer with one extra leading row: rows [:-1] take data (uninitialised), row -1 is zero
+    (the padding target)."""
+    out = torch.empty((shape[0] + 1, *shape[1:]), dtype=like.dtype, device=like.device)
+    out[-1] = 0.0
+    return out
 
 
 class Structure:
