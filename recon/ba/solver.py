@@ -165,8 +165,7 @@ def chunk_groups(items: Tensor, keys: Tensor, size: int, pad: int) -> tuple[Tens
     n_chunks = (counts + size - 1) // size
     first_item = torch.cumsum(counts, 0) - counts
     chunk_key = torch.repeat_interleave(uniq, n_chunks)
-    group_ids = torch.arange(uniq.numel(), device=dev)
-    chunk_group = torch.repeat_interleave(group_ids, n_chunks)
+    chunk_group = torch.repeat_interleave(torch.arange(uniq.numel(), device=dev), n_chunks)
     chunk_in_group = torch.arange(int(n_chunks.sum()), device=dev) - torch.repeat_interleave(torch.cumsum(n_chunks, 0) - n_chunks, n_chunks)
     pos = chunk_in_group[:, None] * size + torch.arange(size, device=dev)  # (chunks, size) position in group
     valid = (pos < counts.index_select(0, chunk_group)[:, None]).reshape(-1)
@@ -197,10 +196,6 @@ def add_rows(out: Tensor, idx: Tensor, src: Tensor) -> Tensor:
     """out[idx] += src (accumulating duplicates) along dim 0, through 2-D views; returns out."""
     out.view(out.shape[0], -1).index_add_(0, idx, src.reshape(src.shape[0], -1))
     return out
-
-
-def _pad_row(t: Tensor) -> Tensor:
-    return torch.cat([t, t.new_zeros(1, *t.shape[1:])])
 
 
 def matmul(a: Tensor, b: Tensor, out: Tensor | None = None) -> Tensor:
@@ -234,7 +229,7 @@ def outer_sum(a: Tensor, b: Tensor, out: Tensor | None = None) -> Tensor:
 
 
 def padded(shape: tuple[int, ...], like: Tensor) -> Tensor:
-    """A buffer with one extra leading row: rows [:-1] take data (uninitialised), row -1 is zero
+    """A buffer with one extra trailing row: rows [:-1] take data (uninitialised), row -1 is zero
     (the padding target)."""
     out = torch.empty((shape[0] + 1, *shape[1:]), dtype=like.dtype, device=like.device)
     out[-1] = 0.0
