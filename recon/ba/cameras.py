@@ -28,7 +28,8 @@ Tensor = torch.Tensor
 #: COLMAP's camera models reject points with depth below machine epsilon: such observations get
 #: a zero residual in BA and an infinite reprojection error in the filters.
 MIN_DEPTH = torch.finfo(torch.float64).eps
-# distortion(extra (N,E), u (N,), v (N,), with_jac) -> ud, vd, J_uv (N,2,2) | None, J_extra (N,2,E) | None
+# distortion(extra (E,N), u (N,), v (N,), with_jac) -> ud, vd, J_uv (2,2,N) | None, J_extra (2,E,N) | None
+# Component-major ("structure of arrays") so every operation runs over contiguous length-N vectors.
 DistortionFn = Callable[[Tensor, Tensor, Tensor, bool], tuple[Tensor, Tensor, Tensor | None, Tensor | None]]
 
 
@@ -48,38 +49,34 @@ class CameraModel:
 def _no_distortion(extra: Tensor, u: Tensor, v: Tensor, with_jac: bool):
     if not with_jac:
         return u, v, None, None
-    n = u.shape[0]
-    j_uv = torch.zeros(n, 2, 2, dtype=u.dtype, device=u.device)
-    j_uv[:, 0, 0] = 1.0
-    j_uv[:, 1, 1] = 1.0
-    return u, v, j_uv, extra.new_zeros(n, 2, 0)
+    one, zero = torch.ones_like(u), torch.zeros_like(u)
+    return u, v, torch.stack([torch.stack([one, zero]), torch.stack([zero, one])]), extra.new_zeros(2, 0, u.shape[0])
 
 
 def _radial_distortion(extra: Tensor, u: Tensor, v: Tensor, with_jac: bool):
     """ud = u (1 + k1 r2 + k2 r2^2 + ...), for one or two radial coefficients (SIMPLE_RADIAL, RADIAL)."""
     r2 = u * u + v * v
     powers = [r2]
-    for _ in range(1, extra.shape[1]):
+    for _ in range(1, extra.shape[0]):
         powers.append(powers[-1] * r2)
-    radial = sum(extra[:, i] * powers[i] for i in range(extra.shape[1]))
+    radial = sum(extra[i] * powers[i] for i in range(extra.shape[0]))
     scale = 1.0 + radial
     ud, vd = u * scale, v * scale
     if not with_jac:
         return ud, vd, None, None
     # d radial / d r2 = k1 + 2 k2 r2 + ...
-    dradial = extra[:, 0] + sum((i + 1) * extra[:, i] * powers[i - 1] for i in range(1, extra.shape[1]))
+    dradial = extra[0] + sum((i + 1) * extra[i] * powers[i - 1] for i in range(1, extra.shape[0]))
     two_dr = 2.0 * dradial
     uv = u * v * two_dr
-    j_uv = torch.stack([torch.stack([scale + u * u * two_dr, uv], -1),
-                        torch.stack([uv, scale + v * v * two_dr], -1)], -2)
-    p = torch.stack(powers, -1)  # (N, E)
-    j_extra = torch.stack([u[:, None] * p, v[:, None] * p], -2)
+    j_uv = torch.stack([torch.stack([scale + u * u * two_dr, uv]), torch.stack([uv, scale + v * v * two_dr])])
+    p = torch.stack(powers)  # (E, N)
+    j_extra = torch.stack([u * p, v * p])
     return ud, vd, j_uv, j_extra
 
 
 def _opencv_distortion(extra: Tensor, u: Tensor, v: Tensor, with_jac: bool):
     """COLMAP's OPENCV distortion: radial k1, k2 and tangential p1, p2."""
-    k1, k2, p1, p2 = extra.unbind(-1)
+    k1, k2, p1, p2 = extra.unbind(0)
     u2, v2, uv = u * u, v * v, u * v
     r2 = u2 + v2
     radial = k1 * r2 + k2 * r2 * r2
@@ -89,11 +86,11 @@ def _opencv_distortion(extra: Tensor, u: Tensor, v: Tensor, with_jac: bool):
         return ud, vd, None, None
     two_dr = 2.0 * (k1 + 2.0 * k2 * r2)
     cross = uv * two_dr + 2.0 * p1 * u + 2.0 * p2 * v
-    j_uv = torch.stack([torch.stack([1.0 + radial + u2 * two_dr + 2.0 * p1 * v + 6.0 * p2 * u, cross], -1),
-                        torch.stack([cross, 1.0 + radial + v2 * two_dr + 2.0 * p2 * u + 6.0 * p1 * v], -1)], -2)
+    j_uv = torch.stack([torch.stack([1.0 + radial + u2 * two_dr + 2.0 * p1 * v + 6.0 * p2 * u, cross]),
+                        torch.stack([cross, 1.0 + radial + v2 * two_dr + 2.0 * p2 * u + 6.0 * p1 * v])])
     r4 = r2 * r2
-    j_extra = torch.stack([torch.stack([u * r2, u * r4, 2.0 * uv, r2 + 2.0 * u2], -1),
-                           torch.stack([v * r2, v * r4, r2 + 2.0 * v2, 2.0 * uv], -1)], -2)
+    j_extra = torch.stack([torch.stack([u * r2, u * r4, 2.0 * uv, r2 + 2.0 * u2]),
+                           torch.stack([v * r2, v * r4, r2 + 2.0 * v2, 2.0 * uv])])
     return ud, vd, j_uv, j_extra
 
 
@@ -129,32 +126,40 @@ def project(model: CameraModel, params: Tensor, p_cam: Tensor, with_jac: bool = 
         xy (N, 2) pixels; and when ``with_jac``: J_pcam (N, 2, 3) d xy / d p_cam and
         J_params (N, 2, K) d xy / d params (zero in padding columns).
     """
-    z = p_cam[:, 2]
-    inv_z = 1.0 / z
-    u, v = p_cam[:, 0] * inv_z, p_cam[:, 1] * inv_z
-    extra = params[:, list(model.extra_idxs)]
+    out = project_t(model, params.T, p_cam.T, with_jac)
+    if not with_jac:
+        return out.T
+    xy, j_pcam, j_params = out
+    return xy.T, j_pcam.permute(2, 0, 1), j_params.permute(2, 0, 1)
+
+
+def project_t(model: CameraModel, params: Tensor, p_cam: Tensor, with_jac: bool = True):
+    """:func:`project` on component-major ("transposed") tensors: the same maths, but every
+    operation runs over contiguous length-N vectors (fast on CPU and GPU alike).
+
+    params (K, N), p_cam (3, N) -> xy (2, N); with ``with_jac`` also J_pcam (2, 3, N) and
+    J_params (2, K, N).
+    """
+    inv_z = 1.0 / p_cam[2]
+    u, v = p_cam[0] * inv_z, p_cam[1] * inv_z
+    extra = params[list(model.extra_idxs)]
     ud, vd, j_uv, j_extra = model.distortion(extra, u, v, with_jac)
-    fx = params[:, model.focal_idxs[0]]
-    fy = params[:, model.focal_idxs[-1]]
-    cx, cy = params[:, model.pp_idxs[0]], params[:, model.pp_idxs[1]]
-    xy = torch.stack([fx * ud + cx, fy * vd + cy], -1)
+    fx = params[model.focal_idxs[0]]
+    fy = params[model.focal_idxs[-1]]
+    xy = torch.stack([fx * ud + params[model.pp_idxs[0]], fy * vd + params[model.pp_idxs[1]]])
     if not with_jac:
         return xy
-    f = torch.stack([fx, fy], -1)[:, :, None]  # (N, 2, 1)
-    # d(u, v)/d p_cam = [[1/z, 0, -u/z], [0, 1/z, -v/z]], multiplied out (tiny batched matmuls are slow).
-    a = f * j_uv * inv_z[:, None, None]  # (N, 2, 2)
-    j_pcam = torch.cat([a, -(a[:, :, 0:1] * u[:, None, None] + a[:, :, 1:2] * v[:, None, None])], -1)
-    j_params = params.new_zeros(params.shape[0], 2, params.shape[1])
-    if len(model.focal_idxs) == 1:
-        j_params[:, 0, model.focal_idxs[0]] = ud
-        j_params[:, 1, model.focal_idxs[0]] = vd
-    else:
-        j_params[:, 0, model.focal_idxs[0]] = ud
-        j_params[:, 1, model.focal_idxs[1]] = vd
-    j_params[:, 0, model.pp_idxs[0]] = 1.0
-    j_params[:, 1, model.pp_idxs[1]] = 1.0
+    f = torch.stack([fx, fy])[:, None]  # (2, 1, N)
+    # d(u, v)/d p_cam = [[1/z, 0, -u/z], [0, 1/z, -v/z]], multiplied out.
+    a = f * j_uv * inv_z  # (2, 2, N)
+    j_pcam = torch.cat([a, -(a[:, 0:1] * u + a[:, 1:2] * v)], 1)
+    j_params = params.new_zeros(2, params.shape[0], params.shape[1])
+    j_params[0, model.focal_idxs[0]] = ud
+    j_params[1, model.focal_idxs[-1]] = vd
+    j_params[0, model.pp_idxs[0]] = 1.0
+    j_params[1, model.pp_idxs[1]] = 1.0
     if model.extra_idxs:
-        j_params[:, :, list(model.extra_idxs)] = f * j_extra
+        j_params[:, list(model.extra_idxs)] = f * j_extra
     return xy, j_pcam, j_params
 
 
@@ -181,15 +186,26 @@ def project_groups(groups: ModelGroups, params: Tensor, p_cam: Tensor, with_jac:
     params (M, K) per observation, p_cam (M, 3); ``groups`` from :func:`model_groups`.
     Returns what :func:`project` returns, for all M rows.
     """
+    out = project_groups_t(groups, params.T, p_cam.T, with_jac)
+    if not with_jac:
+        return out.T
+    xy, j_pcam, j_params = out
+    return xy.T, j_pcam.permute(2, 0, 1), j_params.permute(2, 0, 1)
+
+
+def project_groups_t(groups: ModelGroups, params: Tensor, p_cam: Tensor, with_jac: bool = True):
+    """:func:`project_groups` on component-major tensors (as :func:`project_t`): params (K, M),
+    p_cam (3, M) -> xy (2, M), and with ``with_jac`` J_pcam (2, 3, M), J_params (2, K, M)."""
     if len(groups) == 1:
-        return project(groups[0][0], params, p_cam, with_jac)
-    xy = p_cam.new_empty(p_cam.shape[0], 2)
+        return project_t(groups[0][0], params, p_cam, with_jac)
+    n = p_cam.shape[1]
+    xy = p_cam.new_empty(2, n)
     if not with_jac:
         for model, rows in groups:
-            xy[rows] = project(model, params[rows], p_cam[rows], with_jac=False)
+            xy[:, rows] = project_t(model, params[:, rows], p_cam[:, rows], with_jac=False)
         return xy
-    j_pcam = p_cam.new_empty(p_cam.shape[0], 2, 3)
-    j_params = p_cam.new_empty(p_cam.shape[0], 2, params.shape[1])
+    j_pcam = p_cam.new_empty(2, 3, n)
+    j_params = p_cam.new_empty(2, params.shape[0], n)
     for model, rows in groups:
-        xy[rows], j_pcam[rows], j_params[rows] = project(model, params[rows], p_cam[rows])
+        xy[:, rows], j_pcam[..., rows], j_params[..., rows] = project_t(model, params[:, rows], p_cam[:, rows])
     return xy, j_pcam, j_params
