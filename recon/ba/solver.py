@@ -486,13 +486,19 @@ class NormalEquations:
         self.g_cam = st.fold_images(gram[:, :m, m])
         self.diag_cam = st.fold_images(torch.diagonal(self.h_img, dim1=1, dim2=2)).clamp(
             options.min_lm_diagonal, options.max_lm_diagonal)
-        # Point side: one scatter of [Jp^T Jp | Jp^T r] per observation.
-        vg = torch.zeros(st.num_points, 3, 4, dtype=r.dtype, device=r.device)
-        add_rows(vg, st.obs_pt, outer_sum(jp, torch.cat([jp, r[:, :, None]], -1)))
+        # Point side, component-major: [Jp^T Jp | Jp^T r] of every observation as 12 length-M rows
+        # (rank-2 sums of products), summed per point with one index_add along the observation axis
+        # (21-11315: 1.3 ms instead of 3.3 ms for per-observation 3x4 products scattered row-wise).
+        a, b = jp[:, 0, :].T, jp[:, 1, :].T  # (3, M) each
+        prods = torch.empty(12, st.num_obs, dtype=r.dtype, device=r.device)
+        jtj = prods[:9].view(3, 3, st.num_obs)
+        torch.mul(a[:, None], a[None], out=jtj).addcmul_(b[:, None], b[None])
+        torch.mul(a, r[:, 0], out=prods[9:]).addcmul_(b, r[:, 1])
+        vg = torch.zeros(12, st.num_points, dtype=r.dtype, device=r.device).index_add_(1, st.obs_pt, prods)
         # Constant points: unit block so the elimination is well defined and their step is zero.
         eye = torch.eye(3, dtype=r.dtype, device=r.device)
-        self.v = vg[:, :, :3] + (1.0 - st.point_free)[:, None, None] * eye
-        self.gp = vg[:, :, 3]
+        self.v = vg[:9].view(3, 3, st.num_points).permute(2, 0, 1) + (1.0 - st.point_free)[:, None, None] * eye
+        self.gp = vg[9:].T.contiguous()
         self.diag_pts = torch.diagonal(self.v, dim1=1, dim2=2).clamp(options.min_lm_diagonal, options.max_lm_diagonal)
 
     def gradient_max_norm(self) -> float:
