@@ -214,13 +214,18 @@ def matmul(a: Tensor, b: Tensor, out: Tensor | None = None) -> Tensor:
 
 
 def mv(a: Tensor, x: Tensor) -> Tensor:
-    """Batched matrix-vector product (..., r, c) x (..., c) -> (..., r)."""
-    return matmul(a, x[..., None])[..., 0]
+    """Batched matrix-vector product (..., r, c) x (..., c) -> (..., r).
+
+    Through torch (bmm), unlike :func:`matmul`: for one right-hand column numpy's matmul costs
+    2-2.5x more CPU (BAL 21-11315, 36k (3, 9) x (9,) products: 0.58 vs 1.41 ms; 11k 3x3: 0.14 vs 0.35 ms).
+    """
+    return torch.matmul(a, x[..., None])[..., 0]
 
 
 def mtv(a: Tensor, x: Tensor) -> Tensor:
-    """Batched transposed product a^T x: (..., r, c), (..., r) -> (..., c)."""
-    return matmul(a.transpose(-1, -2), x[..., None])[..., 0]
+    """Batched transposed product a^T x: (..., r, c), (..., r) -> (..., c), as x^T a through torch
+    (36k (3, 9)^T x (3,): 1.2 ms vs 1.8 ms through numpy)."""
+    return torch.matmul(x[..., None, :], a)[..., 0, :]
 
 
 def outer_sum(a: Tensor, b: Tensor, out: Tensor | None = None) -> Tensor:
