@@ -294,6 +294,7 @@ class Structure:
         self.obs_point_free = self.point_free.index_select(0, self.obs_pt)  # (M,)
         self.full_free = torch.cat([self.pose_free.reshape(-1), self.intr_free.reshape(-1)])
         self.n_full = self.full_free.numel()
+        self.all_free = bool((self.full_free > 0).all())
         self.groups = model_groups(problem.camera_models, self.obs_cam)
         # Point pairs a < b within each track, in track order (by_point: observation rows sorted by point).
         by_point = torch.argsort(self.obs_pt, stable=True)
@@ -601,25 +602,29 @@ def solve_dense(ne: NormalEquations, lam: float) -> tuple[Tensor, Tensor, int] |
     y_g, wt_g = (y.float(), ne.wt_pad.float()) if ne.schur_float32 else (y, ne.wt_pad)
     for idx_a, idx_b, chunk_block, size in st.pair_chunks:
         add_rows(blocks, chunk_block, chunk_gram(y_g, wt_g, idx_a, idx_b, size).to(y.dtype))
+    # Only the upper triangle is formed (Cholesky reads no more): block (i, j), i < j, is -off[i, j],
+    # written straight into the ext layout; the diagonal blocks get their mirror term and H_cc.
     off = blocks[:n_img * n_img].view(n_img, n_img, m, m)
-    s_blocks = -(off + off.permute(1, 0, 3, 2))
-    diag = s_blocks.diagonal(dim1=0, dim2=1)  # (m, m, I) view
-    diag += (ne.h_img - blocks[n_img * n_img:]).permute(1, 2, 0)
-    s_ext = s_blocks.permute(0, 2, 1, 3).reshape(n_img * m, n_img * m)
+    s_ext = torch.empty(n_img * m, n_img * m, dtype=y.dtype, device=y.device)
+    torch.neg(off.permute(0, 2, 1, 3), out=s_ext.view(n_img, m, n_img, m))
+    diag = s_ext.view(n_img, m, n_img, m).diagonal(dim1=0, dim2=2)  # (m, m, I) view
+    diag += (ne.h_img - blocks[n_img * n_img:]).permute(1, 2, 0) - off.diagonal(dim1=0, dim2=1).transpose(0, 1)
     if st.ext_is_full:  # one camera per image: the ext layout is a permutation of the full one
         s, order = s_ext, st.ext_to_full
-    else:
+    else:  # fold the symmetric ext matrix: images sharing a camera add into its intrinsics block
+        s_ext = torch.triu(s_ext) + torch.triu(s_ext, 1).T
         s = torch.zeros(st.n_full, n_img * m, dtype=y.dtype, device=y.device).index_add_(0, st.ext_to_full, s_ext)
         s = torch.zeros(st.n_full, st.n_full, dtype=y.dtype, device=y.device).index_add_(1, st.ext_to_full, s)
         order = torch.arange(st.n_full, device=y.device)
     free = st.full_free.index_select(0, order)
     d = torch.where(free > 0, torch.diagonal(s) + lam * ne.diag_cam.index_select(0, order), torch.ones_like(free))
-    s = s * (free[:, None] * free[None, :])
+    if not st.all_free:
+        s = s * (free[:, None] * free[None, :])
     s.diagonal().copy_(d)
-    chol, info = torch.linalg.cholesky_ex(s)
+    chol, info = torch.linalg.cholesky_ex(s, upper=True)
     if int(info) != 0:
         return None
-    delta = torch.cholesky_solve(-rhs.index_select(0, order)[:, None], chol)[:, 0] * free
+    delta = torch.cholesky_solve(-rhs.index_select(0, order)[:, None], chol, upper=True)[:, 0] * free
     delta_cam = torch.empty_like(delta).index_copy_(0, order, delta)
     return delta_cam, ne.back_substitute(vinv, delta_cam), 0
 
