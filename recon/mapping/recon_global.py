@@ -52,8 +52,8 @@ from ..align.positioning import global_positioning, positioning_from_depths
 from ..align.rotation_averaging import average_rotations, rotation_consistency, spanning_tree_rotations
 from ..align.tracks import Tracks, build_tracks
 from ..align.triangulation import ray_angles, reprojection_errors, triangulate, triangulation_angles
-from ..align.view_graph import (ViewGraph, calibrate_focal_lengths, estimate_relative_poses, read_view_graph,
-                                restrict_to_largest_component)
+from ..align.view_graph import (ViewGraph, calibrate_focal_lengths, estimate_relative_poses, focal_lengths,
+                                read_view_graph, restrict_to_largest_component, set_focal_lengths)
 from ..ba import BAOptions, Problem, solve
 from ..ba.problem import camera_param_matrix, gauge_two_cams, intrinsics_constant_mask
 from ..priors.depth import DEPTH_FILE, DepthSource, H5DepthSource, sample_depth
@@ -66,7 +66,8 @@ PHASES = ("view graph", "rotation averaging", "tracks", "global positioning", "r
 @MAPPERS.register("recon_global", min_num_inliers=15, calibrate_focal_length=True, max_rotation_error=10.0,
                   max_points=50000, positioning_iterations=60, max_ray_angle=10.0, max_reprojection_error=4.0,
                   min_triangulation_angle=1.5, min_image_observations=15, refinement_rounds=2, ba_iterations=20,
-                  focal_passes=5, focal_tolerance=0.005,
+                  focal_passes=5, focal_tolerance=0.005, focal_search=True, focal_search_points=2000,
+                  focal_search_iterations=10,
                   final_ba_iterations=50, num_threads=1, depth_prior=False,
                   refine_focal_length=True, refine_principal_point=False, refine_extra_params=True)
 def recon_global(database_path: Path, image_dir: Path, output_dir: Path, conf: dict[str, Any],
@@ -98,18 +99,23 @@ def _recon_global(database_path: Path, image_dir: Path | None, conf: dict[str, A
 
     graph = read_view_graph(database_path, conf["min_num_inliers"])
     pairs_read = graph.valid.copy()
+    unknown = np.array([not camera.has_prior_focal_length for camera in graph.cameras])
+    guessed = focal_lengths(graph)
     if conf["calibrate_focal_length"]:
         calibrate_focal_lengths(graph, device)
-    unknown_focal = not all(camera.has_prior_focal_length for camera in graph.cameras)
-    passes = conf["focal_passes"] if unknown_focal and conf["refine_focal_length"] else 1
+    unpinned = unknown & (focal_lengths(graph) == guessed)  # F left them where they were
+    if conf["focal_search"] and conf["refine_focal_length"] and unpinned.any():
+        bar.set_description("recon_global focal search")
+        search_focal_lengths(graph, unpinned, pairs_read, conf, device, seed)
+    passes = conf["focal_passes"] if unknown.any() and conf["refine_focal_length"] else 1
     for number in range(passes):
         bar.reset()
         bar.set_description(f"recon_global pass {number + 1}/{passes}")
         graph.valid = pairs_read.copy()
-        before = np.array([camera.mean_focal_length() for camera in graph.cameras])
+        before = focal_lengths(graph)
         state = map_once(graph, conf, device, seed, phase, depths)
         state.current_cameras()  # the refined intrinsics start the next pass
-        after = np.array([camera.mean_focal_length() for camera in graph.cameras])
+        after = focal_lengths(graph)
         if np.abs(after / before - 1.0).max() < conf["focal_tolerance"]:
             break
     phase("model")
@@ -123,10 +129,66 @@ def _recon_global(database_path: Path, image_dir: Path | None, conf: dict[str, A
     return model
 
 
-def map_once(graph: ViewGraph, conf: dict[str, Any], device: torch.device, seed: int, phase,
-             depths: DepthSource | None = None) -> "State":
-    """One pass of phases 1-5 with the graph's current cameras (``depths``: metric depth priors
-    that start the global positioning); returns the refined state."""
+# Focal lengths tried by the search, as multiples of the guess (EXIF-less default 1.2 x the
+# larger image side): 0.5 to 4 in steps of sqrt(2).
+FOCAL_SEARCH_SCALES = 2.0 ** (np.arange(-2, 5) / 2)
+
+
+def search_focal_lengths(graph: ViewGraph, cameras: np.ndarray, pairs_read: np.ndarray, conf: dict[str, Any],
+                         device: torch.device, seed: int) -> np.ndarray:
+    """Scale the focal lengths of ``cameras`` (C,) bool - those neither a prior nor the fundamental
+    matrices pin down, e.g. on a turntable - to the multiple of their guess whose probe
+    (:func:`focal_probe`) reprojects best (in place; returns the (C,) focal lengths).
+
+    Why: the passes of :func:`_recon_global` move such a focal only as far as one bundle
+    adjustment gets along the long, flat valley of focal length against camera distance, about a
+    third of the way per pass. The probe's median reprojection error after a short BA with the
+    focal held fixed is lowest at the true focal (measured on templeRing and templeSparseRing:
+    a clear minimum within 5 % of it), so a grid over :data:`FOCAL_SEARCH_SCALES` and a parabola
+    through the best three (in log focal) start the passes next to the answer.
+    """
+    guessed = focal_lengths(graph)
+    errors = []
+    for scale in FOCAL_SEARCH_SCALES:  # one probe (rotations, positioning, short BA) per candidate
+        set_focal_lengths(graph, np.where(cameras, guessed * scale, guessed))
+        graph.valid = pairs_read.copy()
+        try:
+            errors.append(focal_probe(graph, conf, device, seed))
+        except RuntimeError:  # nothing left to position at this focal: the worst candidate
+            errors.append(np.inf)
+    logs, errors = np.log(FOCAL_SEARCH_SCALES), np.array(errors)
+    best = int(np.argmin(errors))
+    log_scale = logs[best]
+    if 0 < best < len(logs) - 1 and np.isfinite(errors[best - 1:best + 2]).all():
+        a, b, _ = np.polyfit(logs[best - 1:best + 2], errors[best - 1:best + 2], 2)
+        if a > 0:
+            log_scale = float(np.clip(-b / (2 * a), logs[best - 1], logs[best + 1]))
+    graph.valid = pairs_read.copy()
+    focal = np.where(cameras, guessed * np.exp(log_scale), guessed)
+    set_focal_lengths(graph, focal)
+    logger.info("recon_global focal search: median reprojection errors %s at scales %s -> x%.3f",
+                errors.round(3), FOCAL_SEARCH_SCALES.round(2), np.exp(log_scale))
+    return focal
+
+
+def focal_probe(graph: ViewGraph, conf: dict[str, Any], device: torch.device, seed: int) -> float:
+    """Median reprojection error (px) of the ``focal_search_points`` longest tracks after relative
+    poses, rotation averaging, global positioning and ``focal_search_iterations`` of BA with the
+    graph's current intrinsics held fixed."""
+    rotations, tracks = view_graph_tracks(graph, conf, device, lambda name: None)
+    lengths = tracks.lengths()
+    longest = np.zeros(tracks.num_tracks, dtype=bool)
+    longest[np.argsort(-lengths, kind="stable")[:conf["focal_search_points"]]] = True
+    state = State.start(graph, tracks.select(longest[tracks.track]), rotations, device)
+    state.position(len(state.points), conf["positioning_iterations"], conf["max_ray_angle"], seed, progress=False)
+    state.filter(state.inlier, conf["min_triangulation_angle"], conf["min_image_observations"])
+    state.adjust(conf["focal_search_iterations"], BAOptions(refine_focal_length=False, refine_extra_params=False))
+    return float(reprojection_errors(state.problem(torch.ones_like(state.inlier), BAOptions())).median())
+
+
+def view_graph_tracks(graph: ViewGraph, conf: dict[str, Any], device: torch.device, phase) -> tuple[np.ndarray, Tracks]:
+    """Phases 1-3 with the graph's current cameras: relative poses, largest component, robust
+    rotations (N, 3, 3) and the tracks of the pairs that remain."""
     phase("view graph")
     estimate_relative_poses(graph)
     restrict_to_largest_component(graph)
@@ -137,6 +199,14 @@ def map_once(graph: ViewGraph, conf: dict[str, Any], device: torch.device, seed:
                           [m for m, ok in zip(graph.matches, graph.valid) if ok])
     if tracks.num_tracks == 0:
         raise RuntimeError("recon_global: the verified matches form no tracks")
+    return rotations, tracks
+
+
+def map_once(graph: ViewGraph, conf: dict[str, Any], device: torch.device, seed: int, phase,
+             depths: DepthSource | None = None) -> "State":
+    """One pass of phases 1-5 with the graph's current cameras (``depths``: metric depth priors
+    that start the global positioning); returns the refined state."""
+    rotations, tracks = view_graph_tracks(graph, conf, device, phase)
     state = State.start(graph, tracks, rotations, device)
     phase("global positioning")
     state.position(conf["max_points"], conf["positioning_iterations"], conf["max_ray_angle"], seed, depths)
@@ -254,7 +324,7 @@ class State:
         return torch.as_tensor(depth, dtype=rays.dtype, device=self.device) / camera_z
 
     def position(self, max_points: int, iterations: int, max_ray_angle: float, seed: int,
-                 depths: DepthSource | None = None) -> None:
+                 depths: DepthSource | None = None, progress: bool = True) -> None:
         """Centres and points from the rays of the longest tracks (BATA started from the depth
         priors' solution when ``depths`` is given); the rest triangulated."""
         rays = self.rays()
@@ -280,7 +350,8 @@ class State:
             except ValueError as error:
                 logger.warning("recon_global: random start for the global positioning (%s)", error)
         centres, _, _ = global_positioning(rays[rows], self.obs_image[rows], point_index, len(self.images),
-                                           len(point_ids), seed=seed, iterations=iterations, start_centres=start)
+                                           len(point_ids), seed=seed, iterations=iterations, start_centres=start,
+                                           progress=progress)
         self.translations = -(self.rotations @ centres[:, :, None])[:, :, 0]
         self.points = triangulate(centres[self.obs_image], rays, self.track, len(self.points))
         angle = torch.rad2deg(ray_angles(self.points[self.track], centres[self.obs_image], rays))
