@@ -66,7 +66,7 @@ PHASES = ("view graph", "rotation averaging", "tracks", "global positioning", "r
 @MAPPERS.register("recon_global", min_num_inliers=15, calibrate_focal_length=True, max_rotation_error=10.0,
                   max_points=50000, positioning_iterations=60, max_ray_angle=10.0, max_reprojection_error=4.0,
                   min_triangulation_angle=1.5, min_image_observations=15, refinement_rounds=2, ba_iterations=20,
-                  focal_passes=5, focal_tolerance=0.005, focal_search=True, focal_search_points=2000,
+                  focal_passes=5, focal_tolerance=0.1, focal_search=True, focal_search_points=500,
                   focal_search_iterations=10,
                   final_ba_iterations=50, num_threads=1, depth_prior=False,
                   refine_focal_length=True, refine_principal_point=False, refine_extra_params=True)
@@ -103,10 +103,9 @@ def _recon_global(database_path: Path, image_dir: Path | None, conf: dict[str, A
     guessed = focal_lengths(graph)
     if conf["calibrate_focal_length"]:
         calibrate_focal_lengths(graph, device)
-    unpinned = unknown & (focal_lengths(graph) == guessed)  # F left them where they were
-    if conf["focal_search"] and conf["refine_focal_length"] and unpinned.any():
+    if conf["focal_search"] and conf["refine_focal_length"] and unknown.any():
         bar.set_description("recon_global focal search")
-        search_focal_lengths(graph, unpinned, pairs_read, conf, device, seed)
+        search_focal_lengths(graph, unknown, guessed, pairs_read, conf, device, seed)
     passes = conf["focal_passes"] if unknown.any() and conf["refine_focal_length"] else 1
     for number in range(passes):
         bar.reset()
@@ -134,40 +133,48 @@ def _recon_global(database_path: Path, image_dir: Path | None, conf: dict[str, A
 FOCAL_SEARCH_SCALES = 2.0 ** (np.arange(-2, 5) / 2)
 
 
-def search_focal_lengths(graph: ViewGraph, cameras: np.ndarray, pairs_read: np.ndarray, conf: dict[str, Any],
-                         device: torch.device, seed: int) -> np.ndarray:
-    """Scale the focal lengths of ``cameras`` (C,) bool - those neither a prior nor the fundamental
-    matrices pin down, e.g. on a turntable - to the multiple of their guess whose probe
-    (:func:`focal_probe`) reprojects best (in place; returns the (C,) focal lengths).
+def search_focal_lengths(graph: ViewGraph, cameras: np.ndarray, guessed: np.ndarray, pairs_read: np.ndarray,
+                         conf: dict[str, Any], device: torch.device, seed: int) -> np.ndarray:
+    """Set the focal lengths of ``cameras`` (C,) bool, those without a prior, to the candidate whose
+    probe (:func:`focal_probe`) reprojects best (in place; returns the (C,) focal lengths).
 
-    Why: the passes of :func:`_recon_global` move such a focal only as far as one bundle
-    adjustment gets along the long, flat valley of focal length against camera distance, about a
-    third of the way per pass. The probe's median reprojection error after a short BA with the
-    focal held fixed is lowest at the true focal (measured on templeRing and templeSparseRing:
-    a clear minimum within 5 % of it), so a grid over :data:`FOCAL_SEARCH_SCALES` and a parabola
-    through the best three (in log focal) start the passes next to the answer.
+    Candidates: the guesses ``guessed`` (C,) (EXIF-less default 1.2 x the larger image side) times
+    :data:`FOCAL_SEARCH_SCALES`, and the graph's current focal lengths (those of the fundamental
+    matrices, :func:`~recon.align.view_graph.calibrate_focal_lengths`) when they differ. When a
+    grid candidate wins, a parabola through it and its two neighbours (in log focal) refines it.
+
+    Why: neither the fundamental matrices (when all optical axes meet in one point, as on a
+    turntable, they do not constrain the focal and may even be decisive about a wrong one:
+    templeRing, 395 px for 1520) nor one bundle adjustment (it moves the focal about a third of
+    the way along the flat valley of focal against camera distance) find such a focal; the passes
+    then need 3-5 full runs. The probe's median reprojection error after a short BA with the
+    focal held fixed has a clear minimum within 5 % of the true focal (measured on templeRing
+    and templeSparseRing), so the passes start next to the answer.
     """
-    guessed = focal_lengths(graph)
+    calibrated = focal_lengths(graph)
+    candidates = [np.where(cameras, guessed * scale, guessed) for scale in FOCAL_SEARCH_SCALES]
+    if not np.allclose(calibrated, guessed):
+        candidates.append(calibrated)
     errors = []
-    for scale in FOCAL_SEARCH_SCALES:  # one probe (rotations, positioning, short BA) per candidate
-        set_focal_lengths(graph, np.where(cameras, guessed * scale, guessed))
+    for focal in candidates:  # one probe (rotations, positioning, short BA) per candidate
+        set_focal_lengths(graph, focal)
         graph.valid = pairs_read.copy()
         try:
             errors.append(focal_probe(graph, conf, device, seed))
         except RuntimeError:  # nothing left to position at this focal: the worst candidate
             errors.append(np.inf)
-    logs, errors = np.log(FOCAL_SEARCH_SCALES), np.array(errors)
+    errors = np.array(errors)
     best = int(np.argmin(errors))
-    log_scale = logs[best]
-    if 0 < best < len(logs) - 1 and np.isfinite(errors[best - 1:best + 2]).all():
-        a, b, _ = np.polyfit(logs[best - 1:best + 2], errors[best - 1:best + 2], 2)
+    focal = candidates[best]
+    logs, grid = np.log(FOCAL_SEARCH_SCALES), errors[:len(FOCAL_SEARCH_SCALES)]
+    if 0 < best < len(logs) - 1 and np.isfinite(grid[best - 1:best + 2]).all():
+        a, b, _ = np.polyfit(logs[best - 1:best + 2], grid[best - 1:best + 2], 2)
         if a > 0:
-            log_scale = float(np.clip(-b / (2 * a), logs[best - 1], logs[best + 1]))
+            focal = np.where(cameras, guessed * np.exp(np.clip(-b / (2 * a), logs[best - 1], logs[best + 1])), guessed)
     graph.valid = pairs_read.copy()
-    focal = np.where(cameras, guessed * np.exp(log_scale), guessed)
     set_focal_lengths(graph, focal)
-    logger.info("recon_global focal search: median reprojection errors %s at scales %s -> x%.3f",
-                errors.round(3), FOCAL_SEARCH_SCALES.round(2), np.exp(log_scale))
+    logger.info("recon_global focal search: median reprojection errors %s of focal lengths %s -> %s",
+                errors.round(3), np.array(candidates)[:, cameras].round(1).tolist(), focal.round(1))
     return focal
 
 
