@@ -67,7 +67,7 @@ PHASES = ("view graph", "rotation averaging", "tracks", "global positioning", "r
                   max_points=50000, positioning_iterations=60, max_ray_angle=10.0, max_reprojection_error=4.0,
                   min_triangulation_angle=1.5, min_image_observations=15, refinement_rounds=2, ba_iterations=20,
                   focal_passes=5, focal_tolerance=0.1, focal_search=True, focal_search_points=500,
-                  focal_search_iterations=10,
+                  focal_search_iterations=10, ba_function_tolerance=1e-3, final_ba_function_tolerance=1e-5,
                   final_ba_iterations=50, num_threads=1, depth_prior=False,
                   refine_focal_length=True, refine_principal_point=False, refine_extra_params=True)
 def recon_global(database_path: Path, image_dir: Path, output_dir: Path, conf: dict[str, Any],
@@ -189,7 +189,8 @@ def focal_probe(graph: ViewGraph, conf: dict[str, Any], device: torch.device, se
     state = State.start(graph, tracks.select(longest[tracks.track]), rotations, device)
     state.position(len(state.points), conf["positioning_iterations"], conf["max_ray_angle"], seed, progress=False)
     state.filter(state.inlier, conf["min_triangulation_angle"], conf["min_image_observations"])
-    state.adjust(conf["focal_search_iterations"], BAOptions(refine_focal_length=False, refine_extra_params=False))
+    state.adjust(conf["focal_search_iterations"], BAOptions(refine_focal_length=False, refine_extra_params=False,
+                                                            function_tolerance=conf["ba_function_tolerance"]))
     return float(reprojection_errors(state.problem(torch.ones_like(state.inlier), BAOptions())).median())
 
 
@@ -221,10 +222,12 @@ def map_once(graph: ViewGraph, conf: dict[str, Any], device: torch.device, seed:
     filter_args = (conf["min_triangulation_angle"], conf["min_image_observations"])
     state.filter(state.inlier, *filter_args)
     for _ in range(conf["refinement_rounds"]):
-        state.adjust(conf["ba_iterations"], BAOptions(refine_focal_length=False, refine_extra_params=False))
+        state.adjust(conf["ba_iterations"], BAOptions(refine_focal_length=False, refine_extra_params=False,
+                                                      function_tolerance=conf["ba_function_tolerance"]))
         state.retriangulate()
         state.filter(state.reprojection_inliers(conf["max_reprojection_error"]), *filter_args)
-    state.adjust(conf["final_ba_iterations"], BAOptions(refine_focal_length=conf["refine_focal_length"],
+    state.adjust(conf["final_ba_iterations"], BAOptions(function_tolerance=conf["final_ba_function_tolerance"],
+                                                  refine_focal_length=conf["refine_focal_length"],
                                                   refine_principal_point=conf["refine_principal_point"],
                                                   refine_extra_params=conf["refine_extra_params"]))
     state.retriangulate()
