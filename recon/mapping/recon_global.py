@@ -100,12 +100,11 @@ def _recon_global(database_path: Path, image_dir: Path | None, conf: dict[str, A
     graph = read_view_graph(database_path, conf["min_num_inliers"])
     pairs_read = graph.valid.copy()
     unknown = np.array([not camera.has_prior_focal_length for camera in graph.cameras])
-    guessed = focal_lengths(graph)
     if conf["calibrate_focal_length"]:
         calibrate_focal_lengths(graph, device)
     if conf["focal_search"] and conf["refine_focal_length"] and unknown.any():
         bar.set_description("recon_global focal search")
-        search_focal_lengths(graph, unknown, guessed, pairs_read, conf, device, seed)
+        search_focal_lengths(graph, unknown, pairs_read, conf, device, seed)
     passes = conf["focal_passes"] if unknown.any() and conf["refine_focal_length"] else 1
     for number in range(passes):
         bar.reset()
@@ -128,20 +127,19 @@ def _recon_global(database_path: Path, image_dir: Path | None, conf: dict[str, A
     return model
 
 
-# Focal lengths tried by the search, as multiples of the guess (EXIF-less default 1.2 x the
-# larger image side): 0.5 to 4 in steps of sqrt(2).
-FOCAL_SEARCH_SCALES = 2.0 ** (np.arange(-2, 5) / 2)
+FOCAL_SEARCH_STEP = 2.0 ** 0.5  # ratio between neighbouring candidates of the focal search
+FOCAL_SEARCH_STEPS = 6  # at most this many steps from the start either way (1/8 to 8 times)
 
 
-def search_focal_lengths(graph: ViewGraph, cameras: np.ndarray, guessed: np.ndarray, pairs_read: np.ndarray,
-                         conf: dict[str, Any], device: torch.device, seed: int) -> np.ndarray:
-    """Set the focal lengths of ``cameras`` (C,) bool, those without a prior, to the candidate whose
+def search_focal_lengths(graph: ViewGraph, cameras: np.ndarray, pairs_read: np.ndarray, conf: dict[str, Any],
+                         device: torch.device, seed: int) -> np.ndarray:
+    """Scale the focal lengths of ``cameras`` (C,) bool, those without a prior, to the multiple of
+    their current value (the fundamental matrices' estimate, or the guess when F left it) whose
     probe (:func:`focal_probe`) reprojects best (in place; returns the (C,) focal lengths).
 
-    Candidates: the guesses ``guessed`` (C,) (EXIF-less default 1.2 x the larger image side) times
-    :data:`FOCAL_SEARCH_SCALES`, and the graph's current focal lengths (those of the fundamental
-    matrices, :func:`~recon.align.view_graph.calibrate_focal_lengths`) when they differ. When a
-    grid candidate wins, a parabola through it and its two neighbours (in log focal) refines it.
+    Candidates are ``FOCAL_SEARCH_STEP ** k`` times the current focal: k = 0, +1, -1, then on
+    downhill until the probe error rises (at most :data:`FOCAL_SEARCH_STEPS` steps); a parabola
+    through the best candidate and its two neighbours (in log focal) refines it.
 
     Why: neither the fundamental matrices (when all optical axes meet in one point, as on a
     turntable, they do not constrain the focal and may even be decisive about a wrong one:
@@ -151,30 +149,38 @@ def search_focal_lengths(graph: ViewGraph, cameras: np.ndarray, guessed: np.ndar
     focal held fixed has a clear minimum within 5 % of the true focal (measured on templeRing
     and templeSparseRing), so the passes start next to the answer.
     """
-    calibrated = focal_lengths(graph)
-    candidates = [np.where(cameras, guessed * scale, guessed) for scale in FOCAL_SEARCH_SCALES]
-    if not np.allclose(calibrated, guessed):
-        candidates.append(calibrated)
-    errors = []
-    for focal in candidates:  # one probe (rotations, positioning, short BA) per candidate
-        set_focal_lengths(graph, focal)
-        graph.valid = pairs_read.copy()
-        try:
-            errors.append(focal_probe(graph, conf, device, seed))
-        except RuntimeError:  # nothing left to position at this focal: the worst candidate
-            errors.append(np.inf)
-    errors = np.array(errors)
-    best = int(np.argmin(errors))
-    focal = candidates[best]
-    logs, grid = np.log(FOCAL_SEARCH_SCALES), errors[:len(FOCAL_SEARCH_SCALES)]
-    if 0 < best < len(logs) - 1 and np.isfinite(grid[best - 1:best + 2]).all():
-        a, b, _ = np.polyfit(logs[best - 1:best + 2], grid[best - 1:best + 2], 2)
+    start = focal_lengths(graph)
+    errors: dict[int, float] = {}
+
+    def probe(k: int) -> float:
+        if k not in errors:
+            set_focal_lengths(graph, np.where(cameras, start * FOCAL_SEARCH_STEP ** k, start))
+            graph.valid = pairs_read.copy()
+            try:
+                errors[k] = focal_probe(graph, conf, device, seed)
+            except RuntimeError:  # nothing left to position at this focal: the worst candidate
+                errors[k] = np.inf
+        return errors[k]
+
+    direction = 1 if probe(1) <= probe(-1) else -1
+    best = 0
+    while probe(best + direction) < probe(best) and abs(best + direction) < FOCAL_SEARCH_STEPS:
+        best += direction  # downhill, one probe (rotations, positioning, short BA) per step
+    if probe(best + direction) < probe(best):
+        best += direction  # the last allowed step
+    log_scale = best * np.log(FOCAL_SEARCH_STEP)
+    around = [best - 1, best, best + 1]
+    if all(k in errors and np.isfinite(errors[k]) for k in around):
+        a, b, _ = np.polyfit(np.array(around) * np.log(FOCAL_SEARCH_STEP), [errors[k] for k in around], 2)
         if a > 0:
-            focal = np.where(cameras, guessed * np.exp(np.clip(-b / (2 * a), logs[best - 1], logs[best + 1])), guessed)
+            log_scale = float(np.clip(-b / (2 * a), (best - 1) * np.log(FOCAL_SEARCH_STEP),
+                                      (best + 1) * np.log(FOCAL_SEARCH_STEP)))
     graph.valid = pairs_read.copy()
+    focal = np.where(cameras, start * np.exp(log_scale), start)
     set_focal_lengths(graph, focal)
-    logger.info("recon_global focal search: median reprojection errors %s of focal lengths %s -> %s",
-                errors.round(3), np.array(candidates)[:, cameras].round(1).tolist(), focal.round(1))
+    logger.info("recon_global focal search: median reprojection error %s at focal x %s -> x%.3f",
+                np.round([errors[k] for k in sorted(errors)], 3), np.round(FOCAL_SEARCH_STEP ** np.array(sorted(errors)), 2),
+                np.exp(log_scale))
     return focal
 
 
