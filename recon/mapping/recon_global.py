@@ -16,16 +16,24 @@ Phases (each a module of :mod:`recon.align`; a tqdm bar names the running phase)
    its observations, observations kept by reprojection error (``max_reprojection_error`` px),
    points by triangulation angle (``min_triangulation_angle`` deg) and images by their number of
    inliers; then a final BA (``final_ba_iterations``) with intrinsics refined as the
-   ``refine_*`` options say, re-triangulation and a last filter.
+   ``refine_*`` options say, re-triangulation and a last filter. The BAs stop when an iteration
+   lowers the cost by less than ``ba_function_tolerance`` (intermediate ones: their result is
+   filtered and re-solved anyway) or ``final_ba_function_tolerance`` (the final one) of it: the
+   tail that Ceres' default 1e-6 waits for moved the cost by < 0.01 % over 20-30 iterations.
 
 ``num_threads``: torch CPU threads while mapping (0: leave torch's setting); 1 is the measured
 fastest on a busy machine, where every multi-threaded op waits for all its threads.
 
-When a camera has no focal prior (no EXIF) and the fundamental matrices do not pin its focal
-length down (they cannot when all optical axes meet in one point, as on a turntable), phases 1-5
-are repeated (at most ``focal_passes`` times, until no focal moves by more than
-``focal_tolerance``) with the focal lengths the last BA found: relative poses, and so rotations,
-depend on the focal length.
+When a camera has no focal prior (no EXIF), the fundamental matrices may not pin its focal
+length down (they cannot when all optical axes meet in one point, as on a turntable) and one BA
+moves a wrong focal only slowly. With ``focal_search`` the focal is first searched by probes
+(:func:`search_focal_lengths`: relative poses, rotations, positioning of the
+``focal_search_points`` longest tracks and ``focal_search_iterations`` of BA at each candidate
+focal; the lowest median reprojection error wins). Phases 1-5 are then repeated (at most
+``focal_passes`` times, until no focal moves by more than ``focal_tolerance``) with the focal
+lengths the last BA found: relative poses, and so rotations, depend on the focal length. After
+the search one pass is the rule (templeSparseRing, templeRing: focal within 5 % of the BA's;
+without the search they took 4-5 passes).
 
 ``depth_prior`` (needs a depth priors choice: ``priors.name=depth_pro`` or ``ground_truth``, whose
 maps are in ``priors-depth.h5``): every observation's prior depth turns its ray into a 3D offset
