@@ -72,7 +72,7 @@ PHASES = ("view graph", "rotation averaging", "tracks", "global positioning", "r
 
 
 @MAPPERS.register("recon_global", min_num_inliers=15, calibrate_focal_length=True, max_rotation_error=10.0,
-                  max_points=50000, positioning_iterations=60, max_ray_angle=10.0, max_reprojection_error=4.0,
+                  max_points=50000, positioning_iterations=30, max_ray_angle=10.0, max_reprojection_error=4.0,
                   min_triangulation_angle=1.5, min_image_observations=15, refinement_rounds=2, ba_iterations=20,
                   focal_passes=5, focal_tolerance=0.1, focal_search=True, focal_search_points=500,
                   focal_search_iterations=10, ba_function_tolerance=1e-3, final_ba_function_tolerance=1e-5,
