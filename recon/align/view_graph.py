@@ -144,7 +144,7 @@ def calibrate_focal_lengths(graph: ViewGraph, device: torch.device | str = "cpu"
     """
     F = np.stack([fundamental_matrix(g) for g in graph.geometries])
     usable = graph.valid & (np.abs(F).reshape(len(F), -1).sum(1) > 0)
-    start = np.array([_focal(camera) for camera in graph.cameras])
+    start = focal_lengths(graph)
     free = np.array([refine_all or not camera.has_prior_focal_length for camera in graph.cameras])
     if not free.any() or not usable.any():
         return start
@@ -185,8 +185,7 @@ def calibrate_focal_lengths(graph: ViewGraph, device: torch.device | str = "cpu"
     plausible = (focal > 0.2 * start) & (focal < 10 * start) & np.isfinite(focal)
     decisive = final < (1.0 - min_improvement) * initial
     focal = np.where(plausible & decisive, focal, start)
-    for camera, value in zip(graph.cameras, focal):
-        _set_focal(camera, value)
+    set_focal_lengths(graph, focal)
     logger.info("focal calibration: cost %.4g -> %.4g, focal %s -> %s", initial, final, start.round(1), focal.round(1))
     return focal
 
@@ -237,15 +236,18 @@ def fundamental_matrix(geometry: pycolmap.TwoViewGeometry) -> np.ndarray:
     return F if F.shape == (3, 3) else np.zeros((3, 3))
 
 
-def _focal(camera: pycolmap.Camera) -> float:
-    return float(np.mean([camera.params[k] for k in camera.focal_length_idxs()]))
+def focal_lengths(graph: ViewGraph) -> np.ndarray:
+    """(C,) the focal length of each camera (the mean of fx, fy where the model has two)."""
+    return np.array([float(np.mean([camera.params[k] for k in camera.focal_length_idxs()])) for camera in graph.cameras])
+
+
+def set_focal_lengths(graph: ViewGraph, focal: np.ndarray) -> None:
+    """Write focal (C,) into every focal parameter (fx and fy alike) of the graph's cameras (in place)."""
+    for camera, value in zip(graph.cameras, focal):
+        params = np.array(camera.params)
+        params[list(camera.focal_length_idxs())] = value
+        camera.params = params
 
 
 def _principal_point(camera: pycolmap.Camera) -> tuple[float, float]:
     return float(camera.principal_point_x), float(camera.principal_point_y)
-
-
-def _set_focal(camera: pycolmap.Camera, focal: float) -> None:
-    params = np.array(camera.params)
-    params[list(camera.focal_length_idxs())] = focal
-    camera.params = params
