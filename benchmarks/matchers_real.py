@@ -165,7 +165,7 @@ def compare_reconstructions(scenes: list[str], overrides: list[str], keys: list[
         for label, _, _ in methods[1:]:
             r = results[scene, label]
             verdict = "reaches" if r.get("auc@5", 0.0) >= sift else "is BELOW"
-            print(f"{scene}: {label} AUC@5 {r.get('auc@5', 0.0):.3f} {verdict} SIFT's {sift:.3f}; "
+            print(f"{scene}: {label} AUC@5 {r.get('auc@5', 0.0):.4f} {verdict} SIFT's {sift:.4f}; "
                   f"registered {r['registered']}/{r['num_images']}")
 
 
