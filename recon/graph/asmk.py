@@ -387,8 +387,8 @@ def _sign_table(device: torch.device) -> torch.Tensor:
 
 def unpack_signs(bits: torch.Tensor, dim: int) -> torch.Tensor:
     """(..., ceil(D/8)) uint8 -> (..., D) float32 with +1 for a set bit and -1 otherwise."""
-    signs = _sign_table(bits.device)[bits.long()]
-    return signs.flatten(-2)[..., :dim]
+    signs = _sign_table(bits.device).index_select(0, bits.reshape(-1).long())  # row copies: fast on CPU
+    return signs.view(*bits.shape[:-1], -1)[..., :dim]
 
 
 def aggregate(descriptors: torch.Tensor, word_ids: torch.Tensor, image_ids: torch.Tensor,
@@ -421,6 +421,15 @@ def word_similarity(signs_q: torch.Tensor, signs_d: torch.Tensor, dim: int) -> t
     return (torch.bmm(signs_q, signs_d.transpose(1, 2)) + pad) / (dim + pad)
 
 
+def selective_kernel(u: torch.Tensor, alpha: float, threshold: float) -> torch.Tensor:
+    """ASMK's ``k(u) = u ** alpha`` where ``u >= threshold``, else 0, computed in place in u (alpha > 0).
+
+    Threshold 0 (ASMK's) is a ReLU, which runs ~10x faster on CPU than a masked fill or where."""
+    if threshold == 0:
+        return u.relu_().pow_(alpha)
+    return u.masked_fill_(u < threshold, 0.0).pow_(alpha)
+
+
 def _batches(count_q: torch.Tensor, count_d: torch.Tensor, dim: int, budget: int) -> list[slice]:
     """Consecutive word ranges whose padded blocks (signs and products) stay within ``budget``."""
     slices, start = [], 0
@@ -438,7 +447,7 @@ def _batches(count_q: torch.Tensor, count_d: torch.Tensor, dim: int, budget: int
 
 def asmk_similarity(query: AggregatedSet, database: AggregatedSet, num_query: int, num_database: int,
                     num_words: int, *, alpha: float = 3.0, threshold: float = 0.0, use_idf: bool = False,
-                    pair_budget: int = 1 << 23, progress: bool = False) -> torch.Tensor:
+                    pair_budget: int = 1 << 20, progress: bool = False) -> torch.Tensor:
     """ASMK scores ``S[q, d]`` (num_query, num_database) float32 through an inverted file.
 
     Only entries that share a word are compared; words are processed in batches of similar list
@@ -461,24 +470,31 @@ def asmk_similarity(query: AggregatedSet, database: AggregatedSet, num_query: in
     shared = torch.nonzero((count_q > 0) & (count_d > 0)).squeeze(1)
     shared = shared[torch.argsort(count_q[shared] * count_d[shared])]  # similar sizes batch together
 
-    scores = torch.zeros(num_query * num_database + 1, device=device)  # last slot: padding
-    padding = num_query * num_database
+    # one extra query row and database column: the padding of each word's lists (entry -1) lands
+    # there, so no mask is needed; both are dropped at the end
+    columns = num_database + 1
+    scores = torch.zeros((num_query + 1) * columns, device=device)
+    image_q = torch.cat([query.images, query.images.new_tensor([num_query])])  # [-1]: the padding row
+    image_d = torch.cat([database.images, database.images.new_tensor([num_database])])
     batches = _batches(count_q[shared], count_d[shared], query.dim, pair_budget)
     for part in tqdm(batches, desc="ASMK inverted file", disable=not progress, leave=False):
         words = shared[part]
         rows_q = _gather_rows(order_q, start_q[words], count_q[words])
         rows_d = _gather_rows(order_d, start_d[words], count_d[words])
-        u = word_similarity(unpack_signs(query.bits[rows_q.clamp(min=0)], query.dim),
-                            unpack_signs(database.bits[rows_d.clamp(min=0)], database.dim), query.dim)
-        values = torch.where(u >= threshold, u.pow_(alpha), 0.0)
+        u = word_similarity(_entry_signs(query, rows_q), _entry_signs(database, rows_d), query.dim)
+        values = selective_kernel(u, alpha, threshold)
         if use_idf:
             values *= idf[words][:, None, None]
-        valid = (rows_q >= 0)[:, :, None] & (rows_d >= 0)[:, None, :]
-        target = query.images[rows_q][:, :, None] * num_database + database.images[rows_d][:, None, :]
-        target = torch.where(valid, target, padding)
-        scores.index_add_(0, target.view(-1), values.view(-1))
-    scores = scores[:padding].view(num_query, num_database)
+        target = (image_q[rows_q] * columns)[:, :, None] + image_d[rows_d][:, None, :]
+        scores.scatter_add_(0, target.view(-1), values.view(-1))  # in order, as index_add_, 1.6x faster on CPU
+    scores = scores.view(num_query + 1, columns)[:num_query, :num_database]
     return scores / (norm_q.clamp(min=1e-12).sqrt()[:, None] * norm_d.clamp(min=1e-12).sqrt()[None, :])
+
+
+def _entry_signs(entries: AggregatedSet, rows: torch.Tensor) -> torch.Tensor:
+    """(W, A) entry indices (-1: padding, read as entry 0) -> (W, A, D) +-1 signs."""
+    bits = entries.bits.index_select(0, rows.clamp(min=0).view(-1))
+    return unpack_signs(bits, entries.dim).view(*rows.shape, -1)
 
 
 def _gather_rows(order: torch.Tensor, start: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
