@@ -37,6 +37,7 @@ from __future__ import annotations
 import math
 import os
 import pickle
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +86,17 @@ def _kmeans(points: np.ndarray, k: int, niter: int, seed: int) -> np.ndarray:
     index = faiss.IndexFlatL2(points.shape[1])
     clustering.train(np.ascontiguousarray(points, dtype=np.float32), index)
     return faiss.vector_float_to_array(clustering.centroids).reshape(k, points.shape[1])
+
+
+def _cell_kmeans(job: tuple[np.ndarray, int, int, int]) -> np.ndarray:
+    """k-means of one coarse cell's ``(members, k, niter, seed)`` with one faiss thread (many tiny
+    k-means are 20x slower with several OpenMP threads each on a busy machine); a cell with no
+    more members than words keeps its members as words."""
+    members, k, niter, seed = job
+    if k >= len(members):
+        return members
+    with _faiss_threads(1):
+        return _kmeans(members, k, niter, seed)
 
 
 def _apportion(weights: np.ndarray, total: int, cap: int) -> np.ndarray:
@@ -180,14 +192,14 @@ class Codebook:
         # words in proportion to each cell's points (equal points per word, so the vocabulary keeps
         # ~size words however unbalanced the cells), at most 4x the mean (bounds the probe cost)
         per_cell = _apportion(members_per_cell, size, 4 * -(-size // coarse_size))
-        words, counts = [], []
-        with _faiss_threads(1):
-            for c in tqdm(range(coarse_size), desc="codebook cells", leave=False, disable=coarse_size < 256):
-                members = points[cell[:, 0] == c]
-                k = min(int(per_cell[c]), len(members))
-                words.append(_kmeans(members, k, niter, seed + c) if k < len(members) else members)
-                counts.append(len(words[-1]))
-        start = torch.cumsum(torch.tensor([0] + counts), 0)
+        order = np.argsort(cell[:, 0], kind="stable")  # each cell's members, in their original order
+        members = np.split(points[order], np.cumsum(members_per_cell)[:-1])
+        jobs = [(members[c], min(int(per_cell[c]), len(members[c])), niter, seed + c) for c in range(coarse_size)]
+        # one single-threaded k-means per cell, cells spread over torch's thread count (faiss frees the GIL)
+        with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
+            words = list(tqdm(pool.map(_cell_kmeans, jobs), total=coarse_size, desc="codebook cells", leave=False,
+                              disable=coarse_size < 256))
+        start = torch.cumsum(torch.tensor([0] + [len(w) for w in words]), 0)
         return cls(torch.from_numpy(np.concatenate(words)), torch.from_numpy(coarse), start, probes)
 
     @classmethod
@@ -447,7 +459,7 @@ def _batches(count_q: torch.Tensor, count_d: torch.Tensor, dim: int, budget: int
 
 def asmk_similarity(query: AggregatedSet, database: AggregatedSet, num_query: int, num_database: int,
                     num_words: int, *, alpha: float = 3.0, threshold: float = 0.0, use_idf: bool = False,
-                    pair_budget: int = 1 << 20, progress: bool = False) -> torch.Tensor:
+                    pair_budget: int = 1 << 22, progress: bool = False) -> torch.Tensor:
     """ASMK scores ``S[q, d]`` (num_query, num_database) float32 through an inverted file.
 
     Only entries that share a word are compared; words are processed in batches of similar list
@@ -517,7 +529,7 @@ class ASMKParams:
 
 
 def aggregate_collection(descriptors: torch.Tensor, image_ids: torch.Tensor, num_images: int,
-                         codebook: Codebook, params: ASMKParams = ASMKParams(), chunk_elements: int = 1 << 20,
+                         codebook: Codebook, params: ASMKParams = ASMKParams(), chunk_elements: int = 1 << 22,
                          progress: bool = False) -> tuple[AggregatedSet, AggregatedSet]:
     """Query-side and database-side aggregated sets of a collection.
 
