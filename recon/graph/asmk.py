@@ -234,8 +234,9 @@ class Codebook:
         in chunks whose distance tables hold about ``chunk_elements`` floats (a 64k-word official
         codebook would otherwise need M x 65536 floats at once).
         """
-        # flat: a distance to every word; two-level: a sorted copy of the chunk and its running best
-        # (its coarse distances go in sub-chunks), so each cell's block has hundreds of rows
+        # flat: a distance to every word; two-level: per descriptor its rows gathered per cell, its
+        # running best and its probed cells (coarse distances go in sub-blocks), so that each cell's
+        # block has hundreds of rows
         columns = self.size if self.coarse is None else descriptors.shape[1] + 3 * assignments + self.probes
         chunk = max(1, chunk_elements // columns)
         if assignments > self.size:
