@@ -88,11 +88,13 @@ def _kmeans(points: np.ndarray, k: int, niter: int, seed: int) -> np.ndarray:
     return faiss.vector_float_to_array(clustering.centroids).reshape(k, points.shape[1])
 
 
-def _cell_kmeans(job: tuple[np.ndarray, int, int, int]) -> np.ndarray:
-    """k-means of one coarse cell's ``(members, k, niter, seed)`` with one faiss thread (many tiny
-    k-means are 20x slower with several OpenMP threads each on a busy machine); a cell with no
-    more members than words keeps its members as words."""
-    members, k, niter, seed = job
+def _cell_kmeans(job: tuple[np.ndarray, np.ndarray, int, int, int]) -> np.ndarray:
+    """k-means of one coarse cell's ``(points, member indices, k, niter, seed)`` with one faiss
+    thread (many tiny k-means are 20x slower with several OpenMP threads each on a busy machine);
+    a cell with no more members than words keeps its members as words. Members are gathered
+    here, so only the cells in progress are ever copied."""
+    points, index, k, niter, seed = job
+    members = points[index]
     if k >= len(members):
         return members
     with _faiss_threads(1):
@@ -193,8 +195,8 @@ class Codebook:
         # ~size words however unbalanced the cells), at most 4x the mean (bounds the probe cost)
         per_cell = _apportion(members_per_cell, size, 4 * -(-size // coarse_size))
         order = np.argsort(cell[:, 0], kind="stable")  # each cell's members, in their original order
-        members = np.split(points[order], np.cumsum(members_per_cell)[:-1])
-        jobs = [(members[c], min(int(per_cell[c]), len(members[c])), niter, seed + c) for c in range(coarse_size)]
+        members = np.split(order, np.cumsum(members_per_cell)[:-1])
+        jobs = [(points, members[c], min(int(per_cell[c]), len(members[c])), niter, seed + c) for c in range(coarse_size)]
         # one single-threaded k-means per cell, cells spread over torch's thread count (faiss frees the GIL)
         with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
             words = list(tqdm(pool.map(_cell_kmeans, jobs), total=coarse_size, desc="codebook cells", leave=False,
