@@ -43,6 +43,7 @@ from recon.graph.asmk import ASMKParams, Codebook, aggregate_collection, asmk_si
 from recon.graph.retrieval import covisibility_counts  # noqa: E402
 from recon.graph.scene_graph import (auto_coarse_size, auto_graph_size, graph_pairs, image_similarity,  # noqa: E402
                                      scene_graph, token_source)
+from recon.heap import reuse_freed_memory  # noqa: E402
 from recon.io.h5 import H5Writer, list_names, write_features  # noqa: E402
 
 STRONG_PARTNERS = 5
@@ -253,8 +254,14 @@ class StageClock:
 
 
 def scaling_worker(num_images: int, dim: int, tokens: int, seed: int, threads: int) -> dict:
+    """One scaling run, with freed memory kept in the heap as every ``recon`` CLI command runs."""
     if threads > 0:
         torch.set_num_threads(threads)
+    with reuse_freed_memory():
+        return _scaling_run(num_images, dim, tokens, seed)
+
+
+def _scaling_run(num_images: int, dim: int, tokens: int, seed: int) -> dict:
     descriptors, image_ids = synthetic_tokens(num_images, dim, tokens, seed)
     clock = StageClock()
     size = auto_codebook_size(len(descriptors))

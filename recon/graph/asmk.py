@@ -37,6 +37,7 @@ from __future__ import annotations
 import math
 import os
 import pickle
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,9 @@ from tqdm import tqdm
 
 #: training points per coarse centroid of a two-level codebook (faiss warns below 39)
 COARSE_POINTS = 64
+
+#: floats per coarse distance block: a (4096, 1024) product runs ~3x faster than a (65536, 1024) one
+BLOCK_ELEMENTS = 1 << 22
 
 #: bits of the official packing unit; Hamming distances are normalised by a multiple of it
 PACK_BITS = 32
@@ -82,6 +86,19 @@ def _kmeans(points: np.ndarray, k: int, niter: int, seed: int) -> np.ndarray:
     index = faiss.IndexFlatL2(points.shape[1])
     clustering.train(np.ascontiguousarray(points, dtype=np.float32), index)
     return faiss.vector_float_to_array(clustering.centroids).reshape(k, points.shape[1])
+
+
+def _cell_kmeans(job: tuple[np.ndarray, np.ndarray, int, int, int]) -> np.ndarray:
+    """k-means of one coarse cell's ``(points, member indices, k, niter, seed)`` with one faiss
+    thread (many tiny k-means are 20x slower with several OpenMP threads each on a busy machine);
+    a cell with no more members than words keeps its members as words. Members are gathered
+    here, so only the cells in progress are ever copied."""
+    points, index, k, niter, seed = job
+    members = points[index]
+    if k >= len(members):
+        return members
+    with _faiss_threads(1):
+        return _kmeans(members, k, niter, seed)
 
 
 def _apportion(weights: np.ndarray, total: int, cap: int) -> np.ndarray:
@@ -177,14 +194,14 @@ class Codebook:
         # words in proportion to each cell's points (equal points per word, so the vocabulary keeps
         # ~size words however unbalanced the cells), at most 4x the mean (bounds the probe cost)
         per_cell = _apportion(members_per_cell, size, 4 * -(-size // coarse_size))
-        words, counts = [], []
-        with _faiss_threads(1):
-            for c in tqdm(range(coarse_size), desc="codebook cells", leave=False, disable=coarse_size < 256):
-                members = points[cell[:, 0] == c]
-                k = min(int(per_cell[c]), len(members))
-                words.append(_kmeans(members, k, niter, seed + c) if k < len(members) else members)
-                counts.append(len(words[-1]))
-        start = torch.cumsum(torch.tensor([0] + counts), 0)
+        order = np.argsort(cell[:, 0], kind="stable")  # each cell's members, in their original order
+        members = np.split(order, np.cumsum(members_per_cell)[:-1])
+        jobs = [(points, members[c], min(int(per_cell[c]), len(members[c])), niter, seed + c) for c in range(coarse_size)]
+        # one single-threaded k-means per cell, cells spread over torch's thread count (faiss frees the GIL)
+        with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
+            words = list(tqdm(pool.map(_cell_kmeans, jobs), total=coarse_size, desc="codebook cells", leave=False,
+                              disable=coarse_size < 256))
+        start = torch.cumsum(torch.tensor([0] + [len(w) for w in words]), 0)
         return cls(torch.from_numpy(np.concatenate(words)), torch.from_numpy(coarse), start, probes)
 
     @classmethod
@@ -219,9 +236,10 @@ class Codebook:
         in chunks whose distance tables hold about ``chunk_elements`` floats (a 64k-word official
         codebook would otherwise need M x 65536 floats at once).
         """
-        columns = self.size  # flat: every word
-        if self.coarse is not None:  # two-level: coarse cells + the probed cells' (padded) words
-            columns = len(self.coarse) + self.probes * int((self.cell_start[1:] - self.cell_start[:-1]).max())
+        # flat: a distance to every word; two-level: per descriptor its rows gathered per cell, its
+        # running best and its probed cells (coarse distances go in sub-blocks), so that each cell's
+        # block has hundreds of rows
+        columns = self.size if self.coarse is None else descriptors.shape[1] + 3 * assignments + self.probes
         chunk = max(1, chunk_elements // columns)
         if assignments > self.size:
             raise ValueError(f"{assignments} assignments need a codebook of at least that many words, got {self.size}")
@@ -231,39 +249,112 @@ class Codebook:
         if self.coarse is None:
             parts = [_nearest(part.float(), centroids, squared, assignments) for part in descriptors.split(chunk)]
         else:
-            parts = [self._quantize_two_level(part.float(), centroids, squared, assignments)
+            parts = [self._quantize_two_level(part.float(), centroids, squared, assignments, chunk_elements)
                      for part in descriptors.split(chunk)]
         return torch.cat(parts) if parts else torch.empty(0, assignments, dtype=torch.long, device=device)
 
     def _quantize_two_level(self, x: torch.Tensor, centroids: torch.Tensor, squared: torch.Tensor,
-                            assignments: int) -> torch.Tensor:
+                            assignments: int, chunk_elements: int) -> torch.Tensor:
         """Nearest words among the words of each descriptor's ``probes`` nearest cells.
 
-        Per coarse cell, one matrix product with the descriptors that probe it, written into a
-        (n, probes, widest cell) distance table (inf where a cell has fewer words); one top-k over
-        each table row then picks the words. A single wide top-k is ~4x cheaper per element on a
-        CPU than one narrow top-k per cell.
+        x: (n, D) -> (n, assignments) long. One pass per probe rank: the descriptors are sorted
+        by the cell they probe at that rank, so each cell's descriptors are one contiguous block;
+        one matrix product per cell gives their distances to the cell's words, which are merged
+        into each descriptor's running best ``assignments`` (:class:`_RunningBest`). Every
+        distance is the one the flat search computes, ``|c|^2 - 2 <x, c>``, so probing every cell
+        reproduces it; no (n, probes, widest cell) table is ever built.
         """
         device = x.device
         coarse = self.coarse.to(device)
-        start = self.cell_start.to(device)
-        sizes = start[1:] - start[:-1]
-        width = int(sizes.max())
         probes = min(self.probes, len(coarse))
-        cells = _nearest(x, coarse, (coarse * coarse).sum(1), probes)  # (n, p)
-        table = torch.full((len(x) * probes, width), math.inf, device=device)
-        order = torch.argsort(cells.reshape(-1))  # probe slots (row * p + rank), grouped by cell
-        counts = torch.bincount(cells.reshape(-1), minlength=len(coarse)).tolist()
-        bounds = start.tolist()
-        for c, slots in enumerate(torch.split(order, counts)):
-            lo, hi = bounds[c], bounds[c + 1]
-            if len(slots) and hi > lo:
-                table[slots, :hi - lo] = squared[lo:hi] - 2 * x[slots // probes] @ centroids[lo:hi].T
-        best = torch.topk(table.view(len(x), -1), assignments, dim=1, largest=False)
-        if torch.isinf(best.values).any():
+        coarse_squared, scaled_coarse = (coarse * coarse).sum(1), -2 * coarse
+        with _faiss_threads(1):  # faiss's OpenMP pool would spin against torch's between the products
+            cells = torch.cat([_RunningBest.select(torch.mm(part, scaled_coarse.T).add_(coarse_squared), probes)[1]
+                               for part in x.split(max(1, min(chunk_elements, BLOCK_ELEMENTS) // len(coarse)))])
+        scaled = -2 * centroids  # exact: <x, -2c> = -2 <x, c> bit for bit
+        best = _RunningBest(len(x), assignments, device)
+        bounds = self.cell_start.tolist()
+        for rank in range(probes):
+            order = torch.argsort(cells[:, rank])
+            best.arrange(order)
+            counts = torch.bincount(cells[:, rank], minlength=len(coarse)).tolist()
+            row = 0
+            for c, count in enumerate(counts):
+                lo, hi = bounds[c], bounds[c + 1]
+                if count and hi > lo:
+                    block = x.index_select(0, order[row:row + count])  # a cell's rows, gathered while they fit in cache
+                    best.add(row, torch.mm(block, scaled[lo:hi].T).add_(squared[lo:hi]), lo)
+                row += count
+        values, words = best.result()
+        if torch.isinf(values).any():
             raise RuntimeError("fewer words than assignments in the probed cells; raise codebook probes")
-        slot = best.indices // width
-        return start[cells.gather(1, slot)] + best.indices % width
+        return words
+
+
+class _RunningBest:
+    """The k smallest values seen so far per row, with their column ids, for (n, k) rows whose
+    order can be rearranged between updates (so that each update is a contiguous block of rows).
+
+    On CPU these are faiss's max-heaps (``float_maxheap_array_t``): merging a (rows, w) block
+    costs about one comparison per value, where a torch top-k pays ~1 us per row; on other
+    devices a top-k over the running best and the new block.
+    """
+
+    def __init__(self, rows: int, k: int, device: torch.device) -> None:
+        self.k = k
+        self.values = torch.full((rows, k), math.inf, device=device)
+        self.ids = torch.full((rows, k), -1, dtype=torch.long, device=device)
+        self.order = torch.arange(rows, device=device)  # current position -> original row
+        self.heaps = None
+        if device.type == "cpu":
+            self.heaps = faiss.float_maxheap_array_t()
+            self.heaps.nh, self.heaps.k = rows, k
+            self._bind()
+            self.heaps.heapify()
+
+    def _bind(self) -> None:
+        self.heaps.val = faiss.swig_ptr(self.values.numpy())
+        self.heaps.ids = faiss.swig_ptr(self.ids.numpy())
+
+    def arrange(self, order: torch.Tensor) -> None:
+        """Put the rows in ``order``: position i now holds original row ``order[i]``."""
+        moves = self._inverse().index_select(0, order)  # current position of each wanted row
+        self.values, self.ids = self.values.index_select(0, moves), self.ids.index_select(0, moves)
+        self.order = order
+        if self.heaps is not None:
+            self._bind()
+
+    def _inverse(self) -> torch.Tensor:
+        inverse = torch.empty_like(self.order)
+        inverse[self.order] = torch.arange(len(self.order), device=self.order.device)
+        return inverse
+
+    def add(self, row: int, block: torch.Tensor, first_id: int) -> None:
+        """Merge ``block`` (r, w) float32 into rows ``row:row + r``; column j has id ``first_id + j``."""
+        if self.heaps is not None:
+            block = block.contiguous()
+            self.heaps.addn(block.shape[1], faiss.swig_ptr(block.numpy()), first_id, row, block.shape[0])
+            return
+        rows = slice(row, row + block.shape[0])
+        ids = torch.arange(first_id, first_id + block.shape[1], device=block.device).expand_as(block)
+        values, pick = torch.topk(torch.cat([self.values[rows], block], 1), self.k, dim=1, largest=False)
+        self.ids[rows] = torch.cat([self.ids[rows], ids], 1).gather(1, pick)
+        self.values[rows] = values
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(values, ids), each (n, k), rows in the original order, smallest value first."""
+        if self.heaps is not None:
+            self.heaps.reorder()  # heap order -> ascending
+        inverse = self._inverse()
+        return self.values.index_select(0, inverse), self.ids.index_select(0, inverse)
+
+    @classmethod
+    def select(cls, values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The k smallest entries of each row of ``values`` (n, w), ascending: (values, indices)."""
+        best = cls(values.shape[0], k, values.device)
+        best.add(0, values, 0)
+        return best.result()
+
 
 @dataclass
 class AggregatedSet:
@@ -287,12 +378,20 @@ class AggregatedSet:
 _BIT_WEIGHTS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
 
 
+#: 0x8040201008040201 as a signed int64: times 8 little-endian 0/1 bytes b_0..b_7, its top byte is
+#: sum b_j 2^(7 - j) (every other partial product overflows or stays below bit 56, carry-free)
+_GATHER_BYTES = 0x8040201008040201 - (1 << 64)
+
+
 def pack_bits(positive: torch.Tensor) -> torch.Tensor:
-    """(E, D) bool -> (E, ceil(D/8)) uint8, MSB first, the last byte zero-padded at the end."""
+    """(E, D) bool -> (E, ceil(D/8)) uint8, MSB first, the last byte zero-padded at the end.
+
+    Each group of 8 bools is read as one int64 and gathered into a byte by one multiplication
+    (10x faster than a weighted sum over a (E, D/8, 8) uint8 view)."""
     pad = (-positive.shape[1]) % 8
-    padded = torch.nn.functional.pad(positive.to(torch.uint8), (0, pad))
-    weights = _BIT_WEIGHTS.to(positive.device)
-    return (padded.view(positive.shape[0], -1, 8) * weights).sum(-1, dtype=torch.uint8)
+    padded = torch.nn.functional.pad(positive.to(torch.uint8), (0, pad)).contiguous()
+    words = padded.view(torch.int64)  # bytes in memory order: torch's CPU and CUDA targets are little-endian
+    return ((words * _GATHER_BYTES) >> 56).to(torch.uint8)
 
 
 def _sign_table(device: torch.device) -> torch.Tensor:
@@ -303,8 +402,8 @@ def _sign_table(device: torch.device) -> torch.Tensor:
 
 def unpack_signs(bits: torch.Tensor, dim: int) -> torch.Tensor:
     """(..., ceil(D/8)) uint8 -> (..., D) float32 with +1 for a set bit and -1 otherwise."""
-    signs = _sign_table(bits.device)[bits.long()]
-    return signs.flatten(-2)[..., :dim]
+    signs = _sign_table(bits.device).index_select(0, bits.reshape(-1).long())  # row copies: fast on CPU
+    return signs.view(*bits.shape[:-1], -1)[..., :dim]
 
 
 def aggregate(descriptors: torch.Tensor, word_ids: torch.Tensor, image_ids: torch.Tensor,
@@ -315,15 +414,16 @@ def aggregate(descriptors: torch.Tensor, word_ids: torch.Tensor, image_ids: torc
     residual to each of its m words); image_ids: (M,). Entries come out sorted by (image, word),
     like the official per-image ``np.unique`` order.
     """
-    m = word_ids.shape[1]
+    (num, dim), m = descriptors.shape, word_ids.shape[1]
     num_words = centroids.shape[0]
-    token = torch.arange(descriptors.shape[0], device=descriptors.device).repeat_interleave(m)
     words = word_ids.reshape(-1)
-    keys, inverse = torch.unique(image_ids[token] * num_words + words, return_inverse=True)
-    residuals = descriptors.float()[token] - centroids.to(descriptors.device)[words]
-    summed = torch.zeros(len(keys), descriptors.shape[1], device=descriptors.device)
-    summed.index_add_(0, inverse, residuals)
-    return AggregatedSet(keys % num_words, keys // num_words, pack_bits(summed > 0), descriptors.shape[1])
+    keys, inverse = torch.unique(image_ids.repeat_interleave(m) * num_words + words, return_inverse=True)
+    # rows in (descriptor, assignment) order, so each entry sums its residuals in descriptor order;
+    # index_select: row copies, where advanced indexing is several times slower on CPU
+    residuals = descriptors.float()[:, None, :] - centroids.to(descriptors.device).index_select(0, words).view(num, m, dim)
+    summed = torch.zeros(len(keys), dim, device=descriptors.device)
+    summed.index_add_(0, inverse, residuals.view(-1, dim))
+    return AggregatedSet(keys % num_words, keys // num_words, pack_bits(summed > 0), dim)
 
 
 def word_similarity(signs_q: torch.Tensor, signs_d: torch.Tensor, dim: int) -> torch.Tensor:
@@ -334,6 +434,15 @@ def word_similarity(signs_q: torch.Tensor, signs_d: torch.Tensor, dim: int) -> t
     """
     pad = (-dim) % PACK_BITS
     return (torch.bmm(signs_q, signs_d.transpose(1, 2)) + pad) / (dim + pad)
+
+
+def selective_kernel(u: torch.Tensor, alpha: float, threshold: float) -> torch.Tensor:
+    """ASMK's ``k(u) = u ** alpha`` where ``u >= threshold``, else 0, computed in place in u (alpha > 0).
+
+    Threshold 0 (ASMK's) is a ReLU, which runs ~10x faster on CPU than a masked fill or where."""
+    if threshold == 0:
+        return u.relu_().pow_(alpha)
+    return u.masked_fill_(u < threshold, 0.0).pow_(alpha)
 
 
 def _batches(count_q: torch.Tensor, count_d: torch.Tensor, dim: int, budget: int) -> list[slice]:
@@ -353,7 +462,7 @@ def _batches(count_q: torch.Tensor, count_d: torch.Tensor, dim: int, budget: int
 
 def asmk_similarity(query: AggregatedSet, database: AggregatedSet, num_query: int, num_database: int,
                     num_words: int, *, alpha: float = 3.0, threshold: float = 0.0, use_idf: bool = False,
-                    pair_budget: int = 1 << 23, progress: bool = False) -> torch.Tensor:
+                    pair_budget: int = 1 << 22, progress: bool = False) -> torch.Tensor:
     """ASMK scores ``S[q, d]`` (num_query, num_database) float32 through an inverted file.
 
     Only entries that share a word are compared; words are processed in batches of similar list
@@ -376,24 +485,31 @@ def asmk_similarity(query: AggregatedSet, database: AggregatedSet, num_query: in
     shared = torch.nonzero((count_q > 0) & (count_d > 0)).squeeze(1)
     shared = shared[torch.argsort(count_q[shared] * count_d[shared])]  # similar sizes batch together
 
-    scores = torch.zeros(num_query * num_database + 1, device=device)  # last slot: padding
-    padding = num_query * num_database
+    # one extra query row and database column: the padding of each word's lists (entry -1) lands
+    # there, so no mask is needed; both are dropped at the end
+    columns = num_database + 1
+    scores = torch.zeros((num_query + 1) * columns, device=device)
+    image_q = torch.cat([query.images, query.images.new_tensor([num_query])])  # [-1]: the padding row
+    image_d = torch.cat([database.images, database.images.new_tensor([num_database])])
     batches = _batches(count_q[shared], count_d[shared], query.dim, pair_budget)
     for part in tqdm(batches, desc="ASMK inverted file", disable=not progress, leave=False):
         words = shared[part]
         rows_q = _gather_rows(order_q, start_q[words], count_q[words])
         rows_d = _gather_rows(order_d, start_d[words], count_d[words])
-        u = word_similarity(unpack_signs(query.bits[rows_q.clamp(min=0)], query.dim),
-                            unpack_signs(database.bits[rows_d.clamp(min=0)], database.dim), query.dim)
-        values = torch.where(u >= threshold, u.pow_(alpha), 0.0)
+        u = word_similarity(_entry_signs(query, rows_q), _entry_signs(database, rows_d), query.dim)
+        values = selective_kernel(u, alpha, threshold)
         if use_idf:
             values *= idf[words][:, None, None]
-        valid = (rows_q >= 0)[:, :, None] & (rows_d >= 0)[:, None, :]
-        target = query.images[rows_q][:, :, None] * num_database + database.images[rows_d][:, None, :]
-        target = torch.where(valid, target, padding)
-        scores.index_add_(0, target.view(-1), values.view(-1))
-    scores = scores[:padding].view(num_query, num_database)
+        target = (image_q[rows_q] * columns)[:, :, None] + image_d[rows_d][:, None, :]
+        scores.scatter_add_(0, target.view(-1), values.view(-1))  # in order, as index_add_, 1.6x faster on CPU
+    scores = scores.view(num_query + 1, columns)[:num_query, :num_database]
     return scores / (norm_q.clamp(min=1e-12).sqrt()[:, None] * norm_d.clamp(min=1e-12).sqrt()[None, :])
+
+
+def _entry_signs(entries: AggregatedSet, rows: torch.Tensor) -> torch.Tensor:
+    """(W, A) entry indices (-1: padding, read as entry 0) -> (W, A, D) +-1 signs."""
+    bits = entries.bits.index_select(0, rows.clamp(min=0).view(-1))
+    return unpack_signs(bits, entries.dim).view(*rows.shape, -1)
 
 
 def _gather_rows(order: torch.Tensor, start: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
@@ -416,7 +532,7 @@ class ASMKParams:
 
 
 def aggregate_collection(descriptors: torch.Tensor, image_ids: torch.Tensor, num_images: int,
-                         codebook: Codebook, params: ASMKParams = ASMKParams(), chunk_elements: int = 1 << 25,
+                         codebook: Codebook, params: ASMKParams = ASMKParams(), chunk_elements: int = 1 << 22,
                          progress: bool = False) -> tuple[AggregatedSet, AggregatedSet]:
     """Query-side and database-side aggregated sets of a collection.
 
