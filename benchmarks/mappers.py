@@ -2,7 +2,8 @@
 database per scene, in one process.
 
 Each scene's database is built once with recon's default front end (COLMAP SIFT, mutual NN +
-ratio, exhaustive pairs, EXIF priors, COLMAP verification) through :class:`recon.pipeline.Pipeline`;
+ratio, the default pairs - every pair on these scenes of at most 25 images -, EXIF priors, COLMAP
+verification) through :class:`recon.pipeline.Pipeline`;
 every mapper then runs on its own copy. Prints per scene and mapper: registered images,
 AUC@1/5/10 (pairwise relative poses against ground truth), median camera-centre error after the
 least-squares Sim3 (in ground-truth units), mapping wall time and its ratio to COLMAP
