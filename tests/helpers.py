@@ -16,3 +16,17 @@ def temple_subset(destination: Path, count: int = 5, start: int = 13) -> Path:
     for index in range(start, start + count):
         shutil.copy(source / f"templeR{index:04d}.png", destination)
     return destination
+
+
+def count_batches(monkeypatch, owner: type, method: str) -> list[int]:
+    """Patch ``owner.method`` to record the batch size of each call (the length of its first
+    argument) and still run the real method; returns the list the sizes are appended to."""
+    calls: list[int] = []
+    real = getattr(owner, method)
+
+    def counting(self, batch, *args, **kwargs):
+        calls.append(len(batch))
+        return real(self, batch, *args, **kwargs)
+
+    monkeypatch.setattr(owner, method, counting)
+    return calls

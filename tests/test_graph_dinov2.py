@@ -27,6 +27,7 @@ from recon.fingerprint import content_digest
 from recon.graph import PAIR_STRATEGIES, PairsContext
 from recon.graph.dinov2 import TOKENS_FILE, dinov2_key, dinov2_token_cache, input_size, prepare_image
 from recon.io.pairs import read_pairs
+from helpers import count_batches
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -60,15 +61,7 @@ def tiny_weights(tmp_path) -> Path:
 @pytest.fixture
 def forward_calls(monkeypatch) -> list[int]:
     """Images passed through DINOv2 (the real forward is called)."""
-    calls: list[int] = []
-    forward = DinoVisionTransformer.forward_features
-
-    def counting(self, x, masks=None):
-        calls.append(len(x))
-        return forward(self, x, masks)
-
-    monkeypatch.setattr(DinoVisionTransformer, "forward_features", counting)
-    return calls
+    return count_batches(monkeypatch, DinoVisionTransformer, "forward_features")
 
 
 def graph_conf(weights: Path, **options) -> dict:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import shared_path
-from helpers import temple_subset
+from helpers import count_batches, temple_subset
 import matchers
 from matchers.mast3r import AsymmetricMASt3R, EncoderCache, load_image
 from recon.config import load_config
@@ -45,15 +45,7 @@ def small_temple(tmp_path, count=3):
 @pytest.fixture
 def encoder_calls(monkeypatch):
     """Counts MASt3R encoder passes (images encoded), calling the real encoder."""
-    calls = []
-    encode = AsymmetricMASt3R.encode
-
-    def counting(self, img, true_shape=None):
-        calls.append(len(img))
-        return encode(self, img, true_shape)
-
-    monkeypatch.setattr(AsymmetricMASt3R, "encode", counting)
-    return calls
+    return count_batches(monkeypatch, AsymmetricMASt3R, "encode")
 
 
 def test_mast3r_preset_runs_end_to_end(tmp_path, encoder_calls):

@@ -126,7 +126,12 @@ def project(model: CameraModel, params: Tensor, p_cam: Tensor, with_jac: bool = 
         xy (N, 2) pixels; and when ``with_jac``: J_pcam (N, 2, 3) d xy / d p_cam and
         J_params (N, 2, K) d xy / d params (zero in padding columns).
     """
-    out = project_t(model, params.T, p_cam.T, with_jac)
+    return _row_major(project_t(model, params.T, p_cam.T, with_jac), with_jac)
+
+
+def _row_major(out, with_jac: bool):
+    """A component-major projection's outputs (:func:`project_t`) as row-major views: xy (N, 2),
+    J_pcam (N, 2, 3), J_params (N, 2, K)."""
     if not with_jac:
         return out.T
     xy, j_pcam, j_params = out
@@ -186,11 +191,7 @@ def project_groups(groups: ModelGroups, params: Tensor, p_cam: Tensor, with_jac:
     params (M, K) per observation, p_cam (M, 3); ``groups`` from :func:`model_groups`.
     Returns what :func:`project` returns, for all M rows.
     """
-    out = project_groups_t(groups, params.T, p_cam.T, with_jac)
-    if not with_jac:
-        return out.T
-    xy, j_pcam, j_params = out
-    return xy.T, j_pcam.permute(2, 0, 1), j_params.permute(2, 0, 1)
+    return _row_major(project_groups_t(groups, params.T, p_cam.T, with_jac), with_jac)
 
 
 def project_groups_t(groups: ModelGroups, params: Tensor, p_cam: Tensor, with_jac: bool = True):
