@@ -41,6 +41,7 @@ import torch
 
 from matchers.mast3r.retrieval import RETRIEVAL_NAME, RetrievalCheckpoint, load_retrieval_checkpoint
 from . import PAIR_STRATEGIES, PairsContext
+from .basic import exhaustive_pairs
 from matchers.base import ConfigError
 from .asmk import ASMKParams, Codebook, auto_codebook_size, collection_similarity
 from .dinov2 import DEFAULT_MODEL, dinov2_token_cache, registered_name
@@ -384,7 +385,7 @@ def mast3r_graph(names: list[str], conf: dict[str, Any], context: PairsContext) 
     if len(names) < 2:
         return []
     if matches_all_pairs(len(names), conf):
-        return [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+        return exhaustive_pairs(names, conf, context)
     similarity = image_similarity(token_source(conf, context, names), names, conf, context.seed, context.device)
     pairs = graph_pairs(similarity, conf, context.seed)
     return [(names[i], names[j]) for i, j in pairs.tolist()]
