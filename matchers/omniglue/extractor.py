@@ -28,13 +28,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..backbones.dinov2 import dinov2_vitb14
+from ..backbones.dinov2 import dinov2_vitb14, imagenet_normalize
 from ..base import BaseModel
 from ..superpoint_v6 import SuperPointV6
 from ..weights import load_state_dict
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def nearest_multiple_of_8(size: int) -> int:
@@ -98,8 +95,6 @@ class OmniGlueSuperPoint(BaseModel):
                                        detection_threshold=c["detection_threshold"],
                                        remove_borders=c["remove_borders"])
         self.dino = dinov2_vitb14()
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     def superpoint_features(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """SuperPoint on the image resized to multiples of 8; keypoints in the input's pixels."""
@@ -115,7 +110,7 @@ class OmniGlueSuperPoint(BaseModel):
         """Normalised last-layer patch tokens as a ``(B, 768, h, w)`` grid."""
         size = dino_input_size(*image.shape[-2:], max_side=self.conf["dino_max_side"])
         resized = F.interpolate(image, size=size, mode="bilinear", align_corners=False)
-        tokens = self.dino.forward_features((resized - self.mean) / self.std)["x_norm_patchtokens"]
+        tokens = self.dino.forward_features(imagenet_normalize(resized))["x_norm_patchtokens"]
         return self.dino.tokens_to_grid(tokens, *size)
 
     def forward(self, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -39,8 +39,6 @@ from .layers import GP, ConvRefiner, Decoder, TransformerDecoder, autocast
 from .ops import (mutual_nearest_matches, normalized_to_pixels, pixel_grid, pixels_to_normalized, sample_matches,
                   sample_warp)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 DINOV2_CHECKPOINT = "dinov2_vitl14_pretrain"
 
 weights_registry.register_checkpoint(weights_registry.Checkpoint(
@@ -238,9 +236,7 @@ class DenseMatcher(BaseModel):
                                 antialias=self.conf["antialias"] and mode in ("bilinear", "bicubic"))
         resized = resized.clamp(0, 1)
         if self.conf["normalize"]:
-            mean = resized.new_tensor(IMAGENET_MEAN)[:, None, None]
-            std = resized.new_tensor(IMAGENET_STD)[:, None, None]
-            resized = (resized - mean) / std
+            resized = _dinov2.imagenet_normalize(resized)
         return resized
 
     def match(self, image0: torch.Tensor, image1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
