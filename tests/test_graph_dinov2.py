@@ -136,6 +136,19 @@ def test_another_size_or_an_edited_image_is_encoded_again(images, tmp_path, tiny
     assert forward_calls == [1] and not torch.equal(again.tokens(edited), before)
 
 
+def test_a_checkpoint_rewritten_at_the_same_path_invalidates_the_cached_tokens(images, tmp_path, tiny_weights,
+                                                                              forward_calls):
+    names = sorted(p.name for p in images.iterdir())
+    dinov2_token_cache(images, tmp_path, "vits14", str(tiny_weights), SIZE, "cpu").fill(names)
+    state = torch.load(tiny_weights, weights_only=True)
+    torch.save({k: v + 0.01 if k == "norm.bias" else v for k, v in state.items()}, tiny_weights)  # "retrained"
+    forward_calls.clear()
+    again = dinov2_token_cache(images, tmp_path, "vits14", str(tiny_weights), SIZE, "cpu")
+    assert again.cached(names) == []
+    again.fill(names)
+    assert forward_calls == [1] * len(names)
+
+
 def test_recon_pairs_cli_with_dinov2_tokens_writes_the_graph_without_features(images, tmp_path, tiny_weights):
     out = tmp_path / "out"
     code = main(["pairs", str(images), str(out), "--device", "cpu", "--set", "pairs.name=mast3r_graph",

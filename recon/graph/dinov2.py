@@ -43,7 +43,7 @@ import matchers
 from matchers.backbones.dinov2 import DinoVisionTransformer, architecture_from_state_dict, imagenet_normalize
 from matchers.base import ConfigError
 from matchers.weights import load_state_dict
-from ..fingerprint import content_digest, fingerprint
+from ..fingerprint import content_digest, fingerprint, weights_identity
 from ..io.images import read_image
 from .tokens import TokenCache
 
@@ -99,7 +99,7 @@ def prepare_image(path: str | os.PathLike, long_side: int, patch_size: int) -> t
 
 def dinov2_key(model: str, weights: str, size: int, digest: str) -> str:
     """What one image's cached tokens were made from: model, checkpoint, input size, image bytes."""
-    return fingerprint("dinov2-patch-tokens", model, weights or "official", int(size), digest)
+    return fingerprint("dinov2-patch-tokens", model, weights_identity(weights or "official"), int(size), digest)
 
 
 def dinov2_token_cache(image_dir: Path, output_dir: Path, model: str, weights: str, size: int,

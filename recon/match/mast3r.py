@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from matchers.mast3r.matching import (EncoderCache, PreparedImage, anchor_keypoints, anchor_matches_from_predictions,
                                       anchor_pixels, hloc_matches, load_image, symmetric_predictions)
-from ..fingerprint import content_digest, fingerprint
+from ..fingerprint import content_digest, fingerprint, weights_identity
 from ..graph.tokens import TokenCache
 from ..io import h5
 from ..io.images import ImageInfo
@@ -121,7 +121,7 @@ def match_mast3r(pairs: list[tuple[str, str]], infos: list[ImageInfo], image_dir
 
 def encoder_key(weights: str, size: int, digest: str) -> str:
     """What one image's cached encoder tokens were made from: checkpoint, input size, image bytes."""
-    return fingerprint("mast3r-encoder", str(weights), int(size), digest)
+    return fingerprint("mast3r-encoder", weights_identity(weights), int(size), digest)
 
 
 def encoder_token_cache(image_dir: Path, output_dir: Path, weights: str, size: int,
