@@ -71,12 +71,15 @@ def load_dinov2(model: str, weights: str, device: torch.device | str) -> DinoVis
     name = registered_name(model)
     if weights in ("", "official"):
         return matchers.load(name, "official", device)
-    architecture = architecture_from_state_dict(load_state_dict(weights))
+    state = load_state_dict(weights)  # read once: its shapes set the architecture, then it is loaded
+    architecture = architecture_from_state_dict(state)
     registers = 4 if model.endswith("_reg4") else 0
     if architecture["num_register_tokens"] != registers:
         raise ValueError(f"{weights} has {architecture['num_register_tokens']} register tokens but dinov2_model "
                          f"{model!r} has {registers}: choose the {'_reg4 ' if not registers else 'plain '}variant")
-    return matchers.load(name, weights, device, **architecture)
+    network = matchers.load(name, None, device, **architecture)
+    network.load_state_dict(state, strict=True)
+    return network
 
 
 def input_size(width: int, height: int, long_side: int, patch_size: int) -> tuple[int, int]:
