@@ -117,7 +117,6 @@ class DKMv3(DenseMatcher):
         "upsample_res": (864, 1152),
         "interpolation": "bilinear",
         "antialias": False,
-        "amp": False,
     }
 
     def __init__(self, **conf: Any) -> None:

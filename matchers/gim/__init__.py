@@ -42,7 +42,6 @@ GIM_RECIPE: dict[str, Any] = {
     "normalize": False,
     "mask_black": True,
     "pad_to_aspect": True,
-    "amp": False,
     "max_matches": 5000,
 }
 
@@ -90,7 +89,7 @@ class GIMRoMa(RoMa):
     checkpoint_layout: ClassVar[str | None] = "gim_roma_100h"
     default_conf: ClassVar[dict[str, Any]] = {
         **RoMa.default_conf, **GIM_RECIPE,
-        "coarse_res": (672, 672), "upsample_res": (1344, 1344), "scale_reference": 672,
+        "coarse_res": (672, 672), "upsample_res": (1344, 1344), "scale_reference": 672, "amp": False,
     }
 
 

@@ -156,7 +156,6 @@ class DenseMatcher(BaseModel):
         "normalize": True,  # ImageNet mean/std
         "mask_black": False,  # GIM: zero the certainty of (near-)black input pixels
         "pad_to_aspect": False,  # GIM: pad inputs (centred, zeros) to the coarse aspect ratio
-        "amp": True,  # float16 autocast on CUDA
         "sample_mode": "threshold_balanced",
         "sample_thresh": 0.05,
         "max_matches": 10000,
@@ -348,7 +347,8 @@ class RoMa(DenseMatcher):
     """
 
     checkpoint_layout: ClassVar[str | None] = "roma_outdoor"
-    default_conf: ClassVar[dict[str, Any]] = {**DenseMatcher.default_conf, "dinov2_weights": DINOV2_CHECKPOINT}
+    default_conf: ClassVar[dict[str, Any]] = {**DenseMatcher.default_conf, "dinov2_weights": DINOV2_CHECKPOINT,
+                                              "amp": True}  # float16 autocast on CUDA (DKM has none)
 
     def __init__(self, encoder: nn.Module | None = None, decoder: nn.Module | None = None, **conf: Any) -> None:
         super().__init__(**conf)
