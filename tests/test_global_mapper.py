@@ -207,3 +207,28 @@ def test_focal_search_finds_a_focal_guessed_twice_too_long(tmp_path):
     focal = search_focal_lengths(graph, np.array([True]), graph.valid.copy(), conf, torch.device("cpu"), 0)
     assert abs(focal[0] / true_focal - 1) < 0.05
     assert focal_lengths(graph)[0] == pytest.approx(focal[0])
+
+
+@pytest.mark.parametrize("shift", [(0.0, 0.0), (30.0, -20.0)])
+def test_principal_point_is_freed_only_when_the_data_pin_it_down(tmp_path, shift):
+    """Keypoints with 0.5 px noise of 10 images whose true principal point is the image centre
+    (512, 384). When the database's principal point is off by (30, -20) px, the final BA finds it
+    again (within 3 px) and the likelihood-ratio test keeps it; when it is right, freeing it
+    explains nothing beyond the noise and the test leaves it exactly where it was."""
+    truth = synthetic_database(tmp_path / "database.db", num_images=10, wrong_fraction=0.0, seed=4)
+    noise = pycolmap.SyntheticNoiseOptions()
+    noise.point2D_stddev = 0.5
+    with pycolmap.Database.open(tmp_path / "database.db") as db:
+        pycolmap.synthesize_noise(noise, truth, db)
+        for camera in db.read_all_cameras():
+            camera.principal_point_x += shift[0]
+            camera.principal_point_y += shift[1]
+            db.update_camera(camera)
+    conf = MAPPERS.conf("recon_global", {})
+    model = MAPPERS.get("recon_global").function(tmp_path / "database.db", None, tmp_path, conf, torch.device("cpu"), 0)
+    camera = next(iter(model.cameras.values()))
+    found = np.array([camera.principal_point_x, camera.principal_point_y])
+    if shift == (0.0, 0.0):
+        assert np.array_equal(found, [512.0, 384.0])
+    else:
+        assert np.abs(found - [512.0, 384.0]).max() < 3.0
