@@ -232,3 +232,12 @@ def test_principal_point_is_freed_only_when_the_data_pin_it_down(tmp_path, shift
         assert np.array_equal(found, [512.0, 384.0])
     else:
         assert np.abs(found - [512.0, 384.0]).max() < 3.0
+
+
+def test_focal_passes_end_when_converged_or_not_converging():
+    """Changes of 40 %, 15 %, 5 % converge (the third is below the 10 % tolerance); 25.6 % then
+    25.1 % (Sacre Coeur's focal lengths swinging back and forth) is not halving, so it ends too."""
+    from recon.mapping.recon_global import passes_done
+
+    assert not passes_done(0.40, np.inf, 0.1) and not passes_done(0.15, 0.40, 0.1) and passes_done(0.05, 0.15, 0.1)
+    assert not passes_done(0.256, np.inf, 0.1) and passes_done(0.251, 0.256, 0.1)

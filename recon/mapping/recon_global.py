@@ -137,7 +137,7 @@ def _recon_global(database_path: Path, image_dir: Path | None, conf: dict[str, A
         state.current_cameras()  # the refined intrinsics start the next pass
         change = float(np.abs(focal_lengths(graph) / before - 1.0).max())
         logger.info("recon_global pass %d: focal lengths moved by up to %.1f %%", number + 1, 100 * change)
-        if change < conf["focal_tolerance"] or change > previous / 2:
+        if passes_done(change, previous, conf["focal_tolerance"]):
             break
         previous = change
     phase("model")
@@ -149,6 +149,13 @@ def _recon_global(database_path: Path, image_dir: Path | None, conf: dict[str, A
     logger.info("recon_global: %d / %d images registered, %d points", model.num_reg_images(), graph.num_images,
                 model.num_points3D())
     return model
+
+
+def passes_done(change: float, previous: float, tolerance: float) -> bool:
+    """Whether the focal passes end after one that moved the focal lengths by at most ``change``
+    (largest relative change) following one that moved them by ``previous``: converged (below
+    ``tolerance``), or not halving the change, so not converging (see the module docstring)."""
+    return change < tolerance or change > previous / 2
 
 
 FOCAL_SEARCH_STEP = 2.0 ** 0.5  # ratio between neighbouring candidates of the focal search
@@ -276,7 +283,7 @@ def refine_principal_points(state: "State", options: BAOptions, iterations: int,
 
     The test: two BAs from the current state on the inliers of the longest tracks (at most
     ``max_observations`` of them; all inliers when they are fewer), the principal points fixed and
-    free. With ``n`` residuals of variance ``sigma^2 = 2 cost_fixed / n``,
+    free, the free one stopped after as many iterations as the fixed one took. With ``n`` residuals of variance ``sigma^2 = 2 cost_fixed / n``,
     ``2 (cost_fixed - cost_free) / sigma^2`` follows chi^2 with ``2 C`` degrees of freedom (C
     cameras freed) when the freed parameters explain nothing. When the test ran on all inliers, its
     winner is the result; else the final BA runs once more on all of them, as the test decided.
@@ -305,7 +312,10 @@ def refine_principal_points(state: "State", options: BAOptions, iterations: int,
     fixed = state.adjust(iterations, options, rows=rows)
     fixed_result = state.snapshot()
     state.restore(start)
-    free = state.adjust(iterations, free_options, principal_point_cameras=cameras, rows=rows)
+    # Equal effort: at most as many iterations as the fixed BA took (an unobservable principal
+    # point drifts on for the whole budget; templeRing_partial: 50 iterations against 30).
+    budget = iterations if fixed is None else fixed.num_iterations
+    free = state.adjust(budget, free_options, principal_point_cameras=cameras, rows=rows)
     statistic = (-np.inf if free is None or fixed is None else
                  fixed.num_residuals * (fixed.final_cost - free.final_cost) / max(fixed.final_cost, 1e-300))
     threshold = float(chi2.ppf(1.0 - significance, 2 * int(cameras.sum())))
@@ -315,6 +325,8 @@ def refine_principal_points(state: "State", options: BAOptions, iterations: int,
     if whole:
         if not kept:
             state.restore(fixed_result)
+        elif free.termination == "NO_CONVERGENCE" and budget < iterations:
+            state.adjust(iterations - budget, free_options, principal_point_cameras=cameras, rows=rows)
         return kept
     state.restore(start)
     state.adjust(iterations, free_options if kept else options, principal_point_cameras=cameras)
