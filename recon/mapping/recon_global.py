@@ -283,10 +283,12 @@ def refine_principal_points(state: "State", options: BAOptions, iterations: int,
 
     The test: two BAs from the current state on the inliers of the longest tracks (at most
     ``max_observations`` of them; all inliers when they are fewer), the principal points fixed and
-    free, the free one stopped after as many iterations as the fixed one took. With ``n`` residuals of variance ``sigma^2 = 2 cost_fixed / n``,
-    ``2 (cost_fixed - cost_free) / sigma^2`` follows chi^2 with ``2 C`` degrees of freedom (C
-    cameras freed) when the freed parameters explain nothing. When the test ran on all inliers, its
-    winner is the result; else the final BA runs once more on all of them, as the test decided.
+    free, the free one stopped after as many iterations as the fixed one took. With ``n``
+    residuals of variance ``sigma^2 = 2 cost_fixed / n``, ``2 (cost_fixed - cost_free) / sigma^2``
+    follows chi^2 with ``2 C`` degrees of freedom (C cameras freed) when the freed parameters
+    explain nothing. When the test ran on all inliers, its
+    winner is the result; else the final BA runs once more on all of them from the same start, as
+    the test decided.
 
     Why: a principal point off the image centre (18 px on the Middlebury temple, 15-20 px on
     fountain and fox) biases every relative rotation by up to twice its angle (~0.7 deg on the
@@ -328,7 +330,7 @@ def refine_principal_points(state: "State", options: BAOptions, iterations: int,
         elif free.termination == "NO_CONVERGENCE" and budget < iterations:
             state.adjust(iterations - budget, free_options, principal_point_cameras=cameras, rows=rows)
         return kept
-    state.restore(start)
+    state.restore(start)  # from the test's cameras (other tracks stale or re-triangulated) fox started higher
     state.adjust(iterations, free_options if kept else options, principal_point_cameras=cameras)
     return kept
 
