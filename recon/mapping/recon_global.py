@@ -286,9 +286,8 @@ def refine_principal_points(state: "State", options: BAOptions, iterations: int,
     free, the free one stopped after as many iterations as the fixed one took. With ``n``
     residuals of variance ``sigma^2 = 2 cost_fixed / n``, ``2 (cost_fixed - cost_free) / sigma^2``
     follows chi^2 with ``2 C`` degrees of freedom (C cameras freed) when the freed parameters
-    explain nothing. When the test ran on all inliers, its
-    winner is the result; else the final BA runs once more on all of them from the same start, as
-    the test decided.
+    explain nothing. When the test ran on all inliers, its winner is the result; else the final BA
+    runs once more on all of them from the same start, as the test decided.
 
     Why: a principal point off the image centre (18 px on the Middlebury temple, 15-20 px on
     fountain and fox) biases every relative rotation by up to twice its angle (~0.7 deg on the
