@@ -15,12 +15,11 @@ Phases (each a module of :mod:`recon.align`; a tqdm bar names the running phase)
    with recon's BA engine (Cauchy loss, intrinsics fixed), every track re-triangulated from all
    its observations, observations kept by reprojection error (``max_reprojection_error`` px),
    points by triangulation angle (``min_triangulation_angle`` deg) and images by their number of
-   inliers; then a final BA (``final_ba_iterations``) with the focal length and extra parameters
-   refined as the ``refine_*`` options say, with ``refine_principal_point`` one more BA that also
-   frees the principal points of the cameras with >= ``principal_point_min_images`` images when a
-   likelihood-ratio test at level ``principal_point_significance`` (on the inliers of the longest
-   tracks, at most ``principal_point_test_observations``) finds them observable
-   (:func:`refine_principal_points`), re-triangulation and a last filter. The BAs stop when an iteration
+   inliers; then a final BA (``final_ba_iterations``) with the focal length refined as
+   ``refine_focal_length`` says, and the principal points (``refine_principal_point``) and extra
+   parameters (``refine_extra_params``) freed only when likelihood-ratio tests at level
+   ``intrinsics_significance`` find them observable (:func:`final_adjustment`), re-triangulation
+   and a last filter. The BAs stop when an iteration
    lowers the cost by less than ``ba_function_tolerance`` (intermediate ones: their result is
    filtered and re-solved anyway; the tail that Ceres' default 1e-6 waits for moved their cost
    by < 0.01 % over 20-30 iterations) or ``final_ba_function_tolerance`` (the final one; 1e-5
@@ -74,6 +73,7 @@ from ..align.triangulation import ray_angles, reprojection_errors, triangulate, 
 from ..align.view_graph import (ViewGraph, calibrate_focal_lengths, estimate_relative_poses, focal_lengths,
                                 read_view_graph, restrict_to_largest_component, set_focal_lengths)
 from ..ba import BAOptions, Problem, Summary, solve
+from ..ba.cameras import get_model
 from ..ba.problem import camera_param_matrix, gauge_two_cams, intrinsics_constant_mask
 from ..priors.depth import DEPTH_FILE, DepthSource, H5DepthSource, sample_depth
 from . import MAPPERS
@@ -89,8 +89,8 @@ PHASES = ("view graph", "rotation averaging", "tracks", "global positioning", "r
                   focal_search_iterations=10, ba_function_tolerance=1e-3, final_ba_function_tolerance=1e-6,
                   final_ba_iterations=50, num_threads=1, depth_prior=False,
                   refine_focal_length=True, refine_principal_point=True, refine_extra_params=True,
-                  principal_point_min_images=5, principal_point_significance=1e-3,
-                  principal_point_test_observations=20000)
+                  principal_point_min_images=5, intrinsics_significance=1e-3,
+                  intrinsics_test_observations=20000)
 def recon_global(database_path: Path, image_dir: Path, output_dir: Path, conf: dict[str, Any],
                  device: torch.device, seed: int = 0) -> pycolmap.Reconstruction:
     """recon's global mapper (rotation averaging, global positioning, bundle adjustment; GPU when present)."""
@@ -263,75 +263,96 @@ def map_once(graph: ViewGraph, conf: dict[str, Any], device: torch.device, seed:
                                                       function_tolerance=conf["ba_function_tolerance"]))
         state.retriangulate()
         state.filter(state.reprojection_inliers(conf["max_reprojection_error"]), *filter_args)
-    final = BAOptions(function_tolerance=conf["final_ba_function_tolerance"],
-                      refine_focal_length=conf["refine_focal_length"], refine_extra_params=conf["refine_extra_params"])
-    if conf["refine_principal_point"]:
-        refine_principal_points(state, final, conf["final_ba_iterations"], conf["principal_point_min_images"],
-                                conf["principal_point_significance"], conf["principal_point_test_observations"])
-    else:
-        state.adjust(conf["final_ba_iterations"], final)
+    final_adjustment(state, conf)
     state.retriangulate()
     state.filter(state.reprojection_inliers(conf["max_reprojection_error"]), *filter_args)
     return state
 
 
-def refine_principal_points(state: "State", options: BAOptions, iterations: int, min_images: int,
-                            significance: float, max_observations: int) -> bool:
-    """The final BA (``options``), with the principal points of the cameras of at least
-    ``min_images`` registered images free when a likelihood-ratio test at level ``significance``
-    finds them observable; returns whether they were freed.
+def final_adjustment(state: "State", conf: dict[str, Any]) -> tuple[bool, bool]:
+    """The final BA (``final_ba_iterations``, ``final_ba_function_tolerance``): the focal lengths
+    as ``refine_focal_length`` says, and the principal points (``refine_principal_point``; cameras
+    of at least ``principal_point_min_images`` registered images) and the extra parameters
+    (``refine_extra_params``) only when likelihood-ratio tests at level ``intrinsics_significance``
+    find them observable; returns (principal points freed, extra parameters freed).
 
-    The test: two BAs from the current state on the inliers of the longest tracks (at most
-    ``max_observations`` of them; all inliers when they are fewer), the principal points fixed and
-    free, the free one stopped after as many iterations as the fixed one took. With ``n``
-    residuals of variance ``sigma^2 = 2 cost_fixed / n``, ``2 (cost_fixed - cost_free) / sigma^2``
-    follows chi^2 with ``2 C`` degrees of freedom (C cameras freed) when the freed parameters
-    explain nothing. When the test ran on all inliers, its winner is the result; else the final BA
-    runs once more on all of them from the same start, as the test decided.
+    The tests run on the inliers of the longest tracks (at most ``intrinsics_test_observations``;
+    all inliers when they are fewer). Principal points: two BAs from the current state, with them
+    fixed and free (the free one stopped after as many iterations as the fixed one took). Extra
+    parameters: one BA with them free, continued from the winner (a constrained optimum). With
+    ``n`` residuals of variance ``sigma^2 = 2 cost_0 / n``, ``2 (cost_0 - cost_1) / sigma^2``
+    follows chi^2 with as many degrees of freedom as parameters were freed when they explain
+    nothing. When the tests ran on all inliers, their winner is the result; else the final BA runs
+    on all of them from the same start, freeing what the tests decided.
 
     Why: a principal point off the image centre (18 px on the Middlebury temple, 15-20 px on
     fountain and fox) biases every relative rotation by up to twice its angle (~0.7 deg on the
     temple), which was the floor of AUC@1; freed, it is found within 2-7 px. But on a partial
     turntable arc it is not observable: a shift of it is undone by turning every camera about the
     turntable axis, the BA drifts along that valley (templeRing_partial: 320 -> 424 px for the
-    true 302) without lowering the cost, and the poses degrade. Both BAs start from the same state:
-    freed only after a converged fixed-principal-point BA, it went the wrong way on
-    templeSparseRing (there the radial distortion had already absorbed part of the offset). A
-    camera of fewer images (one per image: the principal point is then confounded with the camera's
-    rotation) keeps its principal point.
+    true 302) without lowering the cost, and the poses degrade. Radial distortion freed together
+    with it absorbs part of the offset on the distortion-free temple (k1 -0.2 to -0.5, and which
+    of two answers the BA lands on depended on a 1 % change of the start focal); freed after the
+    principal point and only when it explains the data, it cannot. A camera of fewer images (one
+    per image: the principal point is then confounded with the camera's rotation) keeps its
+    principal point.
     """
+    iterations, significance = conf["final_ba_iterations"], conf["intrinsics_significance"]
+    options = BAOptions(function_tolerance=conf["final_ba_function_tolerance"],
+                        refine_focal_length=conf["refine_focal_length"], refine_extra_params=False)
     registered = torch.unique(state.obs_image[state.inlier])
     images = torch.bincount(state.image_camera[registered], minlength=len(state.camera_params))
-    cameras = images >= min_images
-    if not bool(cameras.any()):
-        state.adjust(iterations, options)
-        return False
-    free_options = replace(options, refine_principal_point=True)
-    rows = state.longest_tracks(max_observations)
+    cameras = images >= conf["principal_point_min_images"]
+    test_pp = conf["refine_principal_point"] and bool(cameras.any())
+    num_extra = sum(len(get_model(model).extra_idxs) for model in state.camera_models)
+    rows = state.longest_tracks(conf["intrinsics_test_observations"])
     whole = bool(torch.equal(rows, state.inlier))
     start = state.snapshot()
     fixed = state.adjust(iterations, options, rows=rows)
-    fixed_result = state.snapshot()
-    state.restore(start)
-    # Equal effort: at most as many iterations as the fixed BA took (an unobservable principal
-    # point drifts on for the whole budget; templeRing_partial: 50 iterations against 30).
-    budget = iterations if fixed is None else fixed.num_iterations
-    free = state.adjust(budget, free_options, principal_point_cameras=cameras, rows=rows)
-    statistic = (-np.inf if free is None or fixed is None else
-                 fixed.num_residuals * (fixed.final_cost - free.final_cost) / max(fixed.final_cost, 1e-300))
-    threshold = float(chi2.ppf(1.0 - significance, 2 * int(cameras.sum())))
-    kept = bool(statistic > threshold)
-    logger.info("recon_global principal points: likelihood-ratio %.1f (threshold %.1f, %d residuals) -> %s",
-                statistic, threshold, 0 if fixed is None else fixed.num_residuals, "free" if kept else "fixed")
-    if whole:
-        if not kept:
+    pp_free = False
+    if test_pp and fixed is not None:
+        fixed_result = state.snapshot()
+        state.restore(start)
+        free = state.adjust(fixed.num_iterations, replace(options, refine_principal_point=True),
+                            principal_point_cameras=cameras, rows=rows)
+        pp_free = likelihood_ratio_test("principal points", fixed, free, 2 * int(cameras.sum()), significance)
+        if pp_free:
+            options = replace(options, refine_principal_point=True)
+            if free.termination == "NO_CONVERGENCE":
+                free = state.adjust(iterations, options, principal_point_cameras=cameras, rows=rows) or free
+            fixed = free
+        else:
             state.restore(fixed_result)
-        elif free.termination == "NO_CONVERGENCE" and budget < iterations:
-            state.adjust(iterations - budget, free_options, principal_point_cameras=cameras, rows=rows)
-        return kept
-    state.restore(start)  # from the test's cameras (other tracks stale or re-triangulated) fox started higher
-    state.adjust(iterations, free_options if kept else options, principal_point_cameras=cameras)
-    return kept
+    extra_free = False
+    if conf["refine_extra_params"] and fixed is not None:
+        constrained = state.snapshot()
+        extra = state.adjust(iterations, replace(options, refine_extra_params=True), principal_point_cameras=cameras,
+                             rows=rows)
+        extra_free = likelihood_ratio_test("extra parameters", fixed, extra, num_extra, significance, continued=True)
+        if extra_free:
+            options = replace(options, refine_extra_params=True)
+        else:
+            state.restore(constrained)
+    if not whole:
+        state.restore(start)
+        state.adjust(iterations, options, principal_point_cameras=cameras)
+    return pp_free, extra_free
+
+
+def likelihood_ratio_test(name: str, constrained: Summary, free: Summary | None, dof: int, significance: float,
+                          continued: bool = False) -> bool:
+    """Whether the BA ``free`` (with ``dof`` more parameters) fits significantly better than
+    ``constrained`` on the same residuals: ``n (cost_c - cost_f) / cost_c`` against the
+    ``1 - significance`` quantile of chi^2(dof) (see :func:`final_adjustment`). ``continued``:
+    ``free`` started where ``constrained`` ended, so its initial cost is the reference."""
+    if free is None or dof <= 0:
+        return False
+    reference = free.initial_cost if continued else constrained.final_cost
+    statistic = constrained.num_residuals * (reference - free.final_cost) / max(reference, 1e-300)
+    threshold = float(chi2.ppf(1.0 - significance, dof))
+    logger.info("recon_global %s: likelihood-ratio %.1f (threshold %.1f, %d residuals) -> %s", name, statistic,
+                threshold, constrained.num_residuals, "free" if statistic > threshold else "fixed")
+    return bool(statistic > threshold)
 
 
 def robust_rotations(graph: ViewGraph, max_error: float, device: torch.device, rounds: int = 3) -> np.ndarray:
