@@ -209,20 +209,22 @@ def test_focal_search_finds_a_focal_guessed_twice_too_long(tmp_path):
     assert focal_lengths(graph)[0] == pytest.approx(focal[0])
 
 
-@pytest.mark.parametrize("shift", [(0.0, 0.0), (30.0, -20.0)])
-def test_principal_point_is_freed_only_when_the_data_pin_it_down(tmp_path, shift):
-    """Keypoints with 0.5 px noise of 10 images whose true principal point is the image centre
-    (512, 384). When the database's principal point is off by (30, -20) px, the final BA finds it
-    again (within 3 px) and the likelihood-ratio test keeps it; when it is right, freeing it
-    explains nothing beyond the noise and the test leaves it exactly where it was."""
+@pytest.mark.parametrize("shift,k1", [((0.0, 0.0), 0.05), ((30.0, -20.0), 0.05), ((0.0, 0.0), 0.0)])
+def test_intrinsics_are_freed_only_when_the_data_pin_them_down(tmp_path, shift, k1):
+    """Keypoints with 0.5 px noise of 10 images whose true camera has its principal point at the
+    image centre (512, 384) and k1 = 0.05. The database's camera has the principal point off by
+    ``shift`` and k1 = ``k1``. What is wrong is found again by the final BA (principal point
+    within 3 px, k1 within 0.02, 0.8 % of the radius at the corners) and kept by the
+    likelihood-ratio tests; what is right explains nothing beyond the noise when freed and stays
+    exactly where it was."""
     truth = synthetic_database(tmp_path / "database.db", num_images=10, wrong_fraction=0.0, seed=4)
     noise = pycolmap.SyntheticNoiseOptions()
     noise.point2D_stddev = 0.5
     with pycolmap.Database.open(tmp_path / "database.db") as db:
         pycolmap.synthesize_noise(noise, truth, db)
         for camera in db.read_all_cameras():
-            camera.principal_point_x += shift[0]
-            camera.principal_point_y += shift[1]
+            assert camera.params[3] == 0.05  # pycolmap's synthetic SIMPLE_RADIAL camera
+            camera.params = [camera.params[0], camera.params[1] + shift[0], camera.params[2] + shift[1], k1]
             db.update_camera(camera)
     conf = MAPPERS.conf("recon_global", {})
     model = MAPPERS.get("recon_global").function(tmp_path / "database.db", None, tmp_path, conf, torch.device("cpu"), 0)
@@ -232,6 +234,10 @@ def test_principal_point_is_freed_only_when_the_data_pin_it_down(tmp_path, shift
         assert np.array_equal(found, [512.0, 384.0])
     else:
         assert np.abs(found - [512.0, 384.0]).max() < 3.0
+    if k1 == 0.05:
+        assert camera.params[3] == 0.05
+    else:
+        assert abs(camera.params[3] - 0.05) < 0.02
 
 
 def test_focal_passes_end_when_converged_or_not_converging():
