@@ -21,6 +21,7 @@ from recon.align.positioning import global_positioning, positioning_from_depths
 from recon.align.rotation_averaging import average_rotations, spanning_tree_rotations
 from recon.align.tracks import build_tracks
 from recon.align.view_graph import largest_component
+from recon.ba import BAOptions
 from recon.ba.geometry import so3_exp
 from recon.datasets.ground_truth import GroundTruth, load_ground_truth
 from recon.evaluate import evaluate
@@ -247,3 +248,28 @@ def test_focal_passes_end_when_converged_or_not_converging():
 
     assert not passes_done(0.40, np.inf, 0.1) and not passes_done(0.15, 0.40, 0.1) and passes_done(0.05, 0.15, 0.1)
     assert not passes_done(0.256, np.inf, 0.1) and passes_done(0.251, 0.256, 0.1)
+
+
+def test_a_camera_lost_by_the_filters_is_posed_again_by_pnp(tmp_path):
+    """After positioning and one BA of an exact synthetic scene, image 0 is moved to a wrong place
+    (its centre mirrored through the points' centroid) and its observations dropped, as the filters drop a
+    camera the global positioning misplaced; PnP against the other images' points poses it again,
+    so that its observations reproject within 0.1 px."""
+    from recon.align.view_graph import read_view_graph
+    from recon.mapping.recon_global import State, view_graph_tracks
+
+    synthetic_database(tmp_path / "database.db", num_images=8, wrong_fraction=0.0, seed=6)
+    conf = MAPPERS.conf("recon_global", {})
+    graph = read_view_graph(tmp_path / "database.db")
+    rotations, tracks = view_graph_tracks(graph, conf, torch.device("cpu"), lambda name: None)
+    state = State.start(graph, tracks, rotations, torch.device("cpu"))
+    state.position(len(state.points), conf["positioning_iterations"], conf["max_ray_angle"], 0, progress=False)
+    state.filter(state.inlier, conf["min_triangulation_angle"], conf["min_image_observations"])
+    state.adjust(20, BAOptions())
+    mirrored = 2 * state.points.mean(0) - state.centres[0]  # the centre mirrored through the scene's middle
+    state.translations[0] = -state.rotations[0] @ mirrored
+    state.inlier[state.obs_image == 0] = False
+    own = state.obs_image == 0
+    assert (state.reprojection_inliers(4.0)[own]).float().mean() < 0.1
+    assert state.reregister(4.0, conf["min_image_observations"], 0) == 1
+    assert (state.reprojection_inliers(0.1)[own]).float().mean() > 0.95

@@ -55,6 +55,7 @@ Point2D (so point2D index == keypoint index, as in COLMAP's mappers) and only re
 """
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -263,6 +264,9 @@ def map_once(graph: ViewGraph, conf: dict[str, Any], device: torch.device, seed:
                                                       function_tolerance=conf["ba_function_tolerance"]))
         state.retriangulate()
         state.filter(state.reprojection_inliers(conf["max_reprojection_error"]), *filter_args)
+        if state.reregister(conf["max_reprojection_error"], conf["min_image_observations"], seed):
+            state.retriangulate()
+            state.filter(state.reprojection_inliers(conf["max_reprojection_error"]), *filter_args)
     final_adjustment(state, conf)
     state.retriangulate()
     state.filter(state.reprojection_inliers(conf["max_reprojection_error"]), *filter_args)
@@ -567,6 +571,45 @@ class State:
         chosen = torch.zeros(len(self.points), dtype=torch.bool, device=self.device)
         chosen[order[torch.cumsum(counts[order], 0) <= max_observations]] = True
         return self.inlier & chosen[self.track]
+
+    def reregister(self, max_error: float, min_observations: int, seed: int) -> int:
+        """Pose again, by RANSAC PnP (``max_error`` px) against the other images' points, every
+        image left with fewer than ``min_observations`` inliers; returns how many were posed with
+        at least that many PnP inliers (their observations rejoin at the next filter).
+
+        Why: the global positioning can place a camera where no BA brings it back (templeRing,
+        seed 2: one camera's observations all reprojected beyond 4 px after the first BA, and the
+        image was dropped); its rotation and matches are sound, so the points of the others pose
+        it, as COLMAP's incremental mapper registers an image.
+        """
+        per_image = torch.bincount(self.obs_image[self.inlier], minlength=len(self.images))
+        lost = torch.nonzero(per_image < min_observations).flatten().tolist()
+        if not lost:
+            return 0
+        triangulated = torch.bincount(self.track[self.inlier], minlength=len(self.points)) >= 2
+        cameras = self.current_cameras()
+        estimation = pycolmap.AbsolutePoseEstimationOptions()
+        estimation.ransac.max_error = max_error
+        estimation.ransac.random_seed = seed
+        refinement = pycolmap.AbsolutePoseRefinementOptions()
+        refinement.refine_focal_length, refinement.refine_extra_params = False, False
+        posed = 0
+        for k in lost:  # one PnP per lost image
+            rows = (self.obs_image == k) & triangulated[self.track]
+            if int(rows.sum()) < min_observations:
+                continue
+            camera = copy.copy(cameras[self.graph.image_camera[self.images[k]]])
+            result = pycolmap.estimate_and_refine_absolute_pose(self.obs_xy[rows].cpu().numpy(),
+                                                                self.points[self.track[rows]].cpu().numpy(), camera,
+                                                                estimation, refinement)
+            if result is None or result["num_inliers"] < min_observations:
+                continue
+            pose = result["cam_from_world"]
+            self.rotations[k] = torch.as_tensor(pose.rotation.matrix(), dtype=self.rotations.dtype, device=self.device)
+            self.translations[k] = torch.as_tensor(pose.translation, dtype=self.translations.dtype, device=self.device)
+            posed += 1
+        logger.info("recon_global: %d of %d lost images posed again by PnP", posed, len(lost))
+        return posed
 
     def retriangulate(self) -> None:
         """Every track from all its observations (inliers or not) with the current poses and intrinsics."""
