@@ -15,15 +15,16 @@ Phases (each a module of :mod:`recon.align`; a tqdm bar names the running phase)
    with recon's BA engine (Cauchy loss, intrinsics fixed), every track re-triangulated from all
    its observations, observations kept by reprojection error (``max_reprojection_error`` px),
    points by triangulation angle (``min_triangulation_angle`` deg) and images by their number of
-   inliers; then a final BA (``final_ba_iterations``) with the focal length refined as
-   ``refine_focal_length`` says, and the principal points (``refine_principal_point``) and extra
-   parameters (``refine_extra_params``) freed only when likelihood-ratio tests at level
+   inliers, an image left without inliers posed again by PnP (:meth:`State.reregister`); then a
+   final BA (``final_ba_iterations``) with the focal length refined as ``refine_focal_length``
+   says, and the principal points (``refine_principal_point``) and extra parameters
+   (``refine_extra_params``) freed only when likelihood-ratio tests at level
    ``intrinsics_significance`` find them observable (:func:`final_adjustment`), re-triangulation
-   and a last filter. The BAs stop when an iteration
-   lowers the cost by less than ``ba_function_tolerance`` (intermediate ones: their result is
-   filtered and re-solved anyway; the tail that Ceres' default 1e-6 waits for moved their cost
-   by < 0.01 % over 20-30 iterations) or ``final_ba_function_tolerance`` (the final one; 1e-5
-   there cost templeSparseRing 0.0008 of AUC@1, so it keeps Ceres' 1e-6).
+   and a last filter. The BAs stop when an iteration lowers the cost by less than
+   ``ba_function_tolerance`` (intermediate ones: their result is filtered and re-solved anyway;
+   the tail that Ceres' default 1e-6 waits for moved their cost by < 0.01 % over 20-30
+   iterations) or ``final_ba_function_tolerance`` (the final one; 1e-5 there cost
+   templeSparseRing 0.0008 of AUC@1, so it keeps Ceres' 1e-6).
 
 ``num_threads``: torch CPU threads while mapping (0: leave torch's setting); 1 is the measured
 fastest on a busy machine, where every multi-threaded op waits for all its threads.
@@ -40,9 +41,8 @@ passes also stop when one does not halve the largest focal change of the pass be
 then not converging but trading one estimate of a weakly constrained focal for another (hloc's
 Sacre Coeur, one camera per image: the largest change went 25.6 %, 25.1 %, 30.2 %, ... over the
 passes, all focal lengths swinging together, one camera's 989 -> 1078 -> 841 -> 1262 -> 1347 px,
-each pass ~1.3 s of CPU). After
-the search one pass is the rule (templeSparseRing, templeRing: focal within 5 % of the BA's;
-without the search they took 4-5 passes).
+each pass ~1.3 s of CPU). After the search one pass is the rule (templeSparseRing, templeRing:
+focal within 5 % of the BA's; without the search they took 4-5 passes).
 
 ``depth_prior`` (needs a depth priors choice: ``priors.name=depth_pro`` or ``ground_truth``, whose
 maps are in ``priors-depth.h5``): every observation's prior depth turns its ray into a 3D offset
