@@ -21,6 +21,7 @@ from recon.align.positioning import global_positioning, positioning_from_depths
 from recon.align.rotation_averaging import average_rotations, spanning_tree_rotations
 from recon.align.tracks import build_tracks
 from recon.align.view_graph import largest_component
+from recon.ba import BAOptions
 from recon.ba.geometry import so3_exp
 from recon.datasets.ground_truth import GroundTruth, load_ground_truth
 from recon.evaluate import evaluate
@@ -207,3 +208,68 @@ def test_focal_search_finds_a_focal_guessed_twice_too_long(tmp_path):
     focal = search_focal_lengths(graph, np.array([True]), graph.valid.copy(), conf, torch.device("cpu"), 0)
     assert abs(focal[0] / true_focal - 1) < 0.05
     assert focal_lengths(graph)[0] == pytest.approx(focal[0])
+
+
+@pytest.mark.parametrize("shift,k1", [((0.0, 0.0), 0.05), ((30.0, -20.0), 0.05), ((0.0, 0.0), 0.0)])
+def test_intrinsics_are_freed_only_when_the_data_pin_them_down(tmp_path, shift, k1):
+    """Keypoints with 0.5 px noise of 10 images whose true camera has its principal point at the
+    image centre (512, 384) and k1 = 0.05. The database's camera has the principal point off by
+    ``shift`` and k1 = ``k1``. What is wrong is found again by the final BA (principal point
+    within 3 px, k1 within 0.02, 0.8 % of the radius at the corners) and kept by the
+    likelihood-ratio tests; what is right explains nothing beyond the noise when freed and stays
+    exactly where it was."""
+    truth = synthetic_database(tmp_path / "database.db", num_images=10, wrong_fraction=0.0, seed=4)
+    noise = pycolmap.SyntheticNoiseOptions()
+    noise.point2D_stddev = 0.5
+    with pycolmap.Database.open(tmp_path / "database.db") as db:
+        pycolmap.synthesize_noise(noise, truth, db)
+        for camera in db.read_all_cameras():
+            assert camera.params[3] == 0.05  # pycolmap's synthetic SIMPLE_RADIAL camera
+            camera.params = [camera.params[0], camera.params[1] + shift[0], camera.params[2] + shift[1], k1]
+            db.update_camera(camera)
+    conf = MAPPERS.conf("recon_global", {})
+    model = MAPPERS.get("recon_global").function(tmp_path / "database.db", None, tmp_path, conf, torch.device("cpu"), 0)
+    camera = next(iter(model.cameras.values()))
+    found = np.array([camera.principal_point_x, camera.principal_point_y])
+    if shift == (0.0, 0.0):
+        assert np.array_equal(found, [512.0, 384.0])
+    else:
+        assert np.abs(found - [512.0, 384.0]).max() < 3.0
+    if k1 == 0.05:
+        assert camera.params[3] == 0.05
+    else:
+        assert abs(camera.params[3] - 0.05) < 0.02
+
+
+def test_focal_passes_end_when_converged_or_not_converging():
+    """Changes of 40 %, 15 %, 5 % converge (the third is below the 10 % tolerance); 25.6 % then
+    25.1 % (Sacre Coeur's focal lengths swinging back and forth) is not halving, so it ends too."""
+    from recon.mapping.recon_global import passes_done
+
+    assert not passes_done(0.40, np.inf, 0.1) and not passes_done(0.15, 0.40, 0.1) and passes_done(0.05, 0.15, 0.1)
+    assert not passes_done(0.256, np.inf, 0.1) and passes_done(0.251, 0.256, 0.1)
+
+
+def test_a_camera_lost_by_the_filters_is_posed_again_by_pnp(tmp_path):
+    """After positioning and one BA of an exact synthetic scene, image 0 is moved to a wrong place
+    (its centre mirrored through the points' centroid) and its observations dropped, as the filters drop a
+    camera the global positioning misplaced; PnP against the other images' points poses it again,
+    so that its observations reproject within 0.1 px."""
+    from recon.align.view_graph import read_view_graph
+    from recon.mapping.recon_global import State, view_graph_tracks
+
+    synthetic_database(tmp_path / "database.db", num_images=8, wrong_fraction=0.0, seed=6)
+    conf = MAPPERS.conf("recon_global", {})
+    graph = read_view_graph(tmp_path / "database.db")
+    rotations, tracks = view_graph_tracks(graph, conf, torch.device("cpu"), lambda name: None)
+    state = State.start(graph, tracks, rotations, torch.device("cpu"))
+    state.position(len(state.points), conf["positioning_iterations"], conf["max_ray_angle"], 0, progress=False)
+    state.filter(state.inlier, conf["min_triangulation_angle"], conf["min_image_observations"])
+    state.adjust(20, BAOptions())
+    mirrored = 2 * state.points.mean(0) - state.centres[0]  # the centre mirrored through the scene's middle
+    state.translations[0] = -state.rotations[0] @ mirrored
+    state.inlier[state.obs_image == 0] = False
+    own = state.obs_image == 0
+    assert (state.reprojection_inliers(4.0)[own]).float().mean() < 0.1
+    assert state.reregister(4.0, conf["min_image_observations"], 0) == 1
+    assert (state.reprojection_inliers(0.1)[own]).float().mean() > 0.95

@@ -15,12 +15,16 @@ Phases (each a module of :mod:`recon.align`; a tqdm bar names the running phase)
    with recon's BA engine (Cauchy loss, intrinsics fixed), every track re-triangulated from all
    its observations, observations kept by reprojection error (``max_reprojection_error`` px),
    points by triangulation angle (``min_triangulation_angle`` deg) and images by their number of
-   inliers; then a final BA (``final_ba_iterations``) with intrinsics refined as the
-   ``refine_*`` options say, re-triangulation and a last filter. The BAs stop when an iteration
-   lowers the cost by less than ``ba_function_tolerance`` (intermediate ones: their result is
-   filtered and re-solved anyway; the tail that Ceres' default 1e-6 waits for moved their cost
-   by < 0.01 % over 20-30 iterations) or ``final_ba_function_tolerance`` (the final one; 1e-5
-   there cost templeSparseRing 0.0008 of AUC@1, so it keeps Ceres' 1e-6).
+   inliers, an image left without inliers posed again by PnP (:meth:`State.reregister`); then a
+   final BA (``final_ba_iterations``) with the focal length refined as ``refine_focal_length``
+   says, and the principal points (``refine_principal_point``) and extra parameters
+   (``refine_extra_params``) freed only when likelihood-ratio tests at level
+   ``intrinsics_significance`` find them observable (:func:`final_adjustment`), re-triangulation
+   and a last filter. The BAs stop when an iteration lowers the cost by less than
+   ``ba_function_tolerance`` (intermediate ones: their result is filtered and re-solved anyway;
+   the tail that Ceres' default 1e-6 waits for moved their cost by < 0.01 % over 20-30
+   iterations) or ``final_ba_function_tolerance`` (the final one; 1e-5 there cost
+   templeSparseRing 0.0008 of AUC@1, so it keeps Ceres' 1e-6).
 
 ``num_threads``: torch CPU threads while mapping (0: leave torch's setting); 1 is the measured
 fastest on a busy machine, where every multi-threaded op waits for all its threads.
@@ -32,9 +36,13 @@ moves a wrong focal only slowly. With ``focal_search`` the focal is first search
 ``focal_search_points`` longest tracks and ``focal_search_iterations`` of BA at each candidate
 focal; the lowest median reprojection error wins). Phases 1-5 are then repeated (at most
 ``focal_passes`` times, until no focal moves by more than ``focal_tolerance``) with the focal
-lengths the last BA found: relative poses, and so rotations, depend on the focal length. After
-the search one pass is the rule (templeSparseRing, templeRing: focal within 5 % of the BA's;
-without the search they took 4-5 passes).
+lengths the last BA found: relative poses, and so rotations, depend on the focal length. The
+passes also stop when one does not halve the largest focal change of the pass before: they are
+then not converging but trading one estimate of a weakly constrained focal for another (hloc's
+Sacre Coeur, one camera per image: the largest change went 25.6 %, 25.1 %, 30.2 %, ... over the
+passes, all focal lengths swinging together, one camera's 989 -> 1078 -> 841 -> 1262 -> 1347 px,
+each pass ~1.3 s of CPU). After the search one pass is the rule (templeSparseRing, templeRing:
+focal within 5 % of the BA's; without the search they took 4-5 passes).
 
 ``depth_prior`` (needs a depth priors choice: ``priors.name=depth_pro`` or ``ground_truth``, whose
 maps are in ``priors-depth.h5``): every observation's prior depth turns its ray into a 3D offset
@@ -47,14 +55,16 @@ Point2D (so point2D index == keypoint index, as in COLMAP's mappers) and only re
 """
 from __future__ import annotations
 
+import copy
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pycolmap
 import torch
+from scipy.stats import chi2
 from tqdm import tqdm
 
 from ..align.positioning import global_positioning, positioning_from_depths
@@ -63,7 +73,8 @@ from ..align.tracks import Tracks, build_tracks
 from ..align.triangulation import ray_angles, reprojection_errors, triangulate, triangulation_angles
 from ..align.view_graph import (ViewGraph, calibrate_focal_lengths, estimate_relative_poses, focal_lengths,
                                 read_view_graph, restrict_to_largest_component, set_focal_lengths)
-from ..ba import BAOptions, Problem, solve
+from ..ba import BAOptions, Problem, Summary, solve
+from ..ba.cameras import get_model
 from ..ba.problem import camera_param_matrix, gauge_two_cams, intrinsics_constant_mask
 from ..priors.depth import DEPTH_FILE, DepthSource, H5DepthSource, sample_depth
 from . import MAPPERS
@@ -78,7 +89,9 @@ PHASES = ("view graph", "rotation averaging", "tracks", "global positioning", "r
                   focal_passes=5, focal_tolerance=0.1, focal_search=True, focal_search_points=500,
                   focal_search_iterations=10, ba_function_tolerance=1e-3, final_ba_function_tolerance=1e-6,
                   final_ba_iterations=50, num_threads=1, depth_prior=False,
-                  refine_focal_length=True, refine_principal_point=False, refine_extra_params=True)
+                  refine_focal_length=True, refine_principal_point=True, refine_extra_params=True,
+                  principal_point_min_images=5, intrinsics_significance=1e-3,
+                  intrinsics_test_observations=20000)
 def recon_global(database_path: Path, image_dir: Path, output_dir: Path, conf: dict[str, Any],
                  device: torch.device, seed: int = 0) -> pycolmap.Reconstruction:
     """recon's global mapper (rotation averaging, global positioning, bundle adjustment; GPU when present)."""
@@ -115,6 +128,7 @@ def _recon_global(database_path: Path, image_dir: Path | None, conf: dict[str, A
         bar.set_description("recon_global focal search")
         search_focal_lengths(graph, unknown, pairs_read, conf, device, seed)
     passes = conf["focal_passes"] if unknown.any() and conf["refine_focal_length"] else 1
+    previous = np.inf  # the largest relative focal change of the last pass
     for number in range(passes):
         bar.reset()
         bar.set_description(f"recon_global pass {number + 1}/{passes}")
@@ -122,9 +136,11 @@ def _recon_global(database_path: Path, image_dir: Path | None, conf: dict[str, A
         before = focal_lengths(graph)
         state = map_once(graph, conf, device, seed, phase, depths)
         state.current_cameras()  # the refined intrinsics start the next pass
-        after = focal_lengths(graph)
-        if np.abs(after / before - 1.0).max() < conf["focal_tolerance"]:
+        change = float(np.abs(focal_lengths(graph) / before - 1.0).max())
+        logger.info("recon_global pass %d: focal lengths moved by up to %.1f %%", number + 1, 100 * change)
+        if passes_done(change, previous, conf["focal_tolerance"]):
             break
+        previous = change
     phase("model")
     model = state.reconstruction()
     model.update_point_3d_errors()
@@ -134,6 +150,13 @@ def _recon_global(database_path: Path, image_dir: Path | None, conf: dict[str, A
     logger.info("recon_global: %d / %d images registered, %d points", model.num_reg_images(), graph.num_images,
                 model.num_points3D())
     return model
+
+
+def passes_done(change: float, previous: float, tolerance: float) -> bool:
+    """Whether the focal passes end after one that moved the focal lengths by at most ``change``
+    (largest relative change) following one that moved them by ``previous``: converged (below
+    ``tolerance``), or not halving the change, so not converging (see the module docstring)."""
+    return change < tolerance or change > previous / 2
 
 
 FOCAL_SEARCH_STEP = 2.0 ** 0.5  # ratio between neighbouring candidates of the focal search
@@ -241,13 +264,99 @@ def map_once(graph: ViewGraph, conf: dict[str, Any], device: torch.device, seed:
                                                       function_tolerance=conf["ba_function_tolerance"]))
         state.retriangulate()
         state.filter(state.reprojection_inliers(conf["max_reprojection_error"]), *filter_args)
-    state.adjust(conf["final_ba_iterations"], BAOptions(function_tolerance=conf["final_ba_function_tolerance"],
-                                                  refine_focal_length=conf["refine_focal_length"],
-                                                  refine_principal_point=conf["refine_principal_point"],
-                                                  refine_extra_params=conf["refine_extra_params"]))
+        if state.reregister(conf["max_reprojection_error"], conf["min_image_observations"], seed):
+            state.retriangulate()
+            state.filter(state.reprojection_inliers(conf["max_reprojection_error"]), *filter_args)
+    final_adjustment(state, conf)
     state.retriangulate()
     state.filter(state.reprojection_inliers(conf["max_reprojection_error"]), *filter_args)
     return state
+
+
+def final_adjustment(state: "State", conf: dict[str, Any]) -> tuple[bool, bool]:
+    """The final BA (``final_ba_iterations``, ``final_ba_function_tolerance``): the focal lengths
+    as ``refine_focal_length`` says, and the principal points (``refine_principal_point``; cameras
+    of at least ``principal_point_min_images`` registered images) and the extra parameters
+    (``refine_extra_params``) only when likelihood-ratio tests at level ``intrinsics_significance``
+    find them observable; returns (principal points freed, extra parameters freed).
+
+    The tests run on the inliers of the longest tracks (at most ``intrinsics_test_observations``;
+    all inliers when they are fewer). Principal points: two BAs from the current state, with them
+    fixed and free (the free one stopped after as many iterations as the fixed one took). Extra
+    parameters: one BA with them free, continued from the winner (a constrained optimum). With
+    ``n`` residuals of variance ``sigma^2 = 2 cost_0 / n``, ``2 (cost_0 - cost_1) / sigma^2``
+    follows chi^2 with as many degrees of freedom as parameters were freed when they explain
+    nothing. When the tests ran on all inliers, their winner is the result; else the final BA runs
+    on all of them from the same start, freeing what the tests decided.
+
+    Why: a principal point off the image centre (18 px on the Middlebury temple, 15-20 px on
+    fountain and fox) biases every relative rotation by up to twice its angle (~0.7 deg on the
+    temple), which was the floor of AUC@1; freed, it is found within 2-7 px. But on a partial
+    turntable arc it is not observable: a shift of it is undone by turning every camera about the
+    turntable axis, the BA drifts along that valley (templeRing_partial: 320 -> 424 px for the
+    true 302) without lowering the cost, and the poses degrade. Radial distortion freed together
+    with it absorbs part of the offset on the distortion-free temple (k1 -0.2 to -0.5, and which
+    of two answers the BA lands on depended on a 1 % change of the start focal); freed after the
+    principal point and only when it explains the data, it cannot. A camera of fewer images (one
+    per image: the principal point is then confounded with the camera's rotation) keeps its
+    principal point.
+    """
+    iterations, significance = conf["final_ba_iterations"], conf["intrinsics_significance"]
+    options = BAOptions(function_tolerance=conf["final_ba_function_tolerance"],
+                        refine_focal_length=conf["refine_focal_length"], refine_extra_params=False)
+    registered = torch.unique(state.obs_image[state.inlier])
+    images = torch.bincount(state.image_camera[registered], minlength=len(state.camera_params))
+    cameras = images >= conf["principal_point_min_images"]
+    test_pp = conf["refine_principal_point"] and bool(cameras.any())
+    num_extra = sum(len(get_model(model).extra_idxs) for model in state.camera_models)
+    rows = state.longest_tracks(conf["intrinsics_test_observations"])
+    whole = bool(torch.equal(rows, state.inlier))
+    start = state.snapshot()
+    fixed = state.adjust(iterations, options, rows=rows)
+    pp_free = False
+    if test_pp and fixed is not None:
+        fixed_result = state.snapshot()
+        state.restore(start)
+        free = state.adjust(fixed.num_iterations, replace(options, refine_principal_point=True),
+                            principal_point_cameras=cameras, rows=rows)
+        pp_free = likelihood_ratio_test("principal points", fixed, free, 2 * int(cameras.sum()), significance)
+        if pp_free:
+            options = replace(options, refine_principal_point=True)
+            if free.termination == "NO_CONVERGENCE":
+                free = state.adjust(iterations, options, principal_point_cameras=cameras, rows=rows) or free
+            fixed = free
+        else:
+            state.restore(fixed_result)
+    extra_free = False
+    if conf["refine_extra_params"] and fixed is not None:
+        constrained = state.snapshot()
+        extra = state.adjust(iterations, replace(options, refine_extra_params=True), principal_point_cameras=cameras,
+                             rows=rows)
+        extra_free = likelihood_ratio_test("extra parameters", fixed, extra, num_extra, significance, continued=True)
+        if extra_free:
+            options = replace(options, refine_extra_params=True)
+        else:
+            state.restore(constrained)
+    if not whole:
+        state.restore(start)
+        state.adjust(iterations, options, principal_point_cameras=cameras)
+    return pp_free, extra_free
+
+
+def likelihood_ratio_test(name: str, constrained: Summary, free: Summary | None, dof: int, significance: float,
+                          continued: bool = False) -> bool:
+    """Whether the BA ``free`` (with ``dof`` more parameters) fits significantly better than
+    ``constrained`` on the same residuals: ``n (cost_c - cost_f) / cost_c`` against the
+    ``1 - significance`` quantile of chi^2(dof) (see :func:`final_adjustment`). ``continued``:
+    ``free`` started where ``constrained`` ended, so its initial cost is the reference."""
+    if free is None or dof <= 0:
+        return False
+    reference = free.initial_cost if continued else constrained.final_cost
+    statistic = constrained.num_residuals * (reference - free.final_cost) / max(reference, 1e-300)
+    threshold = float(chi2.ppf(1.0 - significance, dof))
+    logger.info("recon_global %s: likelihood-ratio %.1f (threshold %.1f, %d residuals) -> %s", name, statistic,
+                threshold, constrained.num_residuals, "free" if statistic > threshold else "fixed")
+    return bool(statistic > threshold)
 
 
 def robust_rotations(graph: ViewGraph, max_error: float, device: torch.device, rounds: int = 3) -> np.ndarray:
@@ -400,14 +509,20 @@ class State:
         """(M,) bool: observations (all of them, inliers or not) reprojecting within ``max_error`` px."""
         return reprojection_errors(self.problem(torch.ones_like(self.inlier), BAOptions())) < max_error
 
-    def problem(self, rows: torch.Tensor, options: BAOptions) -> Problem:
-        """The BA problem of the observations ``rows`` (M,) bool; images/points without any are left out."""
+    def problem(self, rows: torch.Tensor, options: BAOptions,
+                principal_point_cameras: torch.Tensor | None = None) -> Problem:
+        """The BA problem of the observations ``rows`` (M,) bool; images/points without any are left out.
+        ``principal_point_cameras`` (C,) bool: with ``options.refine_principal_point``, only these
+        cameras' principal points move (default: all)."""
         used_images, obs_image = torch.unique(self.obs_image[rows], return_inverse=True)
         used_points, obs_point = torch.unique(self.track[rows], return_inverse=True)
         used_cameras, image_camera = torch.unique(self.image_camera[used_images], return_inverse=True)
         models = [self.camera_models[c] for c in used_cameras.tolist()]
         camera_constant = intrinsics_constant_mask(models, self.camera_params.shape[1], options.refine_focal_length,
                                                    options.refine_principal_point, options.refine_extra_params)
+        if principal_point_cameras is not None:
+            principal_point = ~intrinsics_constant_mask(models, self.camera_params.shape[1], False, True, False)
+            camera_constant |= principal_point & ~principal_point_cameras[used_cameras].cpu()[:, None]
         rotations, translations = self.rotations[used_images], self.translations[used_images]
         pose_constant = gauge_two_cams(rotations, translations,
                                        torch.zeros(len(used_images), 6, dtype=torch.bool, device=self.device))
@@ -420,21 +535,81 @@ class State:
                        image_ids=used_images.tolist(), camera_ids=used_cameras.tolist(),
                        point3D_ids=used_points.tolist())
 
-    def adjust(self, iterations: int, options: BAOptions) -> None:
-        """Bundle adjustment of the inliers (Cauchy loss, scale 1 px) with recon's BA engine."""
+    def adjust(self, iterations: int, options: BAOptions, principal_point_cameras: torch.Tensor | None = None,
+               rows: torch.Tensor | None = None) -> Summary | None:
+        """Bundle adjustment of the observations ``rows`` (M,) bool (default: the inliers; Cauchy
+        loss, scale 1 px) with recon's BA engine; returns its summary, or None when it failed (the
+        state is then unchanged). ``principal_point_cameras``: see :meth:`problem`."""
         options.loss, options.loss_scale = "cauchy", 1.0
         options.max_num_iterations = iterations
         options.device = self.device.type
-        problem = self.problem(self.inlier, options)
+        problem = self.problem(self.inlier if rows is None else rows, options, principal_point_cameras)
         result, summary = solve(problem, options)
         logger.info("%s", summary.brief_report())
         if summary.termination == "FAILURE":
-            return
+            return None
         images = torch.as_tensor(result.image_ids, device=self.device)
         self.rotations[images] = result.rotations.to(self.device)
         self.translations[images] = result.translations.to(self.device)
         self.points[torch.as_tensor(result.point3D_ids, device=self.device)] = result.points.to(self.device)
         self.camera_params[torch.as_tensor(result.camera_ids, device=self.device)] = result.camera_params.to(self.device)
+        return summary
+
+    def snapshot(self) -> tuple[torch.Tensor, ...]:
+        """Copies of what :meth:`adjust` changes (for :meth:`restore`)."""
+        return tuple(t.clone() for t in (self.rotations, self.translations, self.points, self.camera_params))
+
+    def restore(self, saved: tuple[torch.Tensor, ...]) -> None:
+        """Back to a :meth:`snapshot` (copied again, so it can be restored more than once)."""
+        self.rotations, self.translations, self.points, self.camera_params = (t.clone() for t in saved)
+
+    def longest_tracks(self, max_observations: int) -> torch.Tensor:
+        """(M,) bool: the inliers of the tracks with the most inliers, as many tracks as fit in
+        ``max_observations`` observations."""
+        counts = torch.bincount(self.track[self.inlier], minlength=len(self.points))
+        order = torch.argsort(-counts, stable=True)
+        chosen = torch.zeros(len(self.points), dtype=torch.bool, device=self.device)
+        chosen[order[torch.cumsum(counts[order], 0) <= max_observations]] = True
+        return self.inlier & chosen[self.track]
+
+    def reregister(self, max_error: float, min_observations: int, seed: int) -> int:
+        """Pose again, by RANSAC PnP (``max_error`` px) against the other images' points, every
+        image left with fewer than ``min_observations`` inliers; returns how many were posed with
+        at least that many PnP inliers (their observations rejoin at the next filter).
+
+        Why: the global positioning can place a camera where no BA brings it back (templeRing,
+        seed 2: one camera's observations all reprojected beyond 4 px after the first BA, and the
+        image was dropped); its rotation and matches are sound, so the points of the others pose
+        it, as COLMAP's incremental mapper registers an image.
+        """
+        per_image = torch.bincount(self.obs_image[self.inlier], minlength=len(self.images))
+        lost = torch.nonzero(per_image < min_observations).flatten().tolist()
+        if not lost:
+            return 0
+        triangulated = torch.bincount(self.track[self.inlier], minlength=len(self.points)) >= 2
+        cameras = self.current_cameras()
+        estimation = pycolmap.AbsolutePoseEstimationOptions()
+        estimation.ransac.max_error = max_error
+        estimation.ransac.random_seed = seed
+        refinement = pycolmap.AbsolutePoseRefinementOptions()
+        refinement.refine_focal_length, refinement.refine_extra_params = False, False
+        posed = 0
+        for k in lost:  # one PnP per lost image
+            rows = (self.obs_image == k) & triangulated[self.track]
+            if int(rows.sum()) < min_observations:
+                continue
+            camera = copy.copy(cameras[self.graph.image_camera[self.images[k]]])
+            result = pycolmap.estimate_and_refine_absolute_pose(self.obs_xy[rows].cpu().numpy(),
+                                                                self.points[self.track[rows]].cpu().numpy(), camera,
+                                                                estimation, refinement)
+            if result is None or result["num_inliers"] < min_observations:
+                continue
+            pose = result["cam_from_world"]
+            self.rotations[k] = torch.as_tensor(pose.rotation.matrix(), dtype=self.rotations.dtype, device=self.device)
+            self.translations[k] = torch.as_tensor(pose.translation, dtype=self.translations.dtype, device=self.device)
+            posed += 1
+        logger.info("recon_global: %d of %d lost images posed again by PnP", posed, len(lost))
+        return posed
 
     def retriangulate(self) -> None:
         """Every track from all its observations (inliers or not) with the current poses and intrinsics."""
