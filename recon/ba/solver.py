@@ -507,9 +507,10 @@ def _sym3_inverse(a: Tensor) -> Tensor:
 class NormalEquations:
     """J^T J and J^T r in block form, built once per linearization and reused across LM retries.
 
-    Kept per observation: W_a^T = Jp_a^T Jc_a (M, 3, m); per image: the (m, m) blocks of
-    Jc^T Jc; per point: V_p = sum Jp^T Jp (P, 3, 3) and g_p (P, 3); in the full layout: the
-    camera gradient and diag(J^T J) for damping.
+    Kept per observation: [W_a^T | Jp_a^T r_a] = Jp_a^T [Jc_a | r_a] (M, 3, m + 1) (the extra
+    column lets the dense Schur assembly produce the reduced right-hand side in the same GEMMs);
+    per image: the (m, m) blocks of Jc^T Jc; per point: V_p = sum Jp^T Jp (P, 3, 3) and g_p
+    (P, 3); in the full layout: the camera gradient and diag(J^T J) for damping.
     """
 
     def __init__(self, st: Structure, lin: Linearization, options: BAOptions):
@@ -517,16 +518,17 @@ class NormalEquations:
         self.schur_float32 = options.schur_float32
         jc, jp, r = lin.jac_cam, lin.jac_pts, lin.residuals
         m = st.m
-        self.wt_pad = padded((st.num_obs, 3, m), jc)
-        self.wt = outer_sum(jp, jc, out=self.wt_pad[:-1])  # W_a^T = Jp^T Jc (M, 3, m), zero row after
         # Camera side: one per-image gram of [Jc | r] holds the image blocks of Jc^T Jc and Jc^T r.
         jcr = padded((st.num_obs, 2, m + 1), jc)
         jcr[:-1, :, :m] = jc
         jcr[:-1, :, m] = r
+        self.wt_pad = padded((st.num_obs, 3, m + 1), jc)  # zero row after
+        outer_sum(jp, jcr[:-1], out=self.wt_pad[:-1])
+        self.wt = self.wt_pad[:-1, :, :m]  # W_a^T = Jp^T Jc (M, 3, m)
         gram = torch.zeros(st.num_images, m + 1, m + 1, dtype=r.dtype, device=r.device)
         add_rows(gram, st.diag_chunk_image, chunk_gram(jcr, jcr, st.diag_idx, st.diag_idx, CHUNK))
-        self.h_img = gram[:, :m, :m]
-        self.g_cam = st.fold_images(gram[:, :m, m])
+        self.h_img, self.g_img = gram[:, :m, :m], gram[:, :m, m]
+        self.g_cam = st.fold_images(self.g_img)
         self.diag_cam = st.fold_images(torch.diagonal(self.h_img, dim1=1, dim2=2)).clamp(
             options.min_lm_diagonal, options.max_lm_diagonal)
         # Point side, component-major: [Jp^T Jp | Jp^T r] of every observation as 12 length-M rows
@@ -551,9 +553,10 @@ class NormalEquations:
         return _sym3_inverse(self.v + torch.diag_embed(lam * self.diag_pts))
 
     def eliminate(self, vinv: Tensor) -> Tensor:
-        """Y_a^T = V_p^-1 W_a^T per observation, (M+1, 3, m) with a zero last row (V^-1 is symmetric)."""
-        y_pad = padded(self.wt.shape, self.wt)
-        outer_sum(rows(vinv, self.st.obs_pt), self.wt, out=y_pad[:-1])
+        """V_p^-1 [W_a^T | Jp_a^T r_a] per observation, (M+1, 3, m + 1) with a zero last row
+        (V^-1 is symmetric, so columns :m are Y_a^T)."""
+        y_pad = padded(self.wt_pad[:-1].shape, self.wt_pad)
+        outer_sum(rows(vinv, self.st.obs_pt), self.wt_pad[:-1], out=y_pad[:-1])
         return y_pad
 
     def reduced_rhs(self, vinv: Tensor) -> Tensor:
@@ -564,9 +567,9 @@ class NormalEquations:
         """Per-image (I, m, m) diagonal blocks of H_cc - W V^-1 W^T from observations alone
         (exact for the image's own pose/intrinsics entries; pairs of different observations excluded)."""
         st = self.st
-        schur = add_rows(
-            torch.zeros_like(self.h_img), st.diag_chunk_image, chunk_gram(y_pad, self.wt_pad, st.diag_idx, st.diag_idx, CHUNK))
-        return self.h_img - schur
+        schur = torch.zeros(st.num_images, st.m + 1, st.m + 1, dtype=y_pad.dtype, device=y_pad.device)
+        add_rows(schur, st.diag_chunk_image, chunk_gram(y_pad, self.wt_pad, st.diag_idx, st.diag_idx, CHUNK))
+        return self.h_img - schur[:, :st.m, :st.m]
 
     def back_substitute(self, vinv: Tensor, delta_cam: Tensor) -> Tensor:
         """Point steps: delta_p = -V^-1 (g_p + W^T delta_c)."""
@@ -599,23 +602,30 @@ def solve_dense(ne: NormalEquations, lam: float) -> tuple[Tensor, Tensor, int] |
     pairs of observations of a common point (-Y_a W_b^T), both as chunked batched GEMMs; the
     per-image ("ext") matrix is then folded onto the full layout, where images sharing a camera
     add into one intrinsics block.
+
+    The GEMMs run on the augmented rows V^-1 [W^T | Jp^T r] and [W^T | Jp^T r], so the last
+    column and row of each (m+1, m+1) pair block carry W_a V^-1 Jp_b^T r_b and W_b V^-1 Jp_a^T r_a:
+    summed per image they are W V^-1 g_p, the point term of the reduced right-hand side, with no
+    pass of its own over the observations.
     """
     st = ne.st
     n_img, m = st.num_images, st.m
     vinv = ne.damped_point_inverse(lam)
     y = ne.eliminate(vinv)
-    rhs = ne.reduced_rhs(vinv)
-    blocks = torch.zeros(n_img * n_img + n_img, m, m, dtype=y.dtype, device=y.device)
+    blocks = torch.zeros(n_img * n_img + n_img, m + 1, m + 1, dtype=y.dtype, device=y.device)
     y_g, wt_g = (y.float(), ne.wt_pad.float()) if ne.schur_float32 else (y, ne.wt_pad)
     for idx_a, idx_b, chunk_block, size in st.pair_chunks:
         add_rows(blocks, chunk_block, chunk_gram(y_g, wt_g, idx_a, idx_b, size).to(y.dtype))
+    pair_g = blocks[:n_img * n_img, :m, m].view(n_img, n_img, m)  # to image a of block (a, b)
+    pair_g_b = blocks[:n_img * n_img, m, :m].view(n_img, n_img, m)  # to image b
+    rhs = st.fold_images(ne.g_img - pair_g.sum(1) - pair_g_b.sum(0) - blocks[n_img * n_img:, :m, m])
     # Only the upper triangle is formed (Cholesky reads no more): block (i, j), i < j, is -off[i, j],
     # written straight into the ext layout; the diagonal blocks get their mirror term and H_cc.
-    off = blocks[:n_img * n_img].view(n_img, n_img, m, m)
+    off = blocks[:n_img * n_img, :m, :m].view(n_img, n_img, m, m)
     s_ext = torch.empty(n_img * m, n_img * m, dtype=y.dtype, device=y.device)
     torch.neg(off.permute(0, 2, 1, 3), out=s_ext.view(n_img, m, n_img, m))
     diag = s_ext.view(n_img, m, n_img, m).diagonal(dim1=0, dim2=2)  # (m, m, I) view
-    diag += (ne.h_img - blocks[n_img * n_img:]).permute(1, 2, 0) - off.diagonal(dim1=0, dim2=1).transpose(0, 1)
+    diag += (ne.h_img - blocks[n_img * n_img:, :m, :m]).permute(1, 2, 0) - off.diagonal(dim1=0, dim2=1).transpose(0, 1)
     if st.ext_is_full:  # one camera per image: the ext layout is a permutation of the full one
         s, order = s_ext, st.ext_to_full
     else:  # fold the symmetric ext matrix: images sharing a camera add into its intrinsics block
