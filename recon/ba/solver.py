@@ -195,17 +195,36 @@ def chunk_groups_tail(items: Tensor, keys: Tensor, size: int, tail: int, pad: in
     return parts
 
 
+GRAM_PIECE = 128  # chunks per gather + GEMM piece of chunk_gram on CPU (gathered rows stay in cache)
+
+
 def chunk_gram(a: Tensor, b: Tensor, idx_a: Tensor, idx_b: Tensor, size: int) -> Tensor:
     """Per chunk, sum over its rows i of ``a[idx_a[i]]^T @ b[idx_b[i]]``.
 
     a, b: (N+1, k, m) with row N zero (the padding target). Rows are stored (k, m) so a chunk's
     gathered rows are already one contiguous (size*k, m) matrix: no permute copy. -> (chunks, m, m).
+    On CPU the gather and GEMM run through numpy in pieces of :data:`GRAM_PIECE` chunks: the
+    gathered rows are multiplied while in cache instead of written out whole and read back (pair
+    grams of BAL 49-7776 and 21-11315: ~25% less CPU, interleaved A/B, 100 runs each).
     """
-    k, m = a.shape[1], a.shape[2]
+    k, m, mb = a.shape[1], a.shape[2], b.shape[2]
     n = idx_a.numel() // size
-    ac = rows(a, idx_a).view(n, size * k, m)
-    bc = ac if a is b and idx_a is idx_b else rows(b, idx_b).view(n, size * k, b.shape[2])
-    return outer_sum(ac, bc)
+    same = a is b and idx_a is idx_b
+    if a.device.type != "cpu" or a.requires_grad or b.requires_grad:
+        ac = rows(a, idx_a).view(n, size * k, m)
+        return outer_sum(ac, ac if same else rows(b, idx_b).view(n, size * k, mb))
+    src_a, src_b = a.reshape(a.shape[0], -1).numpy(), b.reshape(b.shape[0], -1).numpy()
+    ia, ib = idx_a.numpy(), idx_b.numpy()
+    out = np.empty((n, m, mb), dtype=np.result_type(src_a, src_b))
+
+    def piece(lo: int, hi: int) -> None:
+        ac = np.take(src_a, ia[lo * size:hi * size], axis=0).reshape(hi - lo, size * k, m)
+        bc = ac if same else np.take(src_b, ib[lo * size:hi * size], axis=0).reshape(hi - lo, size * k, mb)
+        np.matmul(ac.transpose(0, 2, 1), bc, out=out[lo:hi])
+
+    for lo in range(0, n, GRAM_PIECE):
+        piece(lo, min(lo + GRAM_PIECE, n))
+    return torch.from_numpy(out)
 
 
 def rows(t: Tensor, idx: Tensor) -> Tensor:
