@@ -306,10 +306,12 @@ class Structure:
         self.obs_img = problem.obs_image.index_select(0, order)
         self.obs_pt = problem.obs_point.index_select(0, order)
         self.obs_xy = problem.obs_xy.index_select(0, order)
+        self.obs_xy_t = self.obs_xy.T.contiguous()  # (2, M), for the component-major residuals
         self.image_camera = problem.image_camera
         self.obs_cam = problem.image_camera.index_select(0, self.obs_img)
         free_intr = ~problem.camera_constant
         self.kcols = free_intr.any(0).nonzero()[:, 0]  # intrinsics columns free somewhere
+        self.kcols_list = self.kcols.tolist()
         self.ke = int(self.kcols.numel())
         self.m = 6 + self.ke
         self.pose_free = (~problem.pose_constant).to(torch.float64)  # (I, 6)
@@ -407,12 +409,21 @@ class State:
 
 @dataclass
 class Linearization:
-    """Robust-corrected residuals (M, 2) and Jacobians: camera side (M, 2, m), point (M, 2, 3)."""
+    """Robust-corrected residuals (M, 2) and Jacobians: camera side (M, 2, m), point (M, 2, 3).
+
+    With Jacobians, ``jcr`` (M+1, 2, m+1) holds [J_cam | r] row-major with a zero last row (the
+    padding target of the chunked grams); ``residuals`` and ``jac_cam`` are views into it.
+    ``jac_pts_t`` (2, 3, M) and ``residuals_t`` (2, M) are the component-major twins used by the
+    per-point sums.
+    """
 
     cost: float
     residuals: Tensor
     jac_cam: Tensor | None = None
     jac_pts: Tensor | None = None
+    jcr: Tensor | None = None
+    jac_pts_t: Tensor | None = None
+    residuals_t: Tensor | None = None
 
 
 def columns(t: Tensor, idx: Tensor) -> Tensor:
@@ -428,28 +439,52 @@ def columns(t: Tensor, idx: Tensor) -> Tensor:
     return src.index_select(1, idx)
 
 
+def _mat3_apply(mat: Tensor, vec: Tensor) -> Tensor:
+    """Component-major products: mat (r, 3, M), vec (..., 3, M) -> (..., r, M), sum_j mat[:, j] vec[..., j]
+    as three fused multiply-adds over length-M vectors (no (r, 3, M) broadcast temporary)."""
+    out = torch.mul(mat[:, 0], vec[..., 0:1, :])
+    return out.addcmul_(mat[:, 1], vec[..., 1:2, :]).addcmul_(mat[:, 2], vec[..., 2:3, :])
+
+
 def _camera_frame(st: Structure, x: State) -> tuple[Tensor, Tensor, Tensor]:
     """Component-major rotations (3, 3, M), rotated points R X (3, M), camera-frame points R X + t (3, M)."""
     rot = columns(x.rotations, st.obs_img).view(3, 3, st.num_obs)
-    rx = (rot * columns(x.points, st.obs_pt)[None]).sum(1)
+    rx = _mat3_apply(rot, columns(x.points, st.obs_pt))
     return rot, rx, rx + columns(x.translations, st.obs_img)
 
 
-def _analytic_jacobians(st: Structure, x: State):
-    """Projections and analytic Jacobians of every observation, one batched call per camera model.
-
-    Computed component-major; returned as (M, ...) views: xy (M, 2), p_cam (M, 3),
-    J_cam (M, 2, m), J_pts (M, 2, 3) (not contiguous).
+def _analytic_jacobians_t(st: Structure, x: State) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Projections and analytic Jacobians of every observation, one batched call per camera model,
+    component-major: xy (2, M), p_cam (3, M), J_cam (2, m + 1, M) whose row m is left for the
+    residual (see :func:`evaluate`), J_pts (2, 3, M). Each Jacobian row is written once, in place.
     """
     rot, rx, pc = _camera_frame(st, x)
     xy, j_pc, j_par = project_groups_t(st.groups, columns(x.camera_params, st.obs_cam), pc)
+    m = st.m
+    j_cam = pc.new_empty(2, m + 1, st.num_obs)
     # Left perturbation: d(Exp(w) R X)/dw = -[R X]_x, so row j of J_rot is cross(R X, J_pc[j]).
     q0, q1, q2 = rx.unbind(0)
     j0, j1, j2 = j_pc.unbind(1)  # (2, M) each
-    j_rot = torch.stack([q1 * j2 - q2 * j1, q2 * j0 - q0 * j2, q0 * j1 - q1 * j0], 1)
-    j_cam = torch.cat([j_rot, j_pc, j_par.index_select(1, st.kcols)], 1)  # (2, m, M)
-    j_pts = (j_pc[:, :, None] * rot[None]).sum(1)  # J_pc @ R, (2, 3, M)
-    return xy.T, pc.T, j_cam.permute(2, 0, 1), j_pts.permute(2, 0, 1)
+    torch.mul(q1, j2, out=j_cam[:, 0]).sub_(q2 * j1)
+    torch.mul(q2, j0, out=j_cam[:, 1]).sub_(q0 * j2)
+    torch.mul(q0, j1, out=j_cam[:, 2]).sub_(q1 * j0)
+    j_cam[:, 3:6] = j_pc
+    for i, col in enumerate(st.kcols_list):  # the free intrinsics columns (a few), not observations
+        j_cam[:, 6 + i] = j_par[:, col]
+    return xy, pc, j_cam, _jpc_times_rot(j_pc, rot)
+
+
+def _jpc_times_rot(j_pc: Tensor, rot: Tensor) -> Tensor:
+    """J_pc @ R component-major: j_pc (2, 3, M), rot (3, 3, M) -> (2, 3, M)."""
+    out = torch.mul(j_pc[:, 0:1], rot[0])
+    return out.addcmul_(j_pc[:, 1:2], rot[1]).addcmul_(j_pc[:, 2:3], rot[2])
+
+
+def _analytic_jacobians(st: Structure, x: State):
+    """:func:`_analytic_jacobians_t` as (M, ...) views: xy (M, 2), p_cam (M, 3), J_cam (M, 2, m),
+    J_pts (M, 2, 3) (not contiguous)."""
+    xy, pc, j_cam, j_pts = _analytic_jacobians_t(st, x)
+    return xy.T, pc.T, j_cam[:, :st.m].permute(2, 0, 1), j_pts.permute(2, 0, 1)
 
 
 def _autodiff_jacobians(st: Structure, x: State):
@@ -481,31 +516,40 @@ def _autodiff_jacobians(st: Structure, x: State):
 
 
 def evaluate(st: Structure, x: State, options: BAOptions, with_jac: bool) -> Linearization:
-    """Cost, and with ``with_jac`` the robust-corrected residuals and masked Jacobians."""
+    """Cost, and with ``with_jac`` the robust-corrected residuals and masked Jacobians.
+
+    Works component-major (contiguous length-M rows): the camera Jacobian is scaled and masked in
+    place and then laid out row-major, with the residual as its last column, in one transposing
+    copy straight into the padded [J_cam | r] buffer of the normal equations.
+    """
+    m = st.m
     if with_jac:
-        jac_fn = _analytic_jacobians if options.jacobian == "analytic" else _autodiff_jacobians
-        xy, pc, j_cam, j_pts = jac_fn(st, x)
+        if options.jacobian == "analytic":
+            xy, pc, j_cam, j_pts = _analytic_jacobians_t(st, x)
+        else:
+            xy, pc, j_cam_rm, j_pts_rm = _autodiff_jacobians(st, x)
+            xy, pc, j_pts = xy.T, pc.T, j_pts_rm.permute(1, 2, 0)
+            j_cam = j_cam_rm.new_empty(2, m + 1, st.num_obs)
+            j_cam[:, :m] = j_cam_rm.permute(1, 2, 0)
     else:
         pc = _camera_frame(st, x)[2]
-        xy = project_groups_t(st.groups, columns(x.camera_params, st.obs_cam), pc, with_jac=False).T
-        pc = pc.T
-    valid = pc[:, 2] >= MIN_DEPTH  # COLMAP: points with depth < eps get a zero residual
-    r = torch.where(valid[:, None], xy - st.obs_xy, torch.zeros_like(xy))
-    rho, rho1 = losses.evaluate(options.loss, options.loss_scale, (r * r).sum(-1))
+        xy = project_groups_t(st.groups, columns(x.camera_params, st.obs_cam), pc, with_jac=False)
+    valid = pc[2] >= MIN_DEPTH  # COLMAP: points with depth < eps get a zero residual
+    r = torch.where(valid, xy - st.obs_xy_t, torch.zeros_like(xy))  # (2, M)
+    rho, rho1 = losses.evaluate(options.loss, options.loss_scale, (r * r).sum(0))
     cost = 0.5 * float(rho.sum())
     if not with_jac:
-        return Linearization(cost, r)
+        return Linearization(cost, r.T)
     scale = torch.sqrt(rho1) * valid
-    r = r * scale[:, None]
-    # Scale and mask the camera Jacobian component-major (contiguous length-M products), then lay it out
-    # row-major (contiguous (M, 2, m)) for the normal equations in one transposing copy: 2x less CPU
-    # than one product with a row-major output (BAL 21-11315: 0.83 vs 1.3 ms).
-    j_cam = (j_cam.permute(1, 2, 0) * (scale * st.obs_free_t)).permute(2, 0, 1).contiguous()
-    j_pts = torch.mul(j_pts, (scale * st.obs_point_free)[:, None, None], out=j_pts.new_empty(j_pts.shape))
+    r = torch.mul(r, scale, out=j_cam[:, m])
+    j_cam[:, :m] *= scale * st.obs_free_t
+    j_pts *= scale * st.obs_point_free
+    jcr = padded((st.num_obs, 2, m + 1), j_cam)
+    jcr[:-1].copy_(j_cam.permute(2, 0, 1))
     behind = (~valid).nonzero()[:, 0]  # at depth 0 the projection's Jacobian is inf/NaN, and NaN * 0 is NaN
-    j_cam.index_fill_(0, behind, 0.0)
-    j_pts.index_fill_(0, behind, 0.0)
-    return Linearization(cost, r, j_cam, j_pts)
+    jcr.index_fill_(0, behind, 0.0)
+    j_pts.index_fill_(2, behind, 0.0)
+    return Linearization(cost, jcr[:-1, :, m], jcr[:-1, :, :m], j_pts.permute(2, 0, 1).contiguous(), jcr, j_pts, r)
 
 
 def _sym3_inverse(a: Tensor) -> Tensor:
@@ -535,15 +579,12 @@ class NormalEquations:
     def __init__(self, st: Structure, lin: Linearization, options: BAOptions):
         self.st, self.lin = st, lin
         self.schur_float32 = options.schur_float32
-        jc, jp, r = lin.jac_cam, lin.jac_pts, lin.residuals
+        jcr, r = lin.jcr, lin.residuals
         m = st.m
-        # Camera side: one per-image gram of [Jc | r] holds the image blocks of Jc^T Jc and Jc^T r.
-        jcr = padded((st.num_obs, 2, m + 1), jc)
-        jcr[:-1, :, :m] = jc
-        jcr[:-1, :, m] = r
-        self.wt_pad = padded((st.num_obs, 3, m + 1), jc)  # zero row after
-        outer_sum(jp, jcr[:-1], out=self.wt_pad[:-1])
+        self.wt_pad = padded((st.num_obs, 3, m + 1), jcr)  # zero row after
+        outer_sum(lin.jac_pts, jcr[:-1], out=self.wt_pad[:-1])
         self.wt = self.wt_pad[:-1, :, :m]  # W_a^T = Jp^T Jc (M, 3, m)
+        # Camera side: one per-image gram of [Jc | r] holds the image blocks of Jc^T Jc and Jc^T r.
         gram = torch.zeros(st.num_images, m + 1, m + 1, dtype=r.dtype, device=r.device)
         add_rows(gram, st.diag_chunk_image, chunk_gram(jcr, jcr, st.diag_idx, st.diag_idx, CHUNK))
         self.h_img, self.g_img = gram[:, :m, :m], gram[:, :m, m]
@@ -553,11 +594,12 @@ class NormalEquations:
         # Point side, component-major: [Jp^T Jp | Jp^T r] of every observation as 12 length-M rows
         # (rank-2 sums of products), summed per point with one index_add along the observation axis
         # (21-11315: 1.3 ms instead of 3.3 ms for per-observation 3x4 products scattered row-wise).
-        a, b = jp[:, 0, :].T, jp[:, 1, :].T  # (3, M) each
+        a, b = lin.jac_pts_t.unbind(0)  # (3, M) each
+        r0, r1 = lin.residuals_t.unbind(0)
         prods = torch.empty(12, st.num_obs, dtype=r.dtype, device=r.device)
         jtj = prods[:9].view(3, 3, st.num_obs)
         torch.mul(a[:, None], a[None], out=jtj).addcmul_(b[:, None], b[None])
-        torch.mul(a, r[:, 0], out=prods[9:]).addcmul_(b, r[:, 1])
+        torch.mul(a, r0, out=prods[9:]).addcmul_(b, r1)
         vg = torch.zeros(12, st.num_points, dtype=r.dtype, device=r.device).index_add_(1, st.obs_pt, prods)
         # Constant points: unit block so the elimination is well defined and their step is zero.
         eye = torch.eye(3, dtype=r.dtype, device=r.device)
