@@ -364,9 +364,13 @@ class Structure:
         small = self.num_images * self.m <= options.dense_max_size
         return "dense" if small and self.pair_entries <= options.dense_max_pair_entries else "pcg"
 
-    def gather_cam(self, pose: Tensor, intr: Tensor) -> Tensor:
-        """Full-layout camera-side vectors (I, 6) + (C, Ke) -> per-observation (M, m)."""
-        return rows(torch.cat([pose, intr.index_select(0, self.image_camera)], -1), self.obs_img)
+    def gather_cam(self, pose: Tensor, intr: Tensor, append: float | None = None) -> Tensor:
+        """Full-layout camera-side vectors (I, 6) + (C, Ke) -> per-observation (M, m), or
+        (M, m + 1) with the constant ``append`` as last column."""
+        parts = [pose, intr.index_select(0, self.image_camera)]
+        if append is not None:
+            parts.append(pose.new_full((self.num_images, 1), append))
+        return rows(torch.cat(parts, -1), self.obs_img)
 
     def scatter_cam(self, per_obs: Tensor) -> Tensor:
         """Per-observation (M, m) -> summed full-layout vector (6 I + Ke C,)."""
@@ -632,13 +636,13 @@ class NormalEquations:
         add_rows(schur, st.diag_chunk_image, chunk_gram(y_pad, self.wt_pad, st.diag_idx, st.diag_idx, CHUNK))
         return self.h_img - schur[:, :st.m, :st.m]
 
-    def back_substitute(self, vinv: Tensor, delta_cam: Tensor) -> Tensor:
-        """Point steps: delta_p = -V^-1 (g_p + W^T delta_c)."""
+    def back_substitute(self, y_pad: Tensor, delta_cam: Tensor) -> Tensor:
+        """Point steps: delta_p = -V^-1 (g_p + W^T delta_c) = -sum over the point's observations of
+        V^-1 [W_a^T | Jp_a^T r_a] [delta_c; 1] (``y_pad`` from :meth:`eliminate`): one product per
+        observation and one sum per point."""
         st = self.st
-        dc = st.gather_cam(*st.split_full(delta_cam))
-        t = torch.zeros_like(self.gp)
-        add_rows(t, st.obs_pt, mv(self.wt, dc))
-        return -mv(vinv, self.gp + t)
+        dc1 = st.gather_cam(*st.split_full(delta_cam), append=1.0)
+        return add_rows(torch.zeros_like(self.gp), st.obs_pt, mv(y_pad[:-1], dc1)).neg_()
 
     def model_cost_change(self, delta_cam: Tensor, delta_pts: Tensor, lam: float, exact: bool) -> float:
         """Decrease predicted by the linear model, -(g.d + d^T H d / 2).
@@ -704,7 +708,7 @@ def solve_dense(ne: NormalEquations, lam: float) -> tuple[Tensor, Tensor, int] |
         return None
     delta = torch.cholesky_solve(-rhs.index_select(0, order)[:, None], chol, upper=True)[:, 0] * free
     delta_cam = torch.empty_like(delta).index_copy_(0, order, delta)
-    return delta_cam, ne.back_substitute(vinv, delta_cam), 0
+    return delta_cam, ne.back_substitute(y, delta_cam), 0
 
 
 def solve_pcg(ne: NormalEquations, lam: float, options: BAOptions) -> tuple[Tensor, Tensor, int] | None:
@@ -768,7 +772,7 @@ def solve_pcg(ne: NormalEquations, lam: float, options: BAOptions) -> tuple[Tens
     if not bool(torch.isfinite(xk).all()):
         return None
     delta_cam = xk * free
-    return delta_cam, ne.back_substitute(vinv, delta_cam), iters
+    return delta_cam, ne.back_substitute(y, delta_cam), iters
 
 
 def _sync(device: torch.device) -> None:
