@@ -581,7 +581,8 @@ def evaluate(st: Structure, x: State, options: BAOptions, with_jac: bool) -> Lin
     if not with_jac:
         return Linearization(cost, r.T)
     scale = torch.sqrt(rho1) * valid
-    r = torch.mul(r, scale, out=j_cam[:, m])
+    r = r * scale  # (2, M), its own tensor so the (2, m+1, M) buffer is freed on return
+    j_cam[:, m] = r
     j_cam[:, :m] *= scale * st.obs_free_t
     j_pts *= scale * st.obs_point_free
     jcr = padded((st.num_obs, 2, m + 1), j_cam)
@@ -880,6 +881,7 @@ def _solve(problem: Problem, options: BAOptions) -> tuple[Problem, Summary]:
                 radius = min(radius / max(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3), options.max_trust_region_radius)
                 decrease_factor = 2.0
                 x, lin = candidate, cand_lin
+                ne = None  # free the previous normal equations (and linearization) first: a lower peak
                 ne = NormalEquations(st, lin, options)
                 cost = lin.cost
                 accepted = True
