@@ -356,6 +356,8 @@ class Structure:
         # Component-major (m, M), as the Jacobians are computed.
         self.obs_free_t = torch.cat([self.pose_free, self.intr_free.index_select(0, self.image_camera)], -1).index_select(0, self.obs_img).T.contiguous()
         self.obs_point_free = self.point_free.index_select(0, self.obs_pt)  # (M,)
+        self.cams_all_free = bool((self.obs_free_t > 0).all())
+        self.points_all_free = bool((self.obs_point_free > 0).all())
         self.full_free = torch.cat([self.pose_free.reshape(-1), self.intr_free.reshape(-1)])
         self.n_full = self.full_free.numel()
         self.all_free = bool((self.full_free > 0).all())
@@ -580,11 +582,18 @@ def evaluate(st: Structure, x: State, options: BAOptions, with_jac: bool) -> Lin
     cost = 0.5 * float(rho.sum())
     if not with_jac:
         return Linearization(cost, r.T)
-    scale = torch.sqrt(rho1) * valid
-    r = r * scale  # (2, M), its own tensor so the (2, m+1, M) buffer is freed on return
+    # With the trivial loss rho' = 1, so the robust scale is just the in-front mask, which the
+    # index_fill below applies; the free-column masks only matter when something is constant.
+    # (Skipping these multiplications by exactly 1 leaves every value bit-identical.)
+    robust = options.loss != "trivial"
+    scale = torch.sqrt(rho1) * valid if robust else None
+    if robust:
+        r = r * scale  # (2, M), its own tensor so the (2, m+1, M) buffer is freed on return
     j_cam[:, m] = r
-    j_cam[:, :m] *= scale * st.obs_free_t
-    j_pts *= scale * st.obs_point_free
+    if robust or not st.cams_all_free:
+        j_cam[:, :m] *= st.obs_free_t if scale is None else scale * st.obs_free_t
+    if robust or not st.points_all_free:
+        j_pts *= st.obs_point_free if scale is None else scale * st.obs_point_free
     jcr = padded((st.num_obs, 2, m + 1), j_cam)
     jcr[:-1].copy_(j_cam.permute(2, 0, 1))
     behind = (~valid).nonzero()[:, 0]  # at depth 0 the projection's Jacobian is inf/NaN, and NaN * 0 is NaN
