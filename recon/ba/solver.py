@@ -357,7 +357,7 @@ class Structure:
         self.obs_free_t = torch.cat([self.pose_free, self.intr_free.index_select(0, self.image_camera)], -1).index_select(0, self.obs_img).T.contiguous()
         self.obs_point_free = self.point_free.index_select(0, self.obs_pt)  # (M,)
         self.cams_all_free = bool((self.obs_free_t > 0).all())
-        self.points_all_free = bool((self.obs_point_free > 0).all())
+        self.points_all_free = bool((self.point_free > 0).all())
         self.full_free = torch.cat([self.pose_free.reshape(-1), self.intr_free.reshape(-1)])
         self.n_full = self.full_free.numel()
         self.all_free = bool((self.full_free > 0).all())
@@ -602,10 +602,9 @@ def evaluate(st: Structure, x: State, options: BAOptions, with_jac: bool) -> Lin
     return Linearization(cost, jcr[:-1, :, m], jcr[:-1, :, :m], j_pts.permute(2, 0, 1).contiguous(), jcr, j_pts, r)
 
 
-def _sym3_inverse(a: Tensor) -> Tensor:
-    """Closed-form inverse of (N, 3, 3) symmetric positive definite matrices."""
-    a00, a01, a02 = a[:, 0, 0], a[:, 0, 1], a[:, 0, 2]
-    a11, a12, a22 = a[:, 1, 1], a[:, 1, 2], a[:, 2, 2]
+def _sym3_inverse(a00: Tensor, a01: Tensor, a02: Tensor, a11: Tensor, a12: Tensor, a22: Tensor) -> Tensor:
+    """Closed-form inverse of N symmetric positive definite 3x3 matrices given by their six
+    distinct entries (each (N,), contiguous rows of a component-major layout) -> (N, 3, 3)."""
     c00 = a11 * a22 - a12 * a12
     c01 = a02 * a12 - a01 * a22
     c02 = a01 * a12 - a02 * a11
@@ -613,8 +612,8 @@ def _sym3_inverse(a: Tensor) -> Tensor:
     c12 = a01 * a02 - a00 * a12
     c22 = a00 * a11 - a01 * a01
     inv_det = 1.0 / (a00 * c00 + a01 * c01 + a02 * c02)
-    return torch.stack([torch.stack([c00, c01, c02], -1), torch.stack([c01, c11, c12], -1),
-                        torch.stack([c02, c12, c22], -1)], -2) * inv_det[:, None, None]
+    inv = torch.stack([c00, c01, c02, c01, c11, c12, c02, c12, c22], -1).mul_(inv_det[:, None])
+    return inv.view(-1, 3, 3)
 
 
 class NormalEquations:
@@ -622,7 +621,7 @@ class NormalEquations:
 
     Kept per observation: [W_a^T | Jp_a^T r_a] = Jp_a^T [Jc_a | r_a] (M, 3, m + 1) (the extra
     column lets the dense Schur assembly produce the reduced right-hand side in the same GEMMs);
-    per image: the (m, m) blocks of Jc^T Jc; per point: V_p = sum Jp^T Jp (P, 3, 3) and g_p
+    per image: the (m, m) blocks of Jc^T Jc; per point: V_p = sum Jp^T Jp (component-major (9, P)) and g_p
     (P, 3); in the full layout: the camera gradient and diag(J^T J) for damping.
     """
 
@@ -651,17 +650,23 @@ class NormalEquations:
         torch.mul(a[:, None], a[None], out=jtj).addcmul_(b[:, None], b[None])
         torch.mul(a, r0, out=prods[9:]).addcmul_(b, r1)
         vg = torch.zeros(12, st.num_points, dtype=r.dtype, device=r.device).index_add_(1, st.obs_pt, prods)
-        # Constant points: unit block so the elimination is well defined and their step is zero.
-        eye = torch.eye(3, dtype=r.dtype, device=r.device)
-        self.v = vg[:9].view(3, 3, st.num_points).permute(2, 0, 1) + (1.0 - st.point_free)[:, None, None] * eye
+        # V stays component-major (9, P): rows 0, 4, 8 are its diagonal. Constant points get a
+        # unit block so the elimination is well defined and their step is zero.
+        self.v_t = vg[:9]
+        if not st.points_all_free:
+            self.v_t[0::4] += 1.0 - st.point_free
         self.gp = vg[9:].T.contiguous()
-        self.diag_pts = torch.diagonal(self.v, dim1=1, dim2=2).clamp(options.min_lm_diagonal, options.max_lm_diagonal)
+        self.diag_pts_t = self.v_t[0::4].clamp(options.min_lm_diagonal, options.max_lm_diagonal)  # (3, P)
+        self.diag_pts = self.diag_pts_t.T  # (P, 3)
 
     def gradient_max_norm(self) -> float:
         return max(float(self.g_cam.abs().max()), float(self.gp.abs().max()))
 
     def damped_point_inverse(self, lam: float) -> Tensor:
-        return _sym3_inverse(self.v + torch.diag_embed(lam * self.diag_pts))
+        """(V_p + lam diag(V_p))^-1, (P, 3, 3), from the component-major V."""
+        v, d = self.v_t, self.diag_pts_t
+        return _sym3_inverse(torch.add(v[0], d[0], alpha=lam), v[1], v[2], torch.add(v[4], d[1], alpha=lam), v[5],
+                             torch.add(v[8], d[2], alpha=lam))
 
     def eliminate(self, vinv: Tensor) -> Tensor:
         """V_p^-1 [W_a^T | Jp_a^T r_a] per observation, (M+1, 3, m + 1) with a zero last row
