@@ -234,7 +234,9 @@ def chunk_gram(a: Tensor, b: Tensor, idx_a: Tensor, idx_b: Tensor, size: int) ->
     gathered rows are already one contiguous (size*k, m) matrix: no permute copy. -> (chunks, m, m).
     On CPU the gather and GEMM run through numpy in pieces of :data:`GRAM_PIECE` chunks: the
     gathered rows are multiplied while in cache instead of written out whole and read back (pair
-    grams of BAL 49-7776 and 21-11315: ~25% less CPU, interleaved A/B, 100 runs each).
+    grams of BAL 49-7776 and 21-11315: ~25% less CPU, interleaved A/B, 100 runs each), the two
+    halves of the pieces on two threads (:func:`run_split`); every piece is computed alone, so the
+    result does not depend on the split.
     """
     k, m, mb = a.shape[1], a.shape[2], b.shape[2]
     n = idx_a.numel() // size
