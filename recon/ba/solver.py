@@ -604,6 +604,21 @@ def evaluate(st: Structure, x: State, options: BAOptions, with_jac: bool) -> Lin
     return Linearization(cost, jcr[:-1, :, m], jcr[:-1, :, :m], j_pts.permute(2, 0, 1).contiguous(), jcr, j_pts, r)
 
 
+def _lower3_mv(d: Tensor, x: Tensor) -> Tensor:
+    """D x for lower-triangular 3x3 D given component-major as (6, N) [d00, d10, d11, d20, d21, d22],
+    x (3, N) -> (3, N)."""
+    d00, d10, d11, d20, d21, d22 = d
+    return torch.stack([d00 * x[0], (d10 * x[0]).addcmul_(d11, x[1]),
+                        (d20 * x[0]).addcmul_(d21, x[1]).addcmul_(d22, x[2])])
+
+
+def _lower3_tmv(d: Tensor, x: Tensor) -> Tensor:
+    """D^T x for the lower-triangular D of :func:`_lower3_mv`: x (3, N) -> (3, N)."""
+    d00, d10, d11, d20, d21, d22 = d
+    return torch.stack([(d00 * x[0]).addcmul_(d10, x[1]).addcmul_(d20, x[2]),
+                        (d11 * x[1]).addcmul_(d21, x[2]), d22 * x[2]])
+
+
 def _sym3_inverse(a00: Tensor, a01: Tensor, a02: Tensor, a11: Tensor, a12: Tensor, a22: Tensor) -> Tensor:
     """Closed-form inverse of N symmetric positive definite 3x3 matrices given by their six
     distinct entries (each (N,), contiguous rows of a component-major layout) -> (N, 3, 3)."""
@@ -621,10 +636,14 @@ def _sym3_inverse(a00: Tensor, a01: Tensor, a02: Tensor, a11: Tensor, a12: Tenso
 class NormalEquations:
     """J^T J and J^T r in block form, built once per linearization and reused across LM retries.
 
-    Kept per observation: [W_a^T | Jp_a^T r_a] = Jp_a^T [Jc_a | r_a] (M, 3, m + 1) (the extra
-    column lets the dense Schur assembly produce the reduced right-hand side in the same GEMMs);
-    per image: the (m, m) blocks of Jc^T Jc; per point: V_p = sum Jp^T Jp (component-major (9, P)) and g_p
-    (P, 3); in the full layout: the camera gradient and diag(J^T J) for damping.
+    Kept per observation: the robust-corrected [J_cam | r] and J_pts (from the linearization);
+    per image: the (m, m) blocks of Jc^T Jc; per point: V_p = sum Jp^T Jp (component-major (9, P))
+    and g_p (P, 3); in the full layout: the camera gradient and diag(J^T J) for damping.
+
+    The elimination works with the Cholesky factor of the damped point blocks, V_p = C_p C_p^T:
+    U_a = C_p^-1 Jp_a^T [Jc_a | r_a] (3, m + 1) per observation gives every Schur block as
+    W_a V^-1 W_b^T = U_a[:, :m]^T U_b[:, :m] from one array (no separate W^T), and the extra
+    column carries the reduced right-hand side through the same GEMMs.
     """
 
     def __init__(self, st: Structure, lin: Linearization, options: BAOptions):
@@ -632,9 +651,6 @@ class NormalEquations:
         self.schur_float32 = options.schur_float32
         jcr, r = lin.jcr, lin.residuals
         m = st.m
-        self.wt_pad = padded((st.num_obs, 3, m + 1), jcr)  # zero row after
-        outer_sum(lin.jac_pts, jcr[:-1], out=self.wt_pad[:-1])
-        self.wt = self.wt_pad[:-1, :, :m]  # W_a^T = Jp^T Jc (M, 3, m)
         # Camera side: one per-image gram of [Jc | r] holds the image blocks of Jc^T Jc and Jc^T r.
         gram = torch.zeros(st.num_images, m + 1, m + 1, dtype=r.dtype, device=r.device)
         add_rows(gram, st.diag_chunk_image, chunk_gram(jcr, jcr, st.diag_idx, st.diag_idx, CHUNK))
@@ -670,32 +686,58 @@ class NormalEquations:
         return _sym3_inverse(torch.add(v[0], d[0], alpha=lam), v[1], v[2], torch.add(v[4], d[1], alpha=lam), v[5],
                              torch.add(v[8], d[2], alpha=lam))
 
-    def eliminate(self, vinv: Tensor) -> Tensor:
-        """V_p^-1 [W_a^T | Jp_a^T r_a] per observation, (M+1, 3, m + 1) with a zero last row
-        (V^-1 is symmetric, so columns :m are Y_a^T)."""
-        y_pad = padded(self.wt_pad[:-1].shape, self.wt_pad)
-        outer_sum(rows(vinv, self.st.obs_pt), self.wt_pad[:-1], out=y_pad[:-1])
-        return y_pad
+    def point_factor(self, lam: float) -> Tensor:
+        """C_p^-1 for the damped point blocks V_p + lam diag(V_p) = C_p C_p^T (C lower triangular),
+        closed form, component-major: (6, P) rows [d00, d10, d11, d20, d21, d22] of the lower
+        triangular inverse D = C^-1."""
+        v, d = self.v_t, self.diag_pts_t
+        c00 = torch.add(v[0], d[0], alpha=lam).sqrt_()
+        c10, c20 = v[3] / c00, v[6] / c00
+        c11 = torch.add(v[4], d[1], alpha=lam).sub_(c10 * c10).sqrt_()
+        c21 = (v[7] - c20 * c10).div_(c11)
+        c22 = torch.add(v[8], d[2], alpha=lam).sub_(c20 * c20).sub_(c21 * c21).sqrt_()
+        d00, d11, d22 = c00.reciprocal_(), c11.reciprocal_(), c22.reciprocal_()
+        d10 = -(c10 * d00 * d11)
+        d21 = -(c21 * d11 * d22)
+        d20 = -(c20 * d00 + c21 * d10) * d22
+        return torch.stack([d00, d10, d11, d20, d21, d22])
 
-    def reduced_rhs(self, vinv: Tensor) -> Tensor:
-        """b = g_c - W V^-1 g_p in the full layout."""
-        return self.g_cam - self.st.scatter_cam(mtv(self.wt, rows(mv(vinv, self.gp), self.st.obs_pt)))
+    def eliminate(self, dinv: Tensor) -> Tensor:
+        """U_a = C_p^-1 Jp_a^T [Jc_a | r_a] per observation (``dinv`` from :meth:`point_factor`),
+        (M+1, 3, m + 1) with a zero last row: the 3x2 factor E = C^-1 Jp^T component-major, then
+        one batched (3, 2) x (2, m + 1) product per observation."""
+        st, jp = self.st, self.lin.jac_pts_t  # (2, 3, M): [residual row, point coordinate]
+        d00, d10, d11, d20, d21, d22 = columns(dinv.T, st.obs_pt)  # (M,) each
+        e = jp.new_empty(st.num_obs, 3, 2)  # row-major E, written column by column
+        e[:, 0] = (jp[:, 0] * d00).T
+        e[:, 1] = (jp[:, 0] * d10).addcmul_(jp[:, 1], d11).T
+        e[:, 2] = (jp[:, 0] * d20).addcmul_(jp[:, 1], d21).addcmul_(jp[:, 2], d22).T
+        u_pad = padded((st.num_obs, 3, st.m + 1), e)
+        matmul(e, self.lin.jcr[:-1], out=u_pad[:-1])
+        return u_pad
 
-    def image_blocks(self, y_pad: Tensor) -> Tensor:
+    def reduced_rhs(self, u_pad: Tensor, dinv: Tensor) -> Tensor:
+        """b = g_c - W V^-1 g_p in the full layout: W_a V^-1 g_p = U_a[:, :m]^T (C^-1 g_p)."""
+        st = self.st
+        dg = _lower3_mv(dinv, self.gp.T)  # (3, P)
+        return self.g_cam - st.scatter_cam(mtv(u_pad[:-1, :, :st.m], rows(dg.T, st.obs_pt)))
+
+    def image_blocks(self, u_pad: Tensor) -> Tensor:
         """Per-image (I, m, m) diagonal blocks of H_cc - W V^-1 W^T from observations alone
         (exact for the image's own pose/intrinsics entries; pairs of different observations excluded)."""
         st = self.st
-        schur = torch.zeros(st.num_images, st.m + 1, st.m + 1, dtype=y_pad.dtype, device=y_pad.device)
-        add_rows(schur, st.diag_chunk_image, chunk_gram(y_pad, self.wt_pad, st.diag_idx, st.diag_idx, CHUNK))
+        schur = torch.zeros(st.num_images, st.m + 1, st.m + 1, dtype=u_pad.dtype, device=u_pad.device)
+        add_rows(schur, st.diag_chunk_image, chunk_gram(u_pad, u_pad, st.diag_idx, st.diag_idx, CHUNK))
         return self.h_img - schur[:, :st.m, :st.m]
 
-    def back_substitute(self, y_pad: Tensor, delta_cam: Tensor) -> Tensor:
-        """Point steps: delta_p = -V^-1 (g_p + W^T delta_c) = -sum over the point's observations of
-        V^-1 [W_a^T | Jp_a^T r_a] [delta_c; 1] (``y_pad`` from :meth:`eliminate`): one product per
-        observation and one sum per point."""
+    def back_substitute(self, u_pad: Tensor, dinv: Tensor, delta_cam: Tensor) -> Tensor:
+        """Point steps: delta_p = -V^-1 (g_p + W^T delta_c) = -C_p^-T sum over the point's
+        observations of U_a [delta_c; 1]: one product per observation, one sum and one 3x3
+        triangular product per point."""
         st = self.st
         dc1 = st.gather_cam(*st.split_full(delta_cam), append=1.0)
-        return add_rows(torch.zeros_like(self.gp), st.obs_pt, mv(y_pad[:-1], dc1)).neg_()
+        t = add_rows(torch.zeros_like(self.gp), st.obs_pt, mv(u_pad[:-1], dc1))  # (P, 3)
+        return _lower3_tmv(dinv, t.T).T.neg_()
 
     def model_cost_change(self, delta_cam: Tensor, delta_pts: Tensor, lam: float, exact: bool) -> float:
         """Decrease predicted by the linear model, -(g.d + d^T H d / 2).
@@ -721,19 +763,19 @@ def solve_dense(ne: NormalEquations, lam: float) -> tuple[Tensor, Tensor, int] |
     per-image ("ext") matrix is then folded onto the full layout, where images sharing a camera
     add into one intrinsics block.
 
-    The GEMMs run on the augmented rows V^-1 [W^T | Jp^T r] and [W^T | Jp^T r], so the last
-    column and row of each (m+1, m+1) pair block carry W_a V^-1 Jp_b^T r_b and W_b V^-1 Jp_a^T r_a:
-    summed per image they are W V^-1 g_p, the point term of the reduced right-hand side, with no
-    pass of its own over the observations.
+    The GEMMs run on the augmented rows U = C^-1 Jp^T [Jc | r] (:meth:`NormalEquations.eliminate`),
+    so the last column and row of each (m+1, m+1) pair block carry W_a V^-1 Jp_b^T r_b and
+    W_b V^-1 Jp_a^T r_a: summed per image they are W V^-1 g_p, the point term of the reduced
+    right-hand side, with no pass of its own over the observations.
     """
     st = ne.st
     n_img, m = st.num_images, st.m
-    vinv = ne.damped_point_inverse(lam)
-    y = ne.eliminate(vinv)
+    dinv = ne.point_factor(lam)
+    y = ne.eliminate(dinv)
     blocks = torch.zeros(n_img * n_img + n_img, m + 1, m + 1, dtype=y.dtype, device=y.device)
-    y_g, wt_g = (y.float(), ne.wt_pad.float()) if ne.schur_float32 else (y, ne.wt_pad)
+    y_g = y.float() if ne.schur_float32 else y
     for idx_a, idx_b, chunk_block, size in st.pair_chunks:
-        add_rows(blocks, chunk_block, chunk_gram(y_g, wt_g, idx_a, idx_b, size).to(y.dtype))
+        add_rows(blocks, chunk_block, chunk_gram(y_g, y_g, idx_a, idx_b, size).to(y.dtype))
     pair_g = blocks[:n_img * n_img, :m, m].view(n_img, n_img, m)  # to image a of block (a, b)
     pair_g_b = blocks[:n_img * n_img, m, :m].view(n_img, n_img, m)  # to image b
     rhs = st.fold_images(ne.g_img - pair_g.sum(1) - pair_g_b.sum(0) - blocks[n_img * n_img:, :m, m])
@@ -761,7 +803,7 @@ def solve_dense(ne: NormalEquations, lam: float) -> tuple[Tensor, Tensor, int] |
         return None
     delta = torch.cholesky_solve(-rhs.index_select(0, order)[:, None], chol, upper=True)[:, 0] * free
     delta_cam = torch.empty_like(delta).index_copy_(0, order, delta)
-    return delta_cam, ne.back_substitute(y, delta_cam), 0
+    return delta_cam, ne.back_substitute(y, dinv, delta_cam), 0
 
 
 def solve_pcg(ne: NormalEquations, lam: float, options: BAOptions) -> tuple[Tensor, Tensor, int] | None:
@@ -774,9 +816,10 @@ def solve_pcg(ne: NormalEquations, lam: float, options: BAOptions) -> tuple[Tens
     st = ne.st
     jc, jp = ne.lin.jac_cam, ne.lin.jac_pts
     vinv = ne.damped_point_inverse(lam)
-    y = ne.eliminate(vinv)
+    dinv = ne.point_factor(lam)
+    y = ne.eliminate(dinv)
     free = st.full_free
-    rhs = -ne.reduced_rhs(vinv) * free
+    rhs = -ne.reduced_rhs(y, dinv) * free
     damp = torch.where(free > 0, lam * ne.diag_cam, torch.ones_like(ne.diag_cam))
 
     def apply_s(xv: Tensor) -> Tensor:
@@ -825,7 +868,7 @@ def solve_pcg(ne: NormalEquations, lam: float, options: BAOptions) -> tuple[Tens
     if not bool(torch.isfinite(xk).all()):
         return None
     delta_cam = xk * free
-    return delta_cam, ne.back_substitute(y, delta_cam), iters
+    return delta_cam, ne.back_substitute(y, dinv, delta_cam), iters
 
 
 def _sync(device: torch.device) -> None:
