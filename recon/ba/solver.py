@@ -26,7 +26,9 @@ diagonal, so their update is exactly zero and they remain bit-identical.
 from __future__ import annotations
 
 import math
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -195,22 +197,76 @@ def chunk_groups_tail(items: Tensor, keys: Tensor, size: int, tail: int, pad: in
     return parts
 
 
+GRAM_PIECE = 128  # chunks per gather + GEMM piece of chunk_gram on CPU (gathered rows stay in cache)
+SPLIT_MIN_ROWS = 8192  # per-observation numpy products at least this long run on two threads
+_pool_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+
+
+def run_split(fn, n: int, step: int) -> None:
+    """Call ``fn(lo, hi)`` over [0, n) in pieces of at most ``step``; when torch may use 2+ threads
+    and there are 2+ pieces, the upper half runs concurrently on a pool thread.
+
+    For numpy work (gathers and batched GEMMs release the GIL, and numpy runs them on one core):
+    the second core of a 2-core CPU otherwise idles through them.
+    """
+    def walk(lo: int, hi: int) -> None:
+        for start in range(lo, hi, step):
+            fn(start, min(start + step, hi))
+
+    if torch.get_num_threads() < 2 or n <= step:
+        walk(0, n)
+        return
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(1, thread_name_prefix="recon-ba")
+    half = (n // step + 1) // 2 * step if n > 2 * step else n // 2
+    other = _pool.submit(walk, half, n)
+    walk(0, half)
+    other.result()
+
+
 def chunk_gram(a: Tensor, b: Tensor, idx_a: Tensor, idx_b: Tensor, size: int) -> Tensor:
     """Per chunk, sum over its rows i of ``a[idx_a[i]]^T @ b[idx_b[i]]``.
 
     a, b: (N+1, k, m) with row N zero (the padding target). Rows are stored (k, m) so a chunk's
     gathered rows are already one contiguous (size*k, m) matrix: no permute copy. -> (chunks, m, m).
+    On CPU the gather and GEMM run through numpy in pieces of :data:`GRAM_PIECE` chunks: the
+    gathered rows are multiplied while in cache instead of written out whole and read back (pair
+    grams of BAL 49-7776 and 21-11315: ~25% less CPU, interleaved A/B, 100 runs each), the two
+    halves of the pieces on two threads (:func:`run_split`); every piece is computed alone, so the
+    result does not depend on the split.
     """
-    k, m = a.shape[1], a.shape[2]
+    k, m, mb = a.shape[1], a.shape[2], b.shape[2]
     n = idx_a.numel() // size
-    ac = rows(a, idx_a).view(n, size * k, m)
-    bc = ac if a is b and idx_a is idx_b else rows(b, idx_b).view(n, size * k, b.shape[2])
-    return outer_sum(ac, bc)
+    same = a is b and idx_a is idx_b
+    if a.device.type != "cpu" or a.requires_grad or b.requires_grad:
+        ac = rows(a, idx_a).view(n, size * k, m)
+        return outer_sum(ac, ac if same else rows(b, idx_b).view(n, size * k, mb))
+    src_a, src_b = a.reshape(a.shape[0], -1).numpy(), b.reshape(b.shape[0], -1).numpy()
+    ia, ib = idx_a.numpy(), idx_b.numpy()
+    out = np.empty((n, m, mb), dtype=np.result_type(src_a, src_b))
+
+    def piece(lo: int, hi: int) -> None:
+        ac = np.take(src_a, ia[lo * size:hi * size], axis=0).reshape(hi - lo, size * k, m)
+        bc = ac if same else np.take(src_b, ib[lo * size:hi * size], axis=0).reshape(hi - lo, size * k, mb)
+        np.matmul(ac.transpose(0, 2, 1), bc, out=out[lo:hi])
+
+    run_split(piece, n, GRAM_PIECE)
+    return torch.from_numpy(out)
 
 
 def rows(t: Tensor, idx: Tensor) -> Tensor:
-    """t[idx] along dim 0 through a 2-D view (CPU index_select on 3-D tensors is ~8x slower)."""
-    return t.reshape(t.shape[0], -1).index_select(0, idx).view(idx.shape[0], *t.shape[1:])
+    """t[idx] along dim 0 through a 2-D view (CPU index_select on 3-D tensors is ~8x slower).
+
+    On CPU through numpy's ``take``: 3-8x less CPU than torch's index_select with 2 threads
+    (BAL 21-11315, 93k pair rows of (3, 9): 1.4-2.1 vs 5.6-6.3 ms, unsorted indices).
+    """
+    src = t.reshape(t.shape[0], -1)
+    if src.device.type == "cpu" and not src.requires_grad:
+        return torch.from_numpy(np.take(src.numpy(), idx.numpy(), axis=0)).view(idx.shape[0], *t.shape[1:])
+    return src.index_select(0, idx).view(idx.shape[0], *t.shape[1:])
 
 
 def add_rows(out: Tensor, idx: Tensor, src: Tensor) -> Tensor:
@@ -227,10 +283,18 @@ def matmul(a: Tensor, b: Tensor, out: Tensor | None = None) -> Tensor:
     broadcast-and-sum on the 2-core AMD EPYC machine this was tuned on (BAL 49-7776: 1.5 vs
     2.1-3.5 ms per 32k products; 3.2 vs 9-10 ms for the pair grams). Elsewhere torch.matmul.
     ``out`` (optional) receives the result in place (e.g. the first rows of a zero-padded buffer).
+    Stacks of at least :data:`SPLIT_MIN_ROWS` products are split in two halves run concurrently
+    (:func:`run_split`).
     """
     if a.device.type == "cpu" and not (a.requires_grad or b.requires_grad):
-        result = np.matmul(a.numpy(), b.numpy(), out=None if out is None else out.numpy())
-        return out if out is not None else torch.from_numpy(result)
+        an, bn = a.numpy(), b.numpy()
+        n = an.shape[0]
+        if an.ndim != 3 or bn.ndim != 3 or bn.shape[0] != n or n < SPLIT_MIN_ROWS:
+            result = np.matmul(an, bn, out=None if out is None else out.numpy())
+            return out if out is not None else torch.from_numpy(result)
+        on = np.empty((n, an.shape[1], bn.shape[2]), np.result_type(an, bn)) if out is None else out.numpy()
+        run_split(lambda lo, hi: np.matmul(an[lo:hi], bn[lo:hi], out=on[lo:hi]), n, (n + 1) // 2)
+        return out if out is not None else torch.from_numpy(on)
     return torch.matmul(a, b, out=out)
 
 
@@ -280,10 +344,12 @@ class Structure:
         self.obs_img = problem.obs_image.index_select(0, order)
         self.obs_pt = problem.obs_point.index_select(0, order)
         self.obs_xy = problem.obs_xy.index_select(0, order)
+        self.obs_xy_t = self.obs_xy.T.contiguous()  # (2, M), for the component-major residuals
         self.image_camera = problem.image_camera
         self.obs_cam = problem.image_camera.index_select(0, self.obs_img)
         free_intr = ~problem.camera_constant
         self.kcols = free_intr.any(0).nonzero()[:, 0]  # intrinsics columns free somewhere
+        self.kcols_list = self.kcols.tolist()
         self.ke = int(self.kcols.numel())
         self.m = 6 + self.ke
         self.pose_free = (~problem.pose_constant).to(torch.float64)  # (I, 6)
@@ -292,6 +358,8 @@ class Structure:
         # Component-major (m, M), as the Jacobians are computed.
         self.obs_free_t = torch.cat([self.pose_free, self.intr_free.index_select(0, self.image_camera)], -1).index_select(0, self.obs_img).T.contiguous()
         self.obs_point_free = self.point_free.index_select(0, self.obs_pt)  # (M,)
+        self.cams_all_free = bool((self.obs_free_t > 0).all())
+        self.points_all_free = bool((self.point_free > 0).all())
         self.full_free = torch.cat([self.pose_free.reshape(-1), self.intr_free.reshape(-1)])
         self.n_full = self.full_free.numel()
         self.all_free = bool((self.full_free > 0).all())
@@ -336,9 +404,13 @@ class Structure:
         small = self.num_images * self.m <= options.dense_max_size
         return "dense" if small and self.pair_entries <= options.dense_max_pair_entries else "pcg"
 
-    def gather_cam(self, pose: Tensor, intr: Tensor) -> Tensor:
-        """Full-layout camera-side vectors (I, 6) + (C, Ke) -> per-observation (M, m)."""
-        return rows(torch.cat([pose, intr.index_select(0, self.image_camera)], -1), self.obs_img)
+    def gather_cam(self, pose: Tensor, intr: Tensor, append: float | None = None) -> Tensor:
+        """Full-layout camera-side vectors (I, 6) + (C, Ke) -> per-observation (M, m), or
+        (M, m + 1) with the constant ``append`` as last column."""
+        parts = [pose, intr.index_select(0, self.image_camera)]
+        if append is not None:
+            parts.append(pose.new_full((self.num_images, 1), append))
+        return rows(torch.cat(parts, -1), self.obs_img)
 
     def scatter_cam(self, per_obs: Tensor) -> Tensor:
         """Per-observation (M, m) -> summed full-layout vector (6 I + Ke C,)."""
@@ -381,12 +453,21 @@ class State:
 
 @dataclass
 class Linearization:
-    """Robust-corrected residuals (M, 2) and Jacobians: camera side (M, 2, m), point (M, 2, 3)."""
+    """Robust-corrected residuals (M, 2) and Jacobians: camera side (M, 2, m), point (M, 2, 3).
+
+    With Jacobians, ``jcr`` (M+1, 2, m+1) holds [J_cam | r] row-major with a zero last row (the
+    padding target of the chunked grams); ``residuals`` and ``jac_cam`` are views into it.
+    ``jac_pts_t`` (2, 3, M) and ``residuals_t`` (2, M) are the component-major twins used by the
+    per-point sums.
+    """
 
     cost: float
     residuals: Tensor
     jac_cam: Tensor | None = None
     jac_pts: Tensor | None = None
+    jcr: Tensor | None = None
+    jac_pts_t: Tensor | None = None
+    residuals_t: Tensor | None = None
 
 
 def columns(t: Tensor, idx: Tensor) -> Tensor:
@@ -402,28 +483,52 @@ def columns(t: Tensor, idx: Tensor) -> Tensor:
     return src.index_select(1, idx)
 
 
+def _mat3_apply(mat: Tensor, vec: Tensor) -> Tensor:
+    """Component-major products: mat (r, 3, M), vec (..., 3, M) -> (..., r, M), sum_j mat[:, j] vec[..., j]
+    as three fused multiply-adds over length-M vectors (no (r, 3, M) broadcast temporary)."""
+    out = torch.mul(mat[:, 0], vec[..., 0:1, :])
+    return out.addcmul_(mat[:, 1], vec[..., 1:2, :]).addcmul_(mat[:, 2], vec[..., 2:3, :])
+
+
 def _camera_frame(st: Structure, x: State) -> tuple[Tensor, Tensor, Tensor]:
     """Component-major rotations (3, 3, M), rotated points R X (3, M), camera-frame points R X + t (3, M)."""
     rot = columns(x.rotations, st.obs_img).view(3, 3, st.num_obs)
-    rx = (rot * columns(x.points, st.obs_pt)[None]).sum(1)
+    rx = _mat3_apply(rot, columns(x.points, st.obs_pt))
     return rot, rx, rx + columns(x.translations, st.obs_img)
 
 
-def _analytic_jacobians(st: Structure, x: State):
-    """Projections and analytic Jacobians of every observation, one batched call per camera model.
-
-    Computed component-major; returned as (M, ...) views: xy (M, 2), p_cam (M, 3),
-    J_cam (M, 2, m), J_pts (M, 2, 3) (not contiguous).
+def _analytic_jacobians_t(st: Structure, x: State) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Projections and analytic Jacobians of every observation, one batched call per camera model,
+    component-major: xy (2, M), p_cam (3, M), J_cam (2, m + 1, M) whose row m is left for the
+    residual (see :func:`evaluate`), J_pts (2, 3, M). Each Jacobian row is written once, in place.
     """
     rot, rx, pc = _camera_frame(st, x)
     xy, j_pc, j_par = project_groups_t(st.groups, columns(x.camera_params, st.obs_cam), pc)
+    m = st.m
+    j_cam = pc.new_empty(2, m + 1, st.num_obs)
     # Left perturbation: d(Exp(w) R X)/dw = -[R X]_x, so row j of J_rot is cross(R X, J_pc[j]).
     q0, q1, q2 = rx.unbind(0)
     j0, j1, j2 = j_pc.unbind(1)  # (2, M) each
-    j_rot = torch.stack([q1 * j2 - q2 * j1, q2 * j0 - q0 * j2, q0 * j1 - q1 * j0], 1)
-    j_cam = torch.cat([j_rot, j_pc, j_par.index_select(1, st.kcols)], 1)  # (2, m, M)
-    j_pts = (j_pc[:, :, None] * rot[None]).sum(1)  # J_pc @ R, (2, 3, M)
-    return xy.T, pc.T, j_cam.permute(2, 0, 1), j_pts.permute(2, 0, 1)
+    torch.mul(q1, j2, out=j_cam[:, 0]).sub_(q2 * j1)
+    torch.mul(q2, j0, out=j_cam[:, 1]).sub_(q0 * j2)
+    torch.mul(q0, j1, out=j_cam[:, 2]).sub_(q1 * j0)
+    j_cam[:, 3:6] = j_pc
+    for i, col in enumerate(st.kcols_list):  # the free intrinsics columns (a few), not observations
+        j_cam[:, 6 + i] = j_par[:, col]
+    return xy, pc, j_cam, _jpc_times_rot(j_pc, rot)
+
+
+def _jpc_times_rot(j_pc: Tensor, rot: Tensor) -> Tensor:
+    """J_pc @ R component-major: j_pc (2, 3, M), rot (3, 3, M) -> (2, 3, M)."""
+    out = torch.mul(j_pc[:, 0:1], rot[0])
+    return out.addcmul_(j_pc[:, 1:2], rot[1]).addcmul_(j_pc[:, 2:3], rot[2])
+
+
+def _analytic_jacobians(st: Structure, x: State):
+    """:func:`_analytic_jacobians_t` as (M, ...) views: xy (M, 2), p_cam (M, 3), J_cam (M, 2, m),
+    J_pts (M, 2, 3) (not contiguous)."""
+    xy, pc, j_cam, j_pts = _analytic_jacobians_t(st, x)
+    return xy.T, pc.T, j_cam[:, :st.m].permute(2, 0, 1), j_pts.permute(2, 0, 1)
 
 
 def _autodiff_jacobians(st: Structure, x: State):
@@ -455,37 +560,68 @@ def _autodiff_jacobians(st: Structure, x: State):
 
 
 def evaluate(st: Structure, x: State, options: BAOptions, with_jac: bool) -> Linearization:
-    """Cost, and with ``with_jac`` the robust-corrected residuals and masked Jacobians."""
+    """Cost, and with ``with_jac`` the robust-corrected residuals and masked Jacobians.
+
+    Works component-major (contiguous length-M rows): the camera Jacobian is scaled and masked in
+    place and then laid out row-major, with the residual as its last column, in one transposing
+    copy straight into the padded [J_cam | r] buffer of the normal equations.
+    """
+    m = st.m
     if with_jac:
-        jac_fn = _analytic_jacobians if options.jacobian == "analytic" else _autodiff_jacobians
-        xy, pc, j_cam, j_pts = jac_fn(st, x)
+        if options.jacobian == "analytic":
+            xy, pc, j_cam, j_pts = _analytic_jacobians_t(st, x)
+        else:
+            xy, pc, j_cam_rm, j_pts_rm = _autodiff_jacobians(st, x)
+            xy, pc, j_pts = xy.T, pc.T, j_pts_rm.permute(1, 2, 0)
+            j_cam = j_cam_rm.new_empty(2, m + 1, st.num_obs)
+            j_cam[:, :m] = j_cam_rm.permute(1, 2, 0)
     else:
         pc = _camera_frame(st, x)[2]
-        xy = project_groups_t(st.groups, columns(x.camera_params, st.obs_cam), pc, with_jac=False).T
-        pc = pc.T
-    valid = pc[:, 2] >= MIN_DEPTH  # COLMAP: points with depth < eps get a zero residual
-    r = torch.where(valid[:, None], xy - st.obs_xy, torch.zeros_like(xy))
-    rho, rho1 = losses.evaluate(options.loss, options.loss_scale, (r * r).sum(-1))
+        xy = project_groups_t(st.groups, columns(x.camera_params, st.obs_cam), pc, with_jac=False)
+    valid = pc[2] >= MIN_DEPTH  # COLMAP: points with depth < eps get a zero residual
+    r = torch.where(valid, xy - st.obs_xy_t, torch.zeros_like(xy))  # (2, M)
+    rho, rho1 = losses.evaluate(options.loss, options.loss_scale, (r * r).sum(0))
     cost = 0.5 * float(rho.sum())
     if not with_jac:
-        return Linearization(cost, r)
-    scale = torch.sqrt(rho1) * valid
-    r = r * scale[:, None]
-    # Scale and mask the camera Jacobian component-major (contiguous length-M products), then lay it out
-    # row-major (contiguous (M, 2, m)) for the normal equations in one transposing copy: 2x less CPU
-    # than one product with a row-major output (BAL 21-11315: 0.83 vs 1.3 ms).
-    j_cam = (j_cam.permute(1, 2, 0) * (scale * st.obs_free_t)).permute(2, 0, 1).contiguous()
-    j_pts = torch.mul(j_pts, (scale * st.obs_point_free)[:, None, None], out=j_pts.new_empty(j_pts.shape))
+        return Linearization(cost, r.T)
+    # With the trivial loss rho' = 1, so the robust scale is just the in-front mask, which the
+    # index_fill below applies; the free-column masks only matter when something is constant.
+    # (Skipping these multiplications by exactly 1 leaves every value bit-identical.)
+    robust = options.loss != "trivial"
+    scale = torch.sqrt(rho1) * valid if robust else None
+    if robust:
+        r = r * scale  # (2, M), its own tensor so the (2, m+1, M) buffer is freed on return
+    j_cam[:, m] = r
+    if robust or not st.cams_all_free:
+        j_cam[:, :m] *= st.obs_free_t if scale is None else scale * st.obs_free_t
+    if robust or not st.points_all_free:
+        j_pts *= st.obs_point_free if scale is None else scale * st.obs_point_free
+    jcr = padded((st.num_obs, 2, m + 1), j_cam)
+    jcr[:-1].copy_(j_cam.permute(2, 0, 1))
     behind = (~valid).nonzero()[:, 0]  # at depth 0 the projection's Jacobian is inf/NaN, and NaN * 0 is NaN
-    j_cam.index_fill_(0, behind, 0.0)
-    j_pts.index_fill_(0, behind, 0.0)
-    return Linearization(cost, r, j_cam, j_pts)
+    jcr.index_fill_(0, behind, 0.0)
+    j_pts.index_fill_(2, behind, 0.0)
+    return Linearization(cost, jcr[:-1, :, m], jcr[:-1, :, :m], j_pts.permute(2, 0, 1).contiguous(), jcr, j_pts, r)
 
 
-def _sym3_inverse(a: Tensor) -> Tensor:
-    """Closed-form inverse of (N, 3, 3) symmetric positive definite matrices."""
-    a00, a01, a02 = a[:, 0, 0], a[:, 0, 1], a[:, 0, 2]
-    a11, a12, a22 = a[:, 1, 1], a[:, 1, 2], a[:, 2, 2]
+def _lower3_mv(d: Tensor, x: Tensor) -> Tensor:
+    """D x for lower-triangular 3x3 D given component-major as (6, N) [d00, d10, d11, d20, d21, d22],
+    x (3, N) -> (3, N)."""
+    d00, d10, d11, d20, d21, d22 = d
+    return torch.stack([d00 * x[0], (d10 * x[0]).addcmul_(d11, x[1]),
+                        (d20 * x[0]).addcmul_(d21, x[1]).addcmul_(d22, x[2])])
+
+
+def _lower3_tmv(d: Tensor, x: Tensor) -> Tensor:
+    """D^T x for the lower-triangular D of :func:`_lower3_mv`: x (3, N) -> (3, N)."""
+    d00, d10, d11, d20, d21, d22 = d
+    return torch.stack([(d00 * x[0]).addcmul_(d10, x[1]).addcmul_(d20, x[2]),
+                        (d11 * x[1]).addcmul_(d21, x[2]), d22 * x[2]])
+
+
+def _sym3_inverse(a00: Tensor, a01: Tensor, a02: Tensor, a11: Tensor, a12: Tensor, a22: Tensor) -> Tensor:
+    """Closed-form inverse of N symmetric positive definite 3x3 matrices given by their six
+    distinct entries (each (N,), contiguous rows of a component-major layout) -> (N, 3, 3)."""
     c00 = a11 * a22 - a12 * a12
     c01 = a02 * a12 - a01 * a22
     c02 = a01 * a12 - a02 * a11
@@ -493,81 +629,115 @@ def _sym3_inverse(a: Tensor) -> Tensor:
     c12 = a01 * a02 - a00 * a12
     c22 = a00 * a11 - a01 * a01
     inv_det = 1.0 / (a00 * c00 + a01 * c01 + a02 * c02)
-    return torch.stack([torch.stack([c00, c01, c02], -1), torch.stack([c01, c11, c12], -1),
-                        torch.stack([c02, c12, c22], -1)], -2) * inv_det[:, None, None]
+    inv = torch.stack([c00, c01, c02, c01, c11, c12, c02, c12, c22], -1).mul_(inv_det[:, None])
+    return inv.view(-1, 3, 3)
 
 
 class NormalEquations:
     """J^T J and J^T r in block form, built once per linearization and reused across LM retries.
 
-    Kept per observation: W_a^T = Jp_a^T Jc_a (M, 3, m); per image: the (m, m) blocks of
-    Jc^T Jc; per point: V_p = sum Jp^T Jp (P, 3, 3) and g_p (P, 3); in the full layout: the
-    camera gradient and diag(J^T J) for damping.
+    Kept per observation: the robust-corrected [J_cam | r] and J_pts (from the linearization);
+    per image: the (m, m) blocks of Jc^T Jc; per point: V_p = sum Jp^T Jp (component-major (9, P))
+    and g_p (P, 3); in the full layout: the camera gradient and diag(J^T J) for damping.
+
+    The elimination works with the Cholesky factor of the damped point blocks, V_p = C_p C_p^T:
+    U_a = C_p^-1 Jp_a^T [Jc_a | r_a] (3, m + 1) per observation gives every Schur block as
+    W_a V^-1 W_b^T = U_a[:, :m]^T U_b[:, :m] from one array (no separate W^T), and the extra
+    column carries the reduced right-hand side through the same GEMMs.
     """
 
     def __init__(self, st: Structure, lin: Linearization, options: BAOptions):
         self.st, self.lin = st, lin
         self.schur_float32 = options.schur_float32
-        jc, jp, r = lin.jac_cam, lin.jac_pts, lin.residuals
+        jcr, r = lin.jcr, lin.residuals
         m = st.m
-        self.wt_pad = padded((st.num_obs, 3, m), jc)
-        self.wt = outer_sum(jp, jc, out=self.wt_pad[:-1])  # W_a^T = Jp^T Jc (M, 3, m), zero row after
         # Camera side: one per-image gram of [Jc | r] holds the image blocks of Jc^T Jc and Jc^T r.
-        jcr = padded((st.num_obs, 2, m + 1), jc)
-        jcr[:-1, :, :m] = jc
-        jcr[:-1, :, m] = r
         gram = torch.zeros(st.num_images, m + 1, m + 1, dtype=r.dtype, device=r.device)
         add_rows(gram, st.diag_chunk_image, chunk_gram(jcr, jcr, st.diag_idx, st.diag_idx, CHUNK))
-        self.h_img = gram[:, :m, :m]
-        self.g_cam = st.fold_images(gram[:, :m, m])
+        self.h_img, self.g_img = gram[:, :m, :m], gram[:, :m, m]
+        self.g_cam = st.fold_images(self.g_img)
         self.diag_cam = st.fold_images(torch.diagonal(self.h_img, dim1=1, dim2=2)).clamp(
             options.min_lm_diagonal, options.max_lm_diagonal)
         # Point side, component-major: [Jp^T Jp | Jp^T r] of every observation as 12 length-M rows
         # (rank-2 sums of products), summed per point with one index_add along the observation axis
         # (21-11315: 1.3 ms instead of 3.3 ms for per-observation 3x4 products scattered row-wise).
-        a, b = jp[:, 0, :].T, jp[:, 1, :].T  # (3, M) each
+        a, b = lin.jac_pts_t.unbind(0)  # (3, M) each
+        r0, r1 = lin.residuals_t.unbind(0)
         prods = torch.empty(12, st.num_obs, dtype=r.dtype, device=r.device)
         jtj = prods[:9].view(3, 3, st.num_obs)
         torch.mul(a[:, None], a[None], out=jtj).addcmul_(b[:, None], b[None])
-        torch.mul(a, r[:, 0], out=prods[9:]).addcmul_(b, r[:, 1])
+        torch.mul(a, r0, out=prods[9:]).addcmul_(b, r1)
         vg = torch.zeros(12, st.num_points, dtype=r.dtype, device=r.device).index_add_(1, st.obs_pt, prods)
-        # Constant points: unit block so the elimination is well defined and their step is zero.
-        eye = torch.eye(3, dtype=r.dtype, device=r.device)
-        self.v = vg[:9].view(3, 3, st.num_points).permute(2, 0, 1) + (1.0 - st.point_free)[:, None, None] * eye
+        # V stays component-major (9, P): rows 0, 4, 8 are its diagonal. Constant points get a
+        # unit block so the elimination is well defined and their step is zero.
+        self.v_t = vg[:9]
+        if not st.points_all_free:
+            self.v_t[0::4] += 1.0 - st.point_free
         self.gp = vg[9:].T.contiguous()
-        self.diag_pts = torch.diagonal(self.v, dim1=1, dim2=2).clamp(options.min_lm_diagonal, options.max_lm_diagonal)
+        self.diag_pts_t = self.v_t[0::4].clamp(options.min_lm_diagonal, options.max_lm_diagonal)  # (3, P)
+        self.diag_pts = self.diag_pts_t.T  # (P, 3)
 
     def gradient_max_norm(self) -> float:
         return max(float(self.g_cam.abs().max()), float(self.gp.abs().max()))
 
     def damped_point_inverse(self, lam: float) -> Tensor:
-        return _sym3_inverse(self.v + torch.diag_embed(lam * self.diag_pts))
+        """(V_p + lam diag(V_p))^-1, (P, 3, 3), from the component-major V."""
+        v, d = self.v_t, self.diag_pts_t
+        return _sym3_inverse(torch.add(v[0], d[0], alpha=lam), v[1], v[2], torch.add(v[4], d[1], alpha=lam), v[5],
+                             torch.add(v[8], d[2], alpha=lam))
 
-    def eliminate(self, vinv: Tensor) -> Tensor:
-        """Y_a^T = V_p^-1 W_a^T per observation, (M+1, 3, m) with a zero last row (V^-1 is symmetric)."""
-        y_pad = padded(self.wt.shape, self.wt)
-        outer_sum(rows(vinv, self.st.obs_pt), self.wt, out=y_pad[:-1])
-        return y_pad
+    def point_factor(self, lam: float) -> Tensor:
+        """C_p^-1 for the damped point blocks V_p + lam diag(V_p) = C_p C_p^T (C lower triangular),
+        closed form, component-major: (6, P) rows [d00, d10, d11, d20, d21, d22] of the lower
+        triangular inverse D = C^-1."""
+        v, d = self.v_t, self.diag_pts_t
+        c00 = torch.add(v[0], d[0], alpha=lam).sqrt_()
+        c10, c20 = v[3] / c00, v[6] / c00
+        c11 = torch.add(v[4], d[1], alpha=lam).sub_(c10 * c10).sqrt_()
+        c21 = (v[7] - c20 * c10).div_(c11)
+        c22 = torch.add(v[8], d[2], alpha=lam).sub_(c20 * c20).sub_(c21 * c21).sqrt_()
+        d00, d11, d22 = c00.reciprocal_(), c11.reciprocal_(), c22.reciprocal_()
+        d10 = -(c10 * d00 * d11)
+        d21 = -(c21 * d11 * d22)
+        d20 = -(c20 * d00 + c21 * d10) * d22
+        return torch.stack([d00, d10, d11, d20, d21, d22])
 
-    def reduced_rhs(self, vinv: Tensor) -> Tensor:
-        """b = g_c - W V^-1 g_p in the full layout."""
-        return self.g_cam - self.st.scatter_cam(mtv(self.wt, rows(mv(vinv, self.gp), self.st.obs_pt)))
+    def eliminate(self, dinv: Tensor) -> Tensor:
+        """U_a = C_p^-1 Jp_a^T [Jc_a | r_a] per observation (``dinv`` from :meth:`point_factor`),
+        (M+1, 3, m + 1) with a zero last row: the 3x2 factor E = C^-1 Jp^T component-major, then
+        one batched (3, 2) x (2, m + 1) product per observation."""
+        st, jp = self.st, self.lin.jac_pts_t  # (2, 3, M): [residual row, point coordinate]
+        d00, d10, d11, d20, d21, d22 = columns(dinv.T, st.obs_pt)  # (M,) each
+        e = jp.new_empty(st.num_obs, 3, 2)  # row-major E, written column by column
+        e[:, 0] = (jp[:, 0] * d00).T
+        e[:, 1] = (jp[:, 0] * d10).addcmul_(jp[:, 1], d11).T
+        e[:, 2] = (jp[:, 0] * d20).addcmul_(jp[:, 1], d21).addcmul_(jp[:, 2], d22).T
+        u_pad = padded((st.num_obs, 3, st.m + 1), e)
+        matmul(e, self.lin.jcr[:-1], out=u_pad[:-1])
+        return u_pad
 
-    def image_blocks(self, y_pad: Tensor) -> Tensor:
+    def reduced_rhs(self, u_pad: Tensor, dinv: Tensor) -> Tensor:
+        """b = g_c - W V^-1 g_p in the full layout: W_a V^-1 g_p = U_a[:, :m]^T (C^-1 g_p)."""
+        st = self.st
+        dg = _lower3_mv(dinv, self.gp.T)  # (3, P)
+        return self.g_cam - st.scatter_cam(mtv(u_pad[:-1, :, :st.m], rows(dg.T, st.obs_pt)))
+
+    def image_blocks(self, u_pad: Tensor) -> Tensor:
         """Per-image (I, m, m) diagonal blocks of H_cc - W V^-1 W^T from observations alone
         (exact for the image's own pose/intrinsics entries; pairs of different observations excluded)."""
         st = self.st
-        schur = add_rows(
-            torch.zeros_like(self.h_img), st.diag_chunk_image, chunk_gram(y_pad, self.wt_pad, st.diag_idx, st.diag_idx, CHUNK))
-        return self.h_img - schur
+        schur = torch.zeros(st.num_images, st.m + 1, st.m + 1, dtype=u_pad.dtype, device=u_pad.device)
+        add_rows(schur, st.diag_chunk_image, chunk_gram(u_pad, u_pad, st.diag_idx, st.diag_idx, CHUNK))
+        return self.h_img - schur[:, :st.m, :st.m]
 
-    def back_substitute(self, vinv: Tensor, delta_cam: Tensor) -> Tensor:
-        """Point steps: delta_p = -V^-1 (g_p + W^T delta_c)."""
+    def back_substitute(self, u_pad: Tensor, dinv: Tensor, delta_cam: Tensor) -> Tensor:
+        """Point steps: delta_p = -V^-1 (g_p + W^T delta_c) = -C_p^-T sum over the point's
+        observations of U_a [delta_c; 1]: one product per observation, one sum and one 3x3
+        triangular product per point."""
         st = self.st
-        dc = st.gather_cam(*st.split_full(delta_cam))
-        t = torch.zeros_like(self.gp)
-        add_rows(t, st.obs_pt, mv(self.wt, dc))
-        return -mv(vinv, self.gp + t)
+        dc1 = st.gather_cam(*st.split_full(delta_cam), append=1.0)
+        t = add_rows(torch.zeros_like(self.gp), st.obs_pt, mv(u_pad[:-1], dc1))  # (P, 3)
+        return _lower3_tmv(dinv, t.T).T.neg_()
 
     def model_cost_change(self, delta_cam: Tensor, delta_pts: Tensor, lam: float, exact: bool) -> float:
         """Decrease predicted by the linear model, -(g.d + d^T H d / 2).
@@ -592,23 +762,30 @@ def solve_dense(ne: NormalEquations, lam: float) -> tuple[Tensor, Tensor, int] |
     pairs of observations of a common point (-Y_a W_b^T), both as chunked batched GEMMs; the
     per-image ("ext") matrix is then folded onto the full layout, where images sharing a camera
     add into one intrinsics block.
+
+    The GEMMs run on the augmented rows U = C^-1 Jp^T [Jc | r] (:meth:`NormalEquations.eliminate`),
+    so the last column and row of each (m+1, m+1) pair block carry W_a V^-1 Jp_b^T r_b and
+    W_b V^-1 Jp_a^T r_a: summed per image they are W V^-1 g_p, the point term of the reduced
+    right-hand side, with no pass of its own over the observations.
     """
     st = ne.st
     n_img, m = st.num_images, st.m
-    vinv = ne.damped_point_inverse(lam)
-    y = ne.eliminate(vinv)
-    rhs = ne.reduced_rhs(vinv)
-    blocks = torch.zeros(n_img * n_img + n_img, m, m, dtype=y.dtype, device=y.device)
-    y_g, wt_g = (y.float(), ne.wt_pad.float()) if ne.schur_float32 else (y, ne.wt_pad)
+    dinv = ne.point_factor(lam)
+    y = ne.eliminate(dinv)
+    blocks = torch.zeros(n_img * n_img + n_img, m + 1, m + 1, dtype=y.dtype, device=y.device)
+    y_g = y.float() if ne.schur_float32 else y
     for idx_a, idx_b, chunk_block, size in st.pair_chunks:
-        add_rows(blocks, chunk_block, chunk_gram(y_g, wt_g, idx_a, idx_b, size).to(y.dtype))
+        add_rows(blocks, chunk_block, chunk_gram(y_g, y_g, idx_a, idx_b, size).to(y.dtype))
+    pair_g = blocks[:n_img * n_img, :m, m].view(n_img, n_img, m)  # to image a of block (a, b)
+    pair_g_b = blocks[:n_img * n_img, m, :m].view(n_img, n_img, m)  # to image b
+    rhs = st.fold_images(ne.g_img - pair_g.sum(1) - pair_g_b.sum(0) - blocks[n_img * n_img:, :m, m])
     # Only the upper triangle is formed (Cholesky reads no more): block (i, j), i < j, is -off[i, j],
     # written straight into the ext layout; the diagonal blocks get their mirror term and H_cc.
-    off = blocks[:n_img * n_img].view(n_img, n_img, m, m)
+    off = blocks[:n_img * n_img, :m, :m].view(n_img, n_img, m, m)
     s_ext = torch.empty(n_img * m, n_img * m, dtype=y.dtype, device=y.device)
     torch.neg(off.permute(0, 2, 1, 3), out=s_ext.view(n_img, m, n_img, m))
     diag = s_ext.view(n_img, m, n_img, m).diagonal(dim1=0, dim2=2)  # (m, m, I) view
-    diag += (ne.h_img - blocks[n_img * n_img:]).permute(1, 2, 0) - off.diagonal(dim1=0, dim2=1).transpose(0, 1)
+    diag += (ne.h_img - blocks[n_img * n_img:, :m, :m]).permute(1, 2, 0) - off.diagonal(dim1=0, dim2=1).transpose(0, 1)
     if st.ext_is_full:  # one camera per image: the ext layout is a permutation of the full one
         s, order = s_ext, st.ext_to_full
     else:  # fold the symmetric ext matrix: images sharing a camera add into its intrinsics block
@@ -626,7 +803,7 @@ def solve_dense(ne: NormalEquations, lam: float) -> tuple[Tensor, Tensor, int] |
         return None
     delta = torch.cholesky_solve(-rhs.index_select(0, order)[:, None], chol, upper=True)[:, 0] * free
     delta_cam = torch.empty_like(delta).index_copy_(0, order, delta)
-    return delta_cam, ne.back_substitute(vinv, delta_cam), 0
+    return delta_cam, ne.back_substitute(y, dinv, delta_cam), 0
 
 
 def solve_pcg(ne: NormalEquations, lam: float, options: BAOptions) -> tuple[Tensor, Tensor, int] | None:
@@ -639,9 +816,10 @@ def solve_pcg(ne: NormalEquations, lam: float, options: BAOptions) -> tuple[Tens
     st = ne.st
     jc, jp = ne.lin.jac_cam, ne.lin.jac_pts
     vinv = ne.damped_point_inverse(lam)
-    y = ne.eliminate(vinv)
+    dinv = ne.point_factor(lam)
+    y = ne.eliminate(dinv)
     free = st.full_free
-    rhs = -ne.reduced_rhs(vinv) * free
+    rhs = -ne.reduced_rhs(y, dinv) * free
     damp = torch.where(free > 0, lam * ne.diag_cam, torch.ones_like(ne.diag_cam))
 
     def apply_s(xv: Tensor) -> Tensor:
@@ -690,7 +868,7 @@ def solve_pcg(ne: NormalEquations, lam: float, options: BAOptions) -> tuple[Tens
     if not bool(torch.isfinite(xk).all()):
         return None
     delta_cam = xk * free
-    return delta_cam, ne.back_substitute(vinv, delta_cam), iters
+    return delta_cam, ne.back_substitute(y, dinv, delta_cam), iters
 
 
 def _sync(device: torch.device) -> None:
@@ -762,6 +940,7 @@ def _solve(problem: Problem, options: BAOptions) -> tuple[Problem, Summary]:
                 radius = min(radius / max(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3), options.max_trust_region_radius)
                 decrease_factor = 2.0
                 x, lin = candidate, cand_lin
+                ne = None  # free the previous normal equations (and linearization) first: a lower peak
                 ne = NormalEquations(st, lin, options)
                 cost = lin.cost
                 accepted = True
