@@ -23,7 +23,8 @@ read, and its sparse pairs (one connectivity check per removed pair) and matches
 pairs compared) are quadratic: 1,000 or 3,000 images are out of reach.
 
 Every mapper runs in its own process on a copy, so its peak resident memory (``ru_maxrss``,
-read before scoring) is its own. Prints registration, AUC@1/5/10 and median camera-centre error
+read before scoring) is its own, and so are its CPU seconds (printed with the load average at its end:
+on a shared machine wall times are only comparable at similar loads). Prints registration, AUC@1/5/10 and median camera-centre error
 against the exact ground truth, wall time, peak memory, and the time ratio against COLMAP's
 global mapper. Run from the repository root:
 
@@ -57,7 +58,7 @@ MIN_PAIR_POINTS = 30  # a pair needs this many common points to be matched
 MAX_EPIPOLAR_ERROR = 4.0  # px, Sampson: COLMAP's TwoViewGeometryOptions RANSAC max_error
 
 CHILD = """
-import json, resource, sys, time
+import json, os, resource, sys, time
 from pathlib import Path
 import pycolmap
 sys.path[:0] = [{root!r}, {root!r} + "/benchmarks"]
@@ -66,10 +67,10 @@ from scenes import score
 pycolmap.logging.minloglevel = 2
 work = Path({work!r})
 model, seconds = run_mapper({mapper!r}, work / "database.db", work, work / "run_{mapper}", 0)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before scoring's all-pairs arrays
+usage = resource.getrusage(resource.RUSAGE_SELF)  # before scoring's all-pairs arrays
+load = os.getloadavg()[1]  # the machine's load over the last 5 minutes
 result = score(model, work / "gt")
-result["time"] = seconds
-result["peak_rss_mb"] = peak
+result.update(time=seconds, peak_rss_mb=usage.ru_maxrss / 1024, cpu_s=usage.ru_utime + usage.ru_stime, load=load)
 print("RESULT " + json.dumps(result))
 """
 
@@ -244,6 +245,9 @@ def main() -> None:
                                f"(median track {stats['median_track']:.0f}), {stats['pairs']} pairs, "
                                f"{args.outliers:.0%} wrong raw matches, {stats['matches']} verified "
                                f"({stats['wrong_verified']:.1%} wrong), {args.noise} px noise", rows, "colmap_global", "x global")
+            for mapper, row in rows.items():  # the machine may be shared: CPU time and load say how much
+                print(f"  {mapper}: {row.get('cpu_s', float('nan')):.0f} CPU s (process, all threads, incl. imports), "
+                      f"load average {row.get('load', float('nan')):.1f} (5 min) at its end")
             if args.work is None:
                 shutil.rmtree(work)
     if args.json:
