@@ -21,60 +21,35 @@ place of the random start (``global_positioning(start_centres=...)``).
 from __future__ import annotations
 
 import torch
+from scipy.sparse import csr_matrix
 from tqdm import tqdm
 
 from .triangulation import triangulate
 
 
-def point_pairs(point: torch.Tensor, num_points: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every ordered pair (a, b), a != b, of observations of one point (their camera-camera coupling).
-
-    point: (M,) point index per observation. Returns two (Q,) observation-index tensors,
-    ``Q = sum_k L_k (L_k - 1)`` for track lengths ``L_k``.
-    """
-    order = torch.argsort(point, stable=True)
-    length = torch.bincount(point, minlength=num_points)
-    start = torch.cumsum(length, 0) - length
-    reps = length[point[order]]
-    left_sorted = torch.repeat_interleave(torch.arange(len(order), device=point.device), reps)
-    base = torch.repeat_interleave(torch.cumsum(reps, 0) - reps, reps)
-    within = torch.arange(len(left_sorted), device=point.device) - base
-    right_sorted = start[point[order][left_sorted]] + within
-    left, right = order[left_sorted], order[right_sorted]
-    distinct = left != right
-    return left[distinct], right[distinct]
-
-
 def camera_coupling(num_cams: int, num_points: int, cam: torch.Tensor, point: torch.Tensor, weights: torch.Tensor,
-                    inv_pt: torch.Tensor, pairs: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
-    """(N, N) ``A D_p^-1 A^T`` with ``A[n, k] = w_e`` (an image sees a point once).
+                    inv_pt: torch.Tensor) -> torch.Tensor:
+    """(N, N) ``A D_p^-1 A^T`` with ``A[n, k] = w_e`` (an image sees a point once), D_p^-1 = diag(inv_pt).
 
-    Two exact ways (the caller takes the cheaper): a dense (N, P) product when ``pairs`` is None
-    (best with long tracks and few points: synthetic or video), else one scatter per pair of
-    distinct observations of a point (``pairs``, see :func:`point_pairs`; best with many short
-    tracks) plus each observation's own term on the diagonal.
+    A sparse product: its cost is the number of pairs of observations of one point, sum_k L_k^2,
+    and nothing of that size is ever stored. On CPU through scipy (1,000 cameras, 50k points,
+    7.2M observation pairs: 0.3-0.5 s, against 2.1-2.3 s for one scatter per observation pair
+    and ~1 s for torch's sparse CSR product, 2 busy cores); elsewhere torch's sparse CSR product.
     """
-    if pairs is None:
-        A = torch.zeros(num_cams, num_points, dtype=weights.dtype, device=weights.device)
-        A[cam, point] = weights
-        return (A * inv_pt) @ A.T
-    left, right = pairs
-    coupling = torch.bincount(cam[left] * num_cams + cam[right],
-                              weights=weights[left] * weights[right] * inv_pt[point[left]],
-                              minlength=num_cams * num_cams).reshape(num_cams, num_cams)
-    coupling.diagonal().add_(torch.zeros(num_cams, dtype=weights.dtype, device=weights.device)
-                             .index_add_(0, cam, weights ** 2 * inv_pt[point]))
-    return coupling
+    scaled = weights * inv_pt.sqrt()[point]
+    if cam.device.type == "cpu":
+        A = csr_matrix((scaled.numpy(), (cam.numpy(), point.numpy())), shape=(num_cams, num_points))
+        return torch.from_numpy((A @ A.T).toarray())
+    A = torch.sparse_coo_tensor(torch.stack([cam, point]), scaled, (num_cams, num_points)).coalesce()
+    return (A.to_sparse_csr() @ A.t().to_sparse_csr()).to_dense()
 
 
 def solve_bipartite(num_cams: int, num_points: int, cam: torch.Tensor, point: torch.Tensor, weights: torch.Tensor,
-                    offsets: torch.Tensor, pairs: tuple[torch.Tensor, torch.Tensor] | None = None
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+                    offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Minimise ``sum_e w_e |X_k - c_n - u_e|^2`` with ``c_0 = 0``.
 
-    cam, point: (M,) long indices; weights: (M,); offsets u: (M, 3); pairs: :func:`point_pairs`
-    of ``point``, or None for the dense coupling (:func:`camera_coupling`). Every point must have an observation with positive
-    weight. Returns centres (N, 3) and points (P, 3).
+    cam, point: (M,) long indices; weights: (M,); offsets u: (M, 3). Every point must have an
+    observation with positive weight. Returns centres (N, 3) and points (P, 3).
     """
     dtype, dev = weights.dtype, weights.device
     d_cam = torch.zeros(num_cams, dtype=dtype, device=dev).index_add_(0, cam, weights)
@@ -84,7 +59,7 @@ def solve_bipartite(num_cams: int, num_points: int, cam: torch.Tensor, point: to
     rhs_pt = torch.zeros(num_points, 3, dtype=dtype, device=dev).index_add_(0, point, wu)
     inv_pt = 1.0 / d_pt
     # Schur complement S = D_c - A D_p^-1 A^T with A[n, k] = w_e (an image sees a point once).
-    coupling = camera_coupling(num_cams, num_points, cam, point, weights, inv_pt, pairs)
+    coupling = camera_coupling(num_cams, num_points, cam, point, weights, inv_pt)
     S = torch.diag(d_cam) - coupling
     rhs = rhs_cam + torch.zeros_like(rhs_cam).index_add_(0, cam, weights[:, None] * (inv_pt[:, None] * rhs_pt)[point])
     A = S[1:, 1:] + 1e-10 * d_cam[1:].max() * torch.eye(num_cams - 1, dtype=dtype, device=dev)
@@ -115,11 +90,9 @@ def positioning_from_depths(rays: torch.Tensor, cam: torch.Tensor, point: torch.
     cam, rays, dist = cam[known], rays[known], distances[known]
     point_ids, point_index = torch.unique(point[known], return_inverse=True)
     offsets = rays * dist[:, None]
-    lengths = torch.bincount(point_index, minlength=len(point_ids))
-    pairs = point_pairs(point_index, len(point_ids)) if int((lengths * (lengths - 1)).sum()) < num_cams * len(point_ids) else None
     robust = torch.ones_like(dist)
     for _ in range(iterations + 1):
-        centres, solved = solve_bipartite(num_cams, len(point_ids), cam, point_index, robust / dist ** 2, offsets, pairs)
+        centres, solved = solve_bipartite(num_cams, len(point_ids), cam, point_index, robust / dist ** 2, offsets)
         residual = (solved[point_index] - centres[cam] - offsets).norm(dim=1) / dist
         robust = 1.0 / (1.0 + (residual / loss_scale) ** 2)
     points = torch.full((num_points, 3), float("nan"), dtype=rays.dtype, device=rays.device)
@@ -150,9 +123,6 @@ def global_positioning(rays: torch.Tensor, cam: torch.Tensor, point: torch.Tenso
         centres = start_centres.to(dtype)
         points = triangulate(centres[cam], rays, point, num_points)
     centres = centres - centres[:1]
-    lengths = torch.bincount(point, minlength=num_points)
-    num_pairs = int((lengths * (lengths - 1)).sum())
-    pairs = point_pairs(point, num_points) if num_pairs < num_cams * num_points else None
     for it in tqdm(range(iterations), desc="global positioning", unit="it", leave=False, disable=not progress):
         diff = points[point] - centres[cam]
         length = diff.norm(dim=1).clamp_min(1e-12)
@@ -163,7 +133,7 @@ def global_positioning(rays: torch.Tensor, cam: torch.Tensor, point: torch.Tenso
             robust = 1.0 / (1.0 + (residual / loss_scale) ** 2)
         # s = 1 / |d|: w s^2 |d - v / s|^2 with offsets u = v |d|.
         new_centres, new_points = solve_bipartite(num_cams, num_points, cam, point, robust / length ** 2,
-                                                  rays * length[:, None], pairs)
+                                                  rays * length[:, None])
         scale = (new_points[point] - new_centres[cam]).norm(dim=1).median().clamp_min(1e-12)
         new_centres, new_points = new_centres / scale, new_points / scale
         move = float((new_centres - centres).norm(dim=1).max())
