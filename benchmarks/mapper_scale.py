@@ -219,7 +219,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="*", default=[200, 1000, 3000])
     parser.add_argument("--mappers", nargs="*", default=list(MAPPER_NAMES), choices=list(MAPPER_NAMES))
     parser.add_argument("--points-per-image", type=int, default=800, help="points seen by a nadir image")
-    parser.add_argument("--outliers", type=float, default=0.2, help="fraction of wrong matches among the verified inliers")
+    parser.add_argument("--outliers", type=float, default=0.2, help="fraction of wrong matches among each pair's raw matches (before verification)")
     parser.add_argument("--noise", type=float, default=0.5, help="keypoint noise, pixels")
     parser.add_argument("--pairs-per-image", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
