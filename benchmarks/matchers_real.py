@@ -31,6 +31,7 @@ The official ALIKED and LightGlue weights must be findable (``RECON_WEIGHTS``, d
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from pathlib import Path
@@ -114,15 +115,50 @@ METHODS = {"sift": ("SIFT + NN", "default", []),
            "aliked_rot4_2px": ("ALIKED + LG, rot=4, 2 px", "aliked_lightglue",
                                ["features.rotations=4", "database.max_error=2.0"])}
 FRONT_END_STAGES = ("images", "priors", "features", "pairs", "matches")
+TIMES_FILE = "benchmark-times.json"
 
 
-def compare_reconstructions(scenes: list[str], overrides: list[str], keys: list[str]) -> None:
+def front_end_folder(scene: str, preset: str, overrides: list[str]) -> str:
+    """Work folder name of a method on ``scene``: methods whose features, matcher, pairs and priors
+    resolve to the same configuration share it, so those differing only in database (verification)
+    or mapper options reuse its features and matches, and a preset that adopts an override shares
+    the folder of the runs made with that override."""
+    from scenes import SCENES
+
+    from recon.config import load_config
+    from recon.fingerprint import fingerprint
+
+    config = load_config(preset, [*SCENES[scene][2], *overrides])
+    return f"{preset}-{fingerprint(*(config[stage] for stage in ('features', 'matcher', 'pairs', 'priors')))[:8]}"
+
+
+def method_seconds(folder: Path, label: str, result: dict) -> float:
+    """The method ``label``'s wall time in ``folder``: every stage's time from the last run that did
+    its work (recorded in ``folder/benchmark-times.json``), so a rerun that reuses the features and
+    matches (``--work``) still counts them. Front-end stages are shared by the folder's methods, the
+    database, mapping and pictures stages are the method's own. A stage resumed after a kill counts
+    only its resumed part."""
+    from recon.io.jsonfile import write_json
+
+    path = folder / TIMES_FILE
+    times = json.loads(path.read_text()) if path.exists() else {}
+    for stage, seconds in result["time"].items():
+        owner = times.setdefault("front_end" if stage in FRONT_END_STAGES else label, {})
+        if result["computed"].get(stage) == 0 and stage in owner:
+            continue  # skipped: its output was up to date
+        owner[stage] = seconds
+    write_json(path, times)
+    return sum(times.get("front_end", {}).values()) + sum(times.get(label, {}).values())
+
+
+def compare_reconstructions(scenes: list[str], overrides: list[str], keys: list[str], work: Path | None) -> None:
     """The methods ``keys`` of :data:`METHODS` (SIFT, the reference, always first) on each scene;
     one table over all scenes, then the issue's AUC@5 check.
 
-    Methods that differ only in database / mapper options share one output folder, so the
-    later ones reuse the features and matches (recon skips stages made with the same
-    configuration); their time adds the front end's time measured by the first of them."""
+    Each method runs in ``work/SCENE/`` :func:`front_end_folder` (a temporary folder without
+    ``work``): a rerun resumes there (recon skips or resumes stages made with the same
+    configuration), and methods that differ only in database / mapper options reuse the features
+    and matches (only the geometric verification and the mapper run again)."""
     import tempfile
 
     from scenes import SCENES, run_recon
@@ -131,23 +167,21 @@ def compare_reconstructions(scenes: list[str], overrides: list[str], keys: list[
 
     methods = [METHODS["sift"], *(METHODS[key] for key in keys if key != "sift")]
     results: dict[tuple[str, str], dict] = {}
-    for scene in scenes:
-        front_end_time: dict[str, float] = {}
-        with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = work or Path(tmp)
+        for scene in scenes:
             for label, preset, extra in methods:
-                key = "_".join([preset, *(o for o in extra if not o.startswith(("database.", "mapper.")))])
+                folder = root / scene / front_end_folder(scene, preset, [*extra, *overrides])
                 start = time.perf_counter()
                 try:
-                    result = run_recon(scene, preset, Path(tmp) / key.replace("=", "-"), [*extra, *overrides])
+                    result = run_recon(scene, preset, folder, [*extra, *overrides])
+                    result["total"] = method_seconds(folder, label, result)
                 except RuntimeError as error:  # e.g. the mapper built no model: a row, not a crash
                     print(f"{scene} / {label}: {error}")
                     result = {"registered": 0, "num_images": len(list_image_files(SCENES[scene][0])),
                               "time": {}, "total": time.perf_counter() - start}
-                if key in front_end_time:
-                    result["total"] += front_end_time[key]
-                else:
-                    front_end_time[key] = sum(result["time"].get(stage, 0.0) for stage in FRONT_END_STAGES)
                 results[scene, label] = result
+                print(f"{scene} / {label}: {folder}")
     print(f"\nreconstructions{' with ' + ' '.join(overrides) if overrides else ''}")
     print(f"{'scene':14} {'method':26} {'registered':>10} {'AUC@1':>7} {'AUC@5':>7} {'AUC@10':>7} "
           f"{'time s':>8} {'x SIFT':>7}")
@@ -195,12 +229,14 @@ def main() -> None:
                         help="methods of --reconstruct (SIFT, the reference, always runs)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="config overrides applied to every method of --reconstruct")
+    parser.add_argument("--work", type=Path, help="keep each method's work folder here (work/SCENE/PRESET-HASH): "
+                        "a rerun resumes and reuses it (default: a temporary folder)")
     parser.add_argument("--no-throughput", action="store_true", help="skip the throughput table")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("RECON_WEIGHTS", str(SHARED / "weights"))
     if args.reconstruct:
-        compare_reconstructions(args.reconstruct, args.overrides, args.methods)
+        compare_reconstructions(args.reconstruct, args.overrides, args.methods, args.work)
     if not args.no_throughput:
         print_throughput(args)
 
