@@ -2,16 +2,22 @@
 
 Printed in one run:
 
-1. with ``--reconstruct SCENE ...``: SIFT+NN (the default preset), ALIKED+LightGlue (the
-   aliked_lightglue preset) and ALIKED+LightGlue with ``features.rotations=4`` (each image extracted
-   at the in-plane rotation that gives all images a common orientation; see
-   recon/match/orientation.py) on the same scenes - registered images, AUC@1/5/10
-   and wall time, one table over all scenes, and per ground-truth scene whether the learned rows
-   reach SIFT's AUC@5 (scenes: temple_sparse, fountain, sacre_coeur, fox, ...; see
+1. with ``--reconstruct SCENE ...``: SIFT+NN (the default preset) against ALIKED+LightGlue (the
+   aliked_lightglue preset: rotation voting, ``features.rotations: 4``, and a 2 px RANSAC
+   threshold) and variants that undo one of the preset's choices (``aliked_4px``: COLMAP's 4 px;
+   ``aliked_upright``: ``features.rotations=1``) on the same scenes - registered images,
+   AUC@1/5/10 and wall time, one table over all scenes, and per ground-truth scene whether the
+   learned rows reach SIFT's AUC@5 (scenes: temple_sparse, fountain, sacre_coeur, fox, ...; see
    benchmarks/scenes.py). ``--methods`` picks the learned rows. ``--set KEY=VALUE`` applies to
    every method. Each preset's default pairs are the scene graph of its own features (every pair
    up to 25 images); for the same pairs on a larger scene give all methods one pairs file:
-   ``--set pairs.name=from_file pairs.path=PAIRS``.
+   ``--set pairs.name=from_file pairs.path=PAIRS``. ``--work DIR`` keeps every run in
+   ``DIR/SCENE/PRESET-HASH`` (the hash of the features, matcher, pairs and priors options): a
+   rerun resumes (features and matches per image and pair), and variants that change only
+   database (verification) or mapper options - ``aliked_4px`` - reuse the features and matches:
+   the database is rebuilt from them and re-verified, nothing is re-extracted or re-matched. Each
+   stage's time is recorded in ``benchmark-times.json`` by the run that did its work, so reused
+   stages still count in a method's time.
 2. matching throughput in pairs per second at 1024 px (longest side) and 2048 keypoints per image,
    with the official weights, on CPU and on CUDA when a GPU is present: LightGlue with its
    adaptive defaults (early stopping + point pruning) and with all 9 layers on all points, against
@@ -24,9 +30,10 @@ The official ALIKED and LightGlue weights must be findable (``RECON_WEIGHTS``, d
 
     PYTHONPATH=. python benchmarks/matchers_real.py [--repeats 5] [--threads 2]
     PYTHONPATH=. python benchmarks/matchers_real.py --reconstruct temple_sparse fountain sacre_coeur
-    recon pairs ../shared/data/ngp_fox/images /tmp/fox_pairs   # the default graph on SIFT
+        --methods aliked aliked_4px --no-throughput --work /tmp/matchers_real
+    PYTHONPATH=. python -m recon pairs ../shared/data/ngp_fox/images /tmp/fox_pairs   # the default graph on SIFT
     PYTHONPATH=. python benchmarks/matchers_real.py --reconstruct fox --methods aliked --no-throughput
-        --set pairs.name=from_file pairs.path=/tmp/fox_pairs/pairs.txt
+        --work /tmp/matchers_real --set pairs.name=from_file pairs.path=/tmp/fox_pairs/pairs.txt
 """
 from __future__ import annotations
 
