@@ -11,9 +11,10 @@ every image (multiples of 360/n degrees) and extract each image at the rotation 
 images to one common "up":
 
 1. every image's features at each candidate rotation, at a small size (:data:`VOTE_SIZE`, longest
-   side): only their strongest keypoints vote, and four candidates at half of 1024 px cost about
-   1.9 extractions at 1024 px (measured: benchmarks/matchers_real.py) instead of 4; they are cached per image (``features-orientation.h5`` beside
-   ``features.h5``), so a new image costs its own candidates only;
+   side): only their strongest keypoints vote. Four candidates at 512 px cost about 1.9
+   extractions at 1024 px (measured in benchmarks/matchers_real.py), so with the final extraction
+   an image costs 2.9 instead of 4 full-size candidates. They are cached per image
+   (``features-orientation.h5`` beside ``features.h5``): a new image costs its own candidates only;
 2. for every pair of images, the candidate rotation of the second that agrees best with the first
    unrotated: most mutual nearest neighbours passing Lowe's ratio test among the two images'
    strongest keypoints; the margin over the runner-up rotation is the vote's confidence;
