@@ -40,7 +40,9 @@ mapper reruns on the same features and matches):
   fountain: 4 x 512 px candidates took 456 s for 11 images against 249 s for the 1024 px
   extraction (1.8x; LightGlue's 55 pairs took 392 s); sacre_coeur (10 images, all upright):
   129 s against 69 s (1.9x; 45 pairs 765 s). sacre_coeur registers 10/10 at 1, 2 and 4 px.
-  fox's 67 images all stay upright too (so its features are those of ``rotations=1``).
+  fox's 67 images all stay upright too (so its features are those of ``rotations=1``); the
+  preset on fox (356 shared pairs): 67/67, AUC .440/.8865/.943, 3422 s (features with the votes
+  2349 s, LightGlue 1001 s, mapper 61 s).
 
 The official ALIKED and LightGlue weights must be findable (``RECON_WEIGHTS``, default
 ``../shared/weights``).
