@@ -42,7 +42,8 @@ mapper reruns on the same features and matches):
   129 s against 69 s (1.9x; 45 pairs 765 s). sacre_coeur registers 10/10 at 1, 2 and 4 px.
   fox's 67 images all stay upright too (so its features are those of ``rotations=1``); the
   preset on fox (356 shared pairs): 67/67, AUC .440/.8865/.943, 3422 s (features with the votes
-  2349 s, LightGlue 1001 s, mapper 61 s).
+  2349 s, LightGlue 1001 s, mapper 61 s) against SIFT+NN's 67/67, .439/.8864/.943 (SIFT ran
+  after the other jobs had stopped: the 12x time ratio of that table is mostly load).
 
 The official ALIKED and LightGlue weights must be findable (``RECON_WEIGHTS``, default
 ``../shared/weights``).
