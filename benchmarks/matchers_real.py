@@ -2,16 +2,22 @@
 
 Printed in one run:
 
-1. with ``--reconstruct SCENE ...``: SIFT+NN (the default preset), ALIKED+LightGlue (the
-   aliked_lightglue preset) and ALIKED+LightGlue with ``features.rotations=4`` (each image extracted
-   at the in-plane rotation that gives all images a common orientation; see
-   recon/match/orientation.py) on the same scenes - registered images, AUC@1/5/10
-   and wall time, one table over all scenes, and per ground-truth scene whether the learned rows
-   reach SIFT's AUC@5 (scenes: temple_sparse, fountain, sacre_coeur, fox, ...; see
+1. with ``--reconstruct SCENE ...``: SIFT+NN (the default preset) against ALIKED+LightGlue (the
+   aliked_lightglue preset: rotation voting, ``features.rotations: 4``, and a 2 px RANSAC
+   threshold) and variants that undo one of the preset's choices (``aliked_4px``: COLMAP's 4 px;
+   ``aliked_upright``: ``features.rotations=1``) on the same scenes - registered images,
+   AUC@1/5/10 and wall time, one table over all scenes, and per ground-truth scene whether the
+   learned rows reach SIFT's AUC@5 (scenes: temple_sparse, fountain, sacre_coeur, fox, ...; see
    benchmarks/scenes.py). ``--methods`` picks the learned rows. ``--set KEY=VALUE`` applies to
    every method. Each preset's default pairs are the scene graph of its own features (every pair
    up to 25 images); for the same pairs on a larger scene give all methods one pairs file:
-   ``--set pairs.name=from_file pairs.path=PAIRS``.
+   ``--set pairs.name=from_file pairs.path=PAIRS``. ``--work DIR`` keeps every run in
+   ``DIR/SCENE/PRESET-HASH`` (the hash of the features, matcher, pairs and priors options): a
+   rerun resumes (features and matches per image and pair), and variants that change only
+   database (verification) or mapper options - ``aliked_4px`` - reuse the features and matches:
+   the database is rebuilt from them and re-verified, nothing is re-extracted or re-matched. Each
+   stage's time is recorded in ``benchmark-times.json`` by the run that did its work, so reused
+   stages still count in a method's time.
 2. matching throughput in pairs per second at 1024 px (longest side) and 2048 keypoints per image,
    with the official weights, on CPU and on CUDA when a GPU is present: LightGlue with its
    adaptive defaults (early stopping + point pruning) and with all 9 layers on all points, against
@@ -19,18 +25,40 @@ Printed in one run:
    neighbour, what SIFT+NN-style matching costs). ALIKED extraction throughput (images per
    second) is printed too. ``--no-throughput`` skips it.
 
+What the preset's choices rest on (2 shared, heavily loaded CPU cores, Nov 2026; database +
+mapper reruns on the same features and matches):
+
+- RANSAC threshold (``database.max_error``), AUC@1/5/10:
+  temple_sparse (640x480): 1 px 16/16 .150/.795/.898, 1.5 px 16/16 .118/.777/.888,
+  2 px 16/16 .104/.759/.879, 3 px 11/16 .023/.152/.225, 4 px 9/16 .039/.179/.233
+  (above 2 px pairs between symmetric views of the temple survive verification);
+  fountain (3072x2048, keypoints found at 1024 px): 1, 2, 4 and 6 px all 11/11 at
+  .679/.936/.968 within 0.001. Nothing calls for a threshold relative to the image size (the large
+  images do not care); 2 px rather than 1 px keeps a margin for blurrier scenes.
+- rotation voting: temple_sparse turns views 12-16 by 180 degrees (16/16 registered; 10/16 with
+  ``rotations=1`` at 4 px in an earlier run); fountain stays upright and its features are bit-identical to ``rotations=1``. Cost on
+  fountain: 4 x 512 px candidates took 456 s for 11 images against 249 s for the 1024 px
+  extraction (1.8x; LightGlue's 55 pairs took 392 s); sacre_coeur (10 images, all upright):
+  129 s against 69 s (1.9x; 45 pairs 765 s). sacre_coeur registers 10/10 at 1, 2 and 4 px.
+  fox's 67 images all stay upright too (so its features are those of ``rotations=1``); the
+  preset on fox (356 shared pairs): 67/67, AUC .440/.8865/.943, 3422 s (features with the votes
+  2349 s, LightGlue 1001 s, mapper 61 s) against SIFT+NN's 67/67, .439/.8864/.943 (SIFT ran
+  after the other jobs had stopped: the 12x time ratio of that table is mostly load).
+
 The official ALIKED and LightGlue weights must be findable (``RECON_WEIGHTS``, default
 ``../shared/weights``).
 
     PYTHONPATH=. python benchmarks/matchers_real.py [--repeats 5] [--threads 2]
     PYTHONPATH=. python benchmarks/matchers_real.py --reconstruct temple_sparse fountain sacre_coeur
-    recon pairs ../shared/data/ngp_fox/images /tmp/fox_pairs   # the default graph on SIFT
+        --methods aliked aliked_4px --no-throughput --work /tmp/matchers_real
+    PYTHONPATH=. python -m recon pairs ../shared/data/ngp_fox/images /tmp/fox_pairs   # the default graph on SIFT
     PYTHONPATH=. python benchmarks/matchers_real.py --reconstruct fox --methods aliked --no-throughput
-        --set pairs.name=from_file pairs.path=/tmp/fox_pairs/pairs.txt
+        --work /tmp/matchers_real --set pairs.name=from_file pairs.path=/tmp/fox_pairs/pairs.txt
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from pathlib import Path
@@ -107,22 +135,57 @@ def benchmark(device: torch.device, repeats: int, size: int, keypoints: int) -> 
     return rows
 
 
-# key: (label, preset, overrides) of the compared methods; the first is the reference.
+# key: (label, preset, overrides) of the compared methods; the first is the reference. The
+# variants undo one of the aliked_lightglue preset's choices each (rotation voting, 2 px RANSAC).
 METHODS = {"sift": ("SIFT + NN", "default", []),
            "aliked": ("ALIKED + LightGlue", "aliked_lightglue", []),
-           "aliked_rot4": ("ALIKED + LG, rotations=4", "aliked_lightglue", ["features.rotations=4"]),
-           "aliked_rot4_2px": ("ALIKED + LG, rot=4, 2 px", "aliked_lightglue",
-                               ["features.rotations=4", "database.max_error=2.0"])}
+           "aliked_4px": ("ALIKED + LG, 4 px", "aliked_lightglue", ["database.max_error=4.0"]),
+           "aliked_upright": ("ALIKED + LG, rotations=1", "aliked_lightglue", ["features.rotations=1"])}
 FRONT_END_STAGES = ("images", "priors", "features", "pairs", "matches")
+TIMES_FILE = "benchmark-times.json"
 
 
-def compare_reconstructions(scenes: list[str], overrides: list[str], keys: list[str]) -> None:
+def front_end_folder(scene: str, preset: str, overrides: list[str]) -> str:
+    """Work folder name of a method on ``scene``: methods whose features, matcher, pairs and priors
+    resolve to the same configuration share it, so those differing only in database (verification)
+    or mapper options reuse its features and matches, and a preset that adopts an override shares
+    the folder of the runs made with that override."""
+    from scenes import SCENES
+
+    from recon.config import load_config
+    from recon.fingerprint import fingerprint
+
+    config = load_config(preset, [*SCENES[scene][2], *overrides])
+    return f"{preset}-{fingerprint(*(config[stage] for stage in ('features', 'matcher', 'pairs', 'priors')))[:8]}"
+
+
+def method_seconds(folder: Path, label: str, result: dict) -> float:
+    """The method ``label``'s wall time in ``folder``: every stage's time from the last run that did
+    its work (recorded in ``folder/benchmark-times.json``), so a rerun that reuses the features and
+    matches (``--work``) still counts them. Front-end stages are shared by the folder's methods, the
+    database, mapping and pictures stages are the method's own. A stage resumed after a kill counts
+    only its resumed part."""
+    from recon.io.jsonfile import write_json
+
+    path = folder / TIMES_FILE
+    times = json.loads(path.read_text()) if path.exists() else {}
+    for stage, seconds in result["time"].items():
+        owner = times.setdefault("front_end" if stage in FRONT_END_STAGES else label, {})
+        if result["computed"].get(stage) == 0 and stage in owner:
+            continue  # skipped: its output was up to date
+        owner[stage] = seconds
+    write_json(path, times)
+    return sum(times.get("front_end", {}).values()) + sum(times.get(label, {}).values())
+
+
+def compare_reconstructions(scenes: list[str], overrides: list[str], keys: list[str], work: Path | None) -> None:
     """The methods ``keys`` of :data:`METHODS` (SIFT, the reference, always first) on each scene;
     one table over all scenes, then the issue's AUC@5 check.
 
-    Methods that differ only in database / mapper options share one output folder, so the
-    later ones reuse the features and matches (recon skips stages made with the same
-    configuration); their time adds the front end's time measured by the first of them."""
+    Each method runs in ``work/SCENE/`` :func:`front_end_folder` (a temporary folder without
+    ``work``): a rerun resumes there (recon skips or resumes stages made with the same
+    configuration), and methods that differ only in database / mapper options reuse the features
+    and matches (only the geometric verification and the mapper run again)."""
     import tempfile
 
     from scenes import SCENES, run_recon
@@ -131,23 +194,21 @@ def compare_reconstructions(scenes: list[str], overrides: list[str], keys: list[
 
     methods = [METHODS["sift"], *(METHODS[key] for key in keys if key != "sift")]
     results: dict[tuple[str, str], dict] = {}
-    for scene in scenes:
-        front_end_time: dict[str, float] = {}
-        with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = work or Path(tmp)
+        for scene in scenes:
             for label, preset, extra in methods:
-                key = "_".join([preset, *(o for o in extra if not o.startswith(("database.", "mapper.")))])
+                folder = root / scene / front_end_folder(scene, preset, [*extra, *overrides])
                 start = time.perf_counter()
                 try:
-                    result = run_recon(scene, preset, Path(tmp) / key.replace("=", "-"), [*extra, *overrides])
+                    result = run_recon(scene, preset, folder, [*extra, *overrides])
+                    result["total"] = method_seconds(folder, label, result)
                 except RuntimeError as error:  # e.g. the mapper built no model: a row, not a crash
                     print(f"{scene} / {label}: {error}")
                     result = {"registered": 0, "num_images": len(list_image_files(SCENES[scene][0])),
                               "time": {}, "total": time.perf_counter() - start}
-                if key in front_end_time:
-                    result["total"] += front_end_time[key]
-                else:
-                    front_end_time[key] = sum(result["time"].get(stage, 0.0) for stage in FRONT_END_STAGES)
                 results[scene, label] = result
+                print(f"{scene} / {label}: {folder}")
     print(f"\nreconstructions{' with ' + ' '.join(overrides) if overrides else ''}")
     print(f"{'scene':14} {'method':26} {'registered':>10} {'AUC@1':>7} {'AUC@5':>7} {'AUC@10':>7} "
           f"{'time s':>8} {'x SIFT':>7}")
@@ -195,12 +256,14 @@ def main() -> None:
                         help="methods of --reconstruct (SIFT, the reference, always runs)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="config overrides applied to every method of --reconstruct")
+    parser.add_argument("--work", type=Path, help="keep each method's work folder here (work/SCENE/PRESET-HASH): "
+                        "a rerun resumes and reuses it (default: a temporary folder)")
     parser.add_argument("--no-throughput", action="store_true", help="skip the throughput table")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("RECON_WEIGHTS", str(SHARED / "weights"))
     if args.reconstruct:
-        compare_reconstructions(args.reconstruct, args.overrides, args.methods)
+        compare_reconstructions(args.reconstruct, args.overrides, args.methods, args.work)
     if not args.no_throughput:
         print_throughput(args)
 

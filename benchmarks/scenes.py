@@ -51,7 +51,8 @@ def run_recon(scene: str, preset: str, output: Path, extra: list[str] = ()) -> d
     start = time.perf_counter()
     model, report = reconstruct(images, output, load_config(preset, [*overrides, *extra]))
     total = time.perf_counter() - start
-    return {**score(model, gt, list(report["focal_priors"])), "time": report["timings"], "total": total}
+    return {**score(model, gt, list(report["focal_priors"])), "time": report["timings"],
+            "computed": report["computed"], "total": total}
 
 
 def format_row(label: str, result: dict) -> str:

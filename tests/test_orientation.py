@@ -1,12 +1,15 @@
 """A common in-plane orientation for non-rotation-invariant features (recon.match.orientation)."""
 from __future__ import annotations
 
+import h5py
 import numpy as np
 import pytest
 import torch
 
-from recon.match.orientation import (candidate_turns, rotate_image, rotation_votes, solve_orientations,
-                                     unrotate_keypoints)
+from recon.io import h5
+
+from recon.match.orientation import (anchor_labels, candidate_turns, rotate_image, rotation_votes,
+                                     solve_orientations, unrotate_keypoints)
 
 
 @pytest.mark.parametrize("turns", [0, 1, 2, 3])
@@ -42,6 +45,15 @@ def test_images_without_a_confident_vote_stay_unrotated():
     pairs = np.array([[0, 1], [0, 2], [1, 2]])
     labels = solve_orientations(3, 2, pairs, np.array([1, 1, 0]), np.array([0, 0, 0]))
     np.testing.assert_array_equal(labels, [0, 0, 0])
+
+
+def test_images_already_extracted_fix_the_common_offset():
+    """Votes give rotations up to a common offset; images already extracted (known >= 0) keep
+    theirs, so the offset is the one most of them agree with, and a disagreeing one is kept."""
+    labels = np.array([0, 0, 1, 3, 2])          # a fresh solution: 0 and 1 upright
+    known = np.array([1, 1, 3, -1, -1])         # 0 and 1 were extracted one step turned, 2 at 3
+    np.testing.assert_array_equal(anchor_labels(labels, known, 4), [1, 1, 3, 0, 3])
+    np.testing.assert_array_equal(anchor_labels(labels, np.full(5, -1), 4), labels)
 
 
 def test_descriptor_votes_find_which_rotation_of_each_image_matches_the_others():
@@ -105,3 +117,42 @@ def test_aliked_on_the_temple_ring_extracts_the_upside_down_view_turned(tmp_path
     right = float(np.mean(distance < 3.0)) if len(distance) else 0.0
     assert valid.sum() >= 30 and right > 0.8, f"{int(valid.sum())} matches, {right:.0%} within 3 px of the epipolar line"
 
+
+
+def test_a_new_image_costs_only_its_own_candidates_and_extraction(tmp_path, monkeypatch):
+    """The voting candidates are cached beside features.h5 and extracted images are never
+    extracted again: two upright temple views cost 2 x 2 candidates + 2 extractions; adding the
+    upside-down view 14 costs its 2 candidates + its extraction, leaves the first two features
+    untouched and turns 14 by 180 degrees (its rotation is stored with its features); a rerun
+    costs nothing."""
+    import recon.match as match
+    from recon.config import stage_defaults
+    from tests.conftest import shared_path
+
+    monkeypatch.setenv("RECON_WEIGHTS", str(shared_path("weights")))
+    root = shared_path("data", "middlebury_temple", "templeSparseRing")
+    calls: list[int] = []
+    real = match._predict
+
+    def counting(model, image, scale, turns, size, device):
+        calls.append(turns)
+        return real(model, image, scale, turns, size, device)
+
+    monkeypatch.setattr(match, "_predict", counting)
+    conf = {**stage_defaults("features", "aliked"), "name": "aliked", "resize_max": 320, "rotations": 2,
+            "max_num_keypoints": 512}
+    path = tmp_path / "features.h5"
+    upright = ["templeSR0003.png", "templeSR0004.png"]
+    assert match.extract_features(root, upright, conf, path, torch.device("cpu")) == 2
+    assert sorted(calls) == [0, 0, 0, 0, 2, 2]  # candidates 0 and 180 of each, then each upright
+    before = {n: h5.read_features(path, n)["keypoints"] for n in upright}
+    calls.clear()
+    assert match.extract_features(root, [*upright, "templeSR0014.png"], conf, path, torch.device("cpu")) == 1
+    assert sorted(calls) == [0, 2, 2]  # its two candidates, then its extraction turned
+    with h5py.File(path, "r") as file:
+        assert [int(file[n].attrs["rotation"]) for n in [*upright, "templeSR0014.png"]] == [0, 0, 2]
+    for name in upright:
+        np.testing.assert_array_equal(h5.read_features(path, name)["keypoints"], before[name])
+    calls.clear()
+    assert match.extract_features(root, [*upright, "templeSR0014.png"], conf, path, torch.device("cpu")) == 0
+    assert calls == []

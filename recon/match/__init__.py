@@ -23,7 +23,8 @@ from ..fingerprint import fingerprint
 from ..heap import reuse_freed_memory
 from ..io import h5
 from ..io.images import read_image, resize_max
-from .orientation import candidate_turns, choose_rotations, rotate_image, unrotate_keypoints
+from .orientation import (VOTE_KEYPOINTS, VOTE_SIZE, anchor_labels, candidate_turns, choose_rotations,
+                          rotate_image, unrotate_keypoints)
 
 logger = logging.getLogger(__name__)
 STAGE_OPTIONS = ("name", "resize_max", "rotations", "weights", "batch_size", "max_matches", "min_score", "cell_size",
@@ -64,34 +65,62 @@ def extract_features(image_dir: Path, names: list[str], conf: dict[str, Any], fe
                      device: torch.device) -> int:
     """Extract local features for every image not yet in ``features_path``; return how many.
 
-    With ``conf["rotations"] > 1`` every image is extracted at that many in-plane rotations and
-    kept at the one that gives all images a common orientation (:mod:`recon.match.orientation`);
-    the choice is joint, so a missing image means extracting them all again.
+    With ``conf["rotations"] > 1`` each new image is extracted at the in-plane rotation that gives
+    all images a common orientation (:mod:`recon.match.orientation`; the candidates that vote on it
+    are cached beside ``features_path``); images already extracted are never extracted again.
     """
     stamp = fingerprint("features", conf)
-    turns = candidate_turns(conf.get("rotations", 1))
     with open_resumable(features_path, stamp) as writer:
         todo = [name for name in names if name not in writer]
         if not todo:
             return 0
-        if len(turns) > 1:
-            todo = list(names)
         model = load_model(conf, device)
         grayscale = getattr(model, "grayscale", False)
+        turns = (common_orientation(model, image_dir, names, conf, features_path, writer, device)
+                 if conf.get("rotations", 1) > 1 else {})
         uncertainty = getattr(model, "detection_noise", 1.0)
         loader = _prefetch(image_dir, todo, grayscale, conf["resize_max"])
-        candidates: dict[str, tuple[list[dict[str, np.ndarray]], tuple[int, int], float]] = {}
         for name, image, scale, size in tqdm(loader, total=len(todo), desc="features", unit="img"):
-            resized_size = (image.shape[1], image.shape[0])
-            found = [_predict(model, image, scale, turn, resized_size, device) for turn in turns]
-            if len(turns) > 1:
-                candidates[name] = (found, size, uncertainty * float(scale.mean()))
-                continue
-            _write(writer, name, found[0], size, uncertainty * float(scale.mean()))
+            pred = _predict(model, image, scale, turns.get(name, 0), (image.shape[1], image.shape[0]), device)
+            _write(writer, name, pred, size, uncertainty * float(scale.mean()), turns.get(name, 0))
             writer.checkpoint()
-        if candidates:
-            _write_common_orientation(writer, candidates, turns, device)
     return len(todo)
+
+
+def common_orientation(model: matchers.BaseModel, image_dir: Path, names: list[str], conf: dict[str, Any],
+                       features_path: Path, written: h5.H5Writer, device: torch.device) -> dict[str, int]:
+    """Quarter turns (counter-clockwise) per image that bring ``names`` to one common orientation,
+    images in ``written`` keeping the rotation they were extracted at.
+
+    Each image's candidates (its strongest :data:`VOTE_KEYPOINTS` descriptors at every rotation,
+    extracted at :data:`VOTE_SIZE`) are cached in ``features-orientation.h5`` beside
+    ``features_path``, so only images new to the cache are extracted here.
+    """
+    turns = candidate_turns(conf["rotations"])
+    size = min(conf["resize_max"], VOTE_SIZE)
+    votes_path = features_path.with_name(features_path.stem + "-orientation.h5")
+    with open_resumable(votes_path, fingerprint("orientation", conf, size, VOTE_KEYPOINTS)) as cache:
+        todo = [name for name in names if name not in cache]
+        loader = _prefetch(image_dir, todo, getattr(model, "grayscale", False), size)
+        for name, image, scale, _ in tqdm(loader, total=len(todo), desc="orientation", unit="img"):
+            group = cache.file.create_group(name)
+            for index, turn in enumerate(turns):
+                pred = _predict(model, image, scale, turn, (image.shape[1], image.shape[0]), device)
+                strongest = np.argsort(-pred["scores"], kind="stable")[:VOTE_KEYPOINTS]
+                group.create_dataset(f"descriptors{index}", data=pred["descriptors"][strongest].astype(np.float16))
+                group.create_dataset(f"scores{index}", data=pred["scores"][strongest])
+            cache.checkpoint()
+        candidates = [[(cache.file[name][f"descriptors{r}"][()].astype(np.float32), cache.file[name][f"scores{r}"][()])
+                       for r in range(len(turns))] for name in names]
+    labels = choose_rotations([[d for d, _ in c] for c in candidates], [[s for _, s in c] for c in candidates], device)
+    known = np.array([turns.index(written.file[name].attrs.get("rotation", 0)) if name in written else -1
+                      for name in names])
+    labels = anchor_labels(labels, known, len(turns))
+    chosen = {name: turns[label] for name, label in zip(names, labels)}
+    rotated = {name: 90 * turn for name, turn in chosen.items() if turn}
+    logger.info("features: %d of %d images at a rotation (degrees counter-clockwise): %s",
+                len(rotated), len(names), rotated or "none")
+    return chosen
 
 
 def _predict(model: matchers.BaseModel, image: np.ndarray, scale: np.ndarray, turns: int,
@@ -108,24 +137,11 @@ def _predict(model: matchers.BaseModel, image: np.ndarray, scale: np.ndarray, tu
 
 
 def _write(writer: h5.H5Writer, name: str, pred: dict[str, np.ndarray], size: tuple[int, int],
-           uncertainty: float) -> None:
+           uncertainty: float, turns: int) -> None:
+    """One image's features; ``turns``, the quarter turns it was extracted at, as the group's
+    ``rotation`` attribute."""
     h5.write_features(writer, name, pred["keypoints"], pred["descriptors"].T, pred["scores"], size, uncertainty)
-
-
-def _write_common_orientation(writer: h5.H5Writer,
-                              candidates: dict[str, tuple[list[dict[str, np.ndarray]], tuple[int, int], float]],
-                              turns: list[int], device: torch.device) -> None:
-    """Write each image's features (``candidates[name]``: features per rotation, original size,
-    keypoint uncertainty) at the rotation that aligns it with the others."""
-    names = list(candidates)
-    chosen = choose_rotations([[c["descriptors"] for c in candidates[n][0]] for n in names],
-                              [[c["scores"] for c in candidates[n][0]] for n in names], device)
-    rotated = {name: 90 * turns[index] for name, index in zip(names, chosen) if turns[index]}
-    logger.info("features: %d of %d images extracted rotated (degrees counter-clockwise): %s",
-                len(rotated), len(names), rotated or "none")
-    for name, index in zip(names, chosen):
-        found, size, uncertainty = candidates[name]
-        _write(writer, name, found[index], size, uncertainty)
+    writer.file[name].attrs["rotation"] = turns
 
 
 def _prefetch(image_dir: Path, names: list[str], grayscale: bool, max_size: int) -> Iterator[tuple]:

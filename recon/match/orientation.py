@@ -10,12 +10,20 @@ upside down or in portrait, or a gantry that photographs the far side of an obje
 every image (multiples of 360/n degrees) and extract each image at the rotation that brings all
 images to one common "up":
 
-1. every image's features at each candidate rotation;
+1. every image's features at each candidate rotation, at a small size (:data:`VOTE_SIZE`, longest
+   side): only their strongest keypoints vote. Four candidates at 512 px cost about 1.9
+   extractions at 1024 px (measured in benchmarks/matchers_real.py), so with the final extraction
+   an image costs 2.9 instead of 4 full-size candidates. They are cached per image
+   (``features-orientation.h5`` beside ``features.h5``): a new image costs its own candidates only;
 2. for every pair of images, the candidate rotation of the second that agrees best with the first
    unrotated: most mutual nearest neighbours passing Lowe's ratio test among the two images'
    strongest keypoints; the margin over the runner-up rotation is the vote's confidence;
 3. the votes chained along the maximum spanning tree of the confidences give every image's
-   rotation up to one common offset, chosen so the most images stay unrotated.
+   rotation up to one common offset, chosen so the most images stay unrotated - or, when some
+   images were already extracted, so they keep the rotation they were extracted at (an image's
+   features, hence its matches, never change once written);
+4. the full-size extraction of each new image at its rotation (the rotation is stored with its
+   features).
 
 Keypoints are mapped back to the original image's pixels, so the files downstream (matches,
 database, models) are the same as without rotation. n = 1 (the default) is the plain extractor.
@@ -32,6 +40,7 @@ ROTATION_CHOICES = (1, 2, 4)
 VOTE_KEYPOINTS = 512     # strongest keypoints per image that vote on relative rotations
 VOTE_RATIO = 0.8         # Lowe's ratio test of the votes (COLMAP's SIFT default)
 VOTE_CHUNK = 16          # images compared with one image at a time (bounds the similarity memory)
+VOTE_SIZE = 512          # longest image side of the voting candidates (never above features.resize_max)
 
 
 def candidate_turns(rotations: int) -> list[int]:
@@ -121,6 +130,17 @@ def solve_orientations(num_images: int, num_candidates: int, pairs: np.ndarray, 
     offset = np.bincount(labels[order], minlength=num_candidates).argmax()
     labels[order] = (labels[order] - offset) % num_candidates
     return labels
+
+
+def anchor_labels(labels: np.ndarray, known: np.ndarray, num_candidates: int) -> np.ndarray:
+    """``labels`` (I,) shifted by the common offset that agrees with the most ``known`` labels (I,),
+    -1 where unknown (images already extracted keep their rotation); unchanged when none is known.
+    Images whose known label still disagrees keep it."""
+    has = known >= 0
+    if not has.any():
+        return labels
+    offset = np.bincount((known[has] - labels[has]) % num_candidates, minlength=num_candidates).argmax()
+    return np.where(has, known, (labels + offset) % num_candidates)
 
 
 def choose_rotations(descriptors: list[list[np.ndarray]], scores: list[list[np.ndarray]],
