@@ -99,8 +99,10 @@ class Pipeline:
 
     # Stages.
     def find_images(self) -> list[ImageInfo]:
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        """The usable images; the output folder is created only once there are some, so bad input
+        leaves nothing behind."""
         self.infos = self.timed("images", usable_images, self.image_dir)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
         return self.infos
 
     def compute_priors(self) -> dict[str, tuple[float, str]]:

@@ -29,12 +29,13 @@ def test_missing_folder_is_one_line_and_nonzero(tmp_path):
     assert result.returncode != 0
     error_lines = [line for line in result.stderr.splitlines() if "error" in line]
     assert len(error_lines) == 1 and "does not exist" in error_lines[0]
+    assert not (tmp_path / "out").exists()  # nothing written for bad input
 
 
 def test_empty_folder_and_single_image(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["reconstruct", str(tmp_path / "empty"), str(tmp_path / "out")]) == 2
-    assert "no images" in capsys.readouterr().err
+    assert "no images" in capsys.readouterr().err and not (tmp_path / "out").exists()
     one = tmp_path / "one"
     one.mkdir()
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(one / "a.png")
@@ -42,7 +43,7 @@ def test_empty_folder_and_single_image(tmp_path, capsys):
     result = run("reconstruct", str(one), str(tmp_path / "out1"))
     assert result.returncode == 2
     assert "only 1 readable" in result.stderr and "broken.jpg" in result.stderr  # the warning names it
-    assert not (tmp_path / "out1" / "database.db").exists()
+    assert not (tmp_path / "out1").exists()
 
 
 def test_unknown_config_key_is_named(tmp_path, capsys):
