@@ -515,13 +515,7 @@ def _analytic_jacobians_t(st: Structure, x: State) -> tuple[Tensor, Tensor, Tens
     j_cam[:, 3:6] = j_pc
     for i, col in enumerate(st.kcols_list):  # the free intrinsics columns (a few), not observations
         j_cam[:, 6 + i] = j_par[:, col]
-    return xy, pc, j_cam, _jpc_times_rot(j_pc, rot)
-
-
-def _jpc_times_rot(j_pc: Tensor, rot: Tensor) -> Tensor:
-    """J_pc @ R component-major: j_pc (2, 3, M), rot (3, 3, M) -> (2, 3, M)."""
-    out = torch.mul(j_pc[:, 0:1], rot[0])
-    return out.addcmul_(j_pc[:, 1:2], rot[1]).addcmul_(j_pc[:, 2:3], rot[2])
+    return xy, pc, j_cam, _mat3_apply(rot.transpose(0, 1), j_pc)  # J_pc @ R, (2, 3, M)
 
 
 def _analytic_jacobians(st: Structure, x: State):
@@ -619,20 +613,6 @@ def _lower3_tmv(d: Tensor, x: Tensor) -> Tensor:
                         (d11 * x[1]).addcmul_(d21, x[2]), d22 * x[2]])
 
 
-def _sym3_inverse(a00: Tensor, a01: Tensor, a02: Tensor, a11: Tensor, a12: Tensor, a22: Tensor) -> Tensor:
-    """Closed-form inverse of N symmetric positive definite 3x3 matrices given by their six
-    distinct entries (each (N,), contiguous rows of a component-major layout) -> (N, 3, 3)."""
-    c00 = a11 * a22 - a12 * a12
-    c01 = a02 * a12 - a01 * a22
-    c02 = a01 * a12 - a02 * a11
-    c11 = a00 * a22 - a02 * a02
-    c12 = a01 * a02 - a00 * a12
-    c22 = a00 * a11 - a01 * a01
-    inv_det = 1.0 / (a00 * c00 + a01 * c01 + a02 * c02)
-    inv = torch.stack([c00, c01, c02, c01, c11, c12, c02, c12, c22], -1).mul_(inv_det[:, None])
-    return inv.view(-1, 3, 3)
-
-
 class NormalEquations:
     """J^T J and J^T r in block form, built once per linearization and reused across LM retries.
 
@@ -679,12 +659,6 @@ class NormalEquations:
 
     def gradient_max_norm(self) -> float:
         return max(float(self.g_cam.abs().max()), float(self.gp.abs().max()))
-
-    def damped_point_inverse(self, lam: float) -> Tensor:
-        """(V_p + lam diag(V_p))^-1, (P, 3, 3), from the component-major V."""
-        v, d = self.v_t, self.diag_pts_t
-        return _sym3_inverse(torch.add(v[0], d[0], alpha=lam), v[1], v[2], torch.add(v[4], d[1], alpha=lam), v[5],
-                             torch.add(v[8], d[2], alpha=lam))
 
     def point_factor(self, lam: float) -> Tensor:
         """C_p^-1 for the damped point blocks V_p + lam diag(V_p) = C_p C_p^T (C lower triangular),
@@ -815,7 +789,6 @@ def solve_pcg(ne: NormalEquations, lam: float, options: BAOptions) -> tuple[Tens
     """
     st = ne.st
     jc, jp = ne.lin.jac_cam, ne.lin.jac_pts
-    vinv = ne.damped_point_inverse(lam)
     dinv = ne.point_factor(lam)
     y = ne.eliminate(dinv)
     free = st.full_free
@@ -826,7 +799,8 @@ def solve_pcg(ne: NormalEquations, lam: float, options: BAOptions) -> tuple[Tens
         t = mv(jc, st.gather_cam(*st.split_full(xv * free)))  # (M, 2)
         q = torch.zeros(st.num_points, 3, dtype=xv.dtype, device=xv.device)
         add_rows(q, st.obs_pt, mtv(jp, t))
-        z = t - mv(jp, rows(mv(vinv, q), st.obs_pt))
+        vq = _lower3_tmv(dinv, _lower3_mv(dinv, q.T))  # V^-1 q = C^-T C^-1 q, (3, P)
+        z = t - mv(jp, rows(vq.T, st.obs_pt))
         return st.scatter_cam(mtv(jc, z)) * free + damp * xv
 
     blocks = ne.image_blocks(y)
