@@ -87,19 +87,6 @@ def survey_rotations(rng: np.random.Generator, count: int) -> np.ndarray:
     return np.stack([x, np.cross(z, x), z], 1)
 
 
-def essential_matrix(R: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """E = [t]x R of cam2_from_cam1 (R, t)."""
-    skew = np.array([[0, -t[2], t[1]], [t[2], 0, -t[0]], [-t[1], t[0], 0]])
-    return skew @ R
-
-
-def sampson_pixels(E: np.ndarray, x1: np.ndarray, x2: np.ndarray, focal: float) -> np.ndarray:
-    """(M,) Sampson distance of normalised homogeneous points x1, x2 (M, 3) to ``x2^T E x1 = 0``, in pixels."""
-    Ex1, Etx2 = x1 @ E.T, x2 @ E
-    numerator = (x2 * Ex1).sum(1)
-    return focal * np.abs(numerator) / np.sqrt(Ex1[:, 0] ** 2 + Ex1[:, 1] ** 2 + Etx2[:, 0] ** 2 + Etx2[:, 1] ** 2)
-
-
 def synthesize(work: Path, num_images: int, points_per_image: int, outliers: float, noise: float,
                pairs_per_image: int, seed: int) -> dict[str, float]:
     """``work/database.db`` and its exact ground truth ``work/gt`` (COLMAP binary); returns the
@@ -143,7 +130,7 @@ def synthesize(work: Path, num_images: int, points_per_image: int, outliers: flo
         seen.append(near[sort])
         slots.append(slot[:len(near)][sort])  # keypoint index of each seen point, by point id
         keypoints.append(xy[order])
-        rays.append(np.concatenate([camera.cam_from_img(xy[order]), np.ones((len(xy), 1))], 1))
+        rays.append(camera.cam_from_img(xy[order]))  # undistorted normalised coordinates
     # Pairs: each image with the pairs_per_image images sharing most points with it.
     rows = np.repeat(np.arange(num_images), [len(s) for s in seen])
     visibility = csr_matrix((np.ones(len(rows)), (rows, np.concatenate(seen))), shape=(num_images, num_points))
@@ -178,9 +165,10 @@ def synthesize(work: Path, num_images: int, points_per_image: int, outliers: flo
                     shuffle = rng.permutation(len(matches))
                     matches, is_wrong = matches[shuffle].astype(np.uint32), is_wrong[shuffle]
                     R = rotations[b] @ rotations[a].T
-                    E = essential_matrix(R, translations[b] - R @ translations[a])
-                    verified = sampson_pixels(E, rays[a][matches[:, 0]], rays[b][matches[:, 1]],
-                                              params[0]) < MAX_EPIPOLAR_ERROR
+                    E = pycolmap.essential_matrix_from_pose(
+                        pycolmap.Rigid3d(pycolmap.Rotation3d(R), translations[b] - R @ translations[a]))
+                    squared = pycolmap.compute_squared_sampson_error(rays[a][matches[:, 0]], rays[b][matches[:, 1]], E)
+                    verified = params[0] * np.sqrt(squared) < MAX_EPIPOLAR_ERROR  # normalised -> pixels
                     geometry = pycolmap.TwoViewGeometry()
                     geometry.config = pycolmap.TwoViewGeometryConfiguration.CALIBRATED
                     geometry.E = E
