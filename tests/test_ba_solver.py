@@ -92,6 +92,53 @@ def test_dense_pcg_and_autodiff_reach_the_same_cost():
     assert max(costs) / min(costs) - 1 < 1e-6
 
 
+def with_repeated_observation(problem: Problem, image: int, point: int, shift: float) -> Problem:
+    """``problem`` with one more observation of ``point`` in ``image`` (the existing one moved by
+    ``shift`` px): two observations of one point in one image make a same-image pair block."""
+    out = problem.clone()
+    row = int(((problem.obs_image == image) & (problem.obs_point == point)).nonzero()[0, 0])
+    out.obs_image = torch.cat([problem.obs_image, problem.obs_image[row:row + 1]])
+    out.obs_point = torch.cat([problem.obs_point, problem.obs_point[row:row + 1]])
+    out.obs_xy = torch.cat([problem.obs_xy, problem.obs_xy[row:row + 1] + shift])
+    return out
+
+
+@pytest.mark.parametrize("scene", ["shared_camera", "camera_per_image"])
+def test_sparse_solver_takes_the_dense_solvers_steps(scene):
+    """The sparse factorisation solves the same reduced camera system as the dense Cholesky, so
+    the LM runs coincide: with one camera shared by all images (its intrinsics folded over them),
+    with a camera per image and constant poses, intrinsics and points, and with a point seen twice
+    in one image."""
+    if scene == "shared_camera":
+        noisy, _ = ring_scene(seed=5, n_img=7, n_pt=80)
+    else:
+        noisy, _ = synthetic_bal(10, 300, seed=6)
+        noisy.pose_constant[[1, 4]] = True
+        noisy.camera_constant[3] = True
+        noisy.point_constant[::5] = True
+    noisy = with_repeated_observation(noisy, image=2, point=int(noisy.obs_point[-1]), shift=0.7)
+    (dense, dense_sum), (sparse, sparse_sum) = [
+        solve(noisy, BAOptions(device="cpu", linear_solver=ls, function_tolerance=1e-12, max_num_iterations=30))
+        for ls in ("dense", "sparse")]
+    assert (dense_sum.linear_solver, sparse_sum.linear_solver) == ("dense", "sparse")
+    assert sparse_sum.num_iterations == dense_sum.num_iterations
+    assert sparse_sum.final_cost == pytest.approx(dense_sum.final_cost, rel=1e-10)
+    assert sparse_sum.final_cost < 0.5 * sparse_sum.initial_cost
+    torch.testing.assert_close(sparse.points, dense.points, rtol=1e-7, atol=1e-7)
+    torch.testing.assert_close(sparse.camera_params, dense.camera_params, rtol=1e-9, atol=0)
+
+
+def test_auto_solver_choice_follows_the_size_limits():
+    """``auto``: dense up to ``dense_max_size`` rows, sparse up to ``sparse_max_size``, PCG beyond
+    or when the point pairs exceed ``schur_max_pairs``."""
+    noisy, _ = ring_scene(seed=7, n_img=6, n_pt=40)  # 6 images x (6 + 3) rows, 40 * 15 pairs
+    limits = [(dict(), "dense"), (dict(dense_max_size=10), "sparse"),
+              (dict(dense_max_size=10, sparse_max_size=40), "pcg"), (dict(schur_max_pairs=599), "pcg")]
+    for options, expected in limits:
+        summary = solve(noisy, BAOptions(device="cpu", max_num_iterations=1, **options))[1]
+        assert summary.linear_solver == expected, options
+
+
 def test_constant_blocks_stay_bit_identical():
     """Constant poses, intrinsics, principal points and points are returned bit for bit."""
     noisy, _ = synthetic_bal(10, 300, seed=3)
