@@ -225,10 +225,6 @@ def focal_probe(graph: ViewGraph, conf: dict[str, Any], device: torch.device, se
     longest = np.zeros(tracks.num_tracks, dtype=bool)
     longest[np.argsort(-lengths, kind="stable")[:conf["focal_search_points"]]] = True
     state = State.start(graph, tracks.select(longest[tracks.track]), rotations, device)
-    # The probes' BAs stop before they converge, so their errors depend on the pinned image; the
-    # search was tuned with the first one (anchored at the best-observed one, five templeSparseRing
-    # views' errors stopped falling at x2 and the search chose x1.6 of the focal instead of x5.2).
-    state.gauge_anchor = "first"
     state.position(len(state.points), conf["positioning_iterations"], conf["max_ray_angle"], seed, progress=False)
     state.filter(state.inlier, conf["min_triangulation_angle"], conf["min_image_observations"])
     state.adjust(conf["focal_search_iterations"], BAOptions(refine_focal_length=False, refine_extra_params=False,
@@ -406,7 +402,6 @@ class State:
     camera_params: torch.Tensor
     camera_models: list[str]
     device: torch.device
-    gauge_anchor: str = "most_observed"  # or "first": which image the BA's gauge fixes, see problem()
 
     @classmethod
     def start(cls, graph: ViewGraph, tracks: Tracks, rotations: np.ndarray, device: torch.device) -> "State":
@@ -518,10 +513,10 @@ class State:
                 principal_point_cameras: torch.Tensor | None = None) -> Problem:
         """The BA problem of the observations ``rows`` (M,) bool; images/points without any are left out.
         ``principal_point_cameras`` (C,) bool: with ``options.refine_principal_point``, only these
-        cameras' principal points move (default: all). Gauge: COLMAP's two-cameras rule anchored
-        at the image with the most observations (``gauge_anchor``; the first image is often the
-        worst positioned, a corner of a survey, and pinned it stays wrong, see the test of the
-        gauge) or at the first image."""
+        cameras' principal points move (default: all). Gauge: COLMAP's two-cameras rule on the
+        two images with the most observations (the pose of the first, one translation entry of
+        the second), not on the first two: those are often the worst positioned, a corner of a
+        survey, and pinned they stay wrong (see the test of the gauge)."""
         used_images, obs_image = torch.unique(self.obs_image[rows], return_inverse=True)
         used_points, obs_point = torch.unique(self.track[rows], return_inverse=True)
         used_cameras, image_camera = torch.unique(self.image_camera[used_images], return_inverse=True)
@@ -532,10 +527,11 @@ class State:
             principal_point = ~intrinsics_constant_mask(models, self.camera_params.shape[1], False, True, False)
             camera_constant |= principal_point & ~principal_point_cameras[used_cameras].cpu()[:, None]
         rotations, translations = self.rotations[used_images], self.translations[used_images]
-        pose_constant = torch.zeros(len(used_images), 6, dtype=torch.bool, device=self.device)
-        if self.gauge_anchor == "most_observed":
-            pose_constant[torch.bincount(obs_image, minlength=len(used_images)).argmax()] = True
-        pose_constant = gauge_two_cams(rotations, translations, pose_constant)
+        # The gauge's two images are the best observed: gauge_two_cams picks them in index order.
+        order = torch.argsort(torch.bincount(obs_image, minlength=len(used_images)), descending=True, stable=True)
+        pose_constant = gauge_two_cams(rotations[order], translations[order],
+                                       torch.zeros(len(used_images), 6, dtype=torch.bool, device=self.device))
+        pose_constant = pose_constant[torch.argsort(order)]
         return Problem(rotations=rotations, translations=translations,
                        camera_params=self.camera_params[used_cameras], camera_models=models,
                        image_camera=image_camera, points=self.points[used_points], obs_image=obs_image,
