@@ -405,17 +405,18 @@ class Structure:
         offsets = torch.arange(t_a.numel(), device=dev) - torch.repeat_interleave(torch.cumsum(n_after + 1, 0) - n_after - 1, n_after + 1)
         pair_a, pair_b = by_point.index_select(0, t_a), by_point.index_select(0, t_a + offsets)
         img_a, img_b = self.obs_img.index_select(0, pair_a), self.obs_img.index_select(0, pair_b)
-        cross = offsets > 0  # images ascend along a track: img(a) <= img(b)
-        keys, inverse = torch.unique(img_a[cross] * self.num_images + img_b[cross], return_inverse=True)
-        self.num_blocks = keys.numel()
-        self.block_images = torch.stack([keys // self.num_images, keys % self.num_images], 1)
-        block = img_a + self.num_blocks
-        block[cross] = inverse
-        by_block = torch.argsort(block, stable=True)  # pair_a ascends within a block (tracks are in point order)
+        n_img = self.num_images  # images ascend along a track: img(a) <= img(b)
+        key = torch.where(offsets > 0, img_a * n_img + img_b, n_img * n_img + img_a)
+        by_block = torch.argsort(key, stable=True)  # pair_a ascends within a block (tracks are in point order)
+        uniq, counts = torch.unique_consecutive(key.index_select(0, by_block), return_counts=True)
+        self.num_blocks = int((uniq < n_img * n_img).sum())
+        cross_keys = uniq[:self.num_blocks]
+        self.block_images = torch.stack([cross_keys // n_img, cross_keys % n_img], 1)
+        block_ids = torch.cat([torch.arange(self.num_blocks, device=dev), uniq[self.num_blocks:] - n_img * n_img + self.num_blocks])
         parts = chunk_groups_tail(torch.stack([pair_a, pair_b], 1).index_select(0, by_block),
-                                  block.index_select(0, by_block), CHUNK, TAIL_CHUNK, self.num_obs)
+                                  torch.repeat_interleave(block_ids, counts), CHUNK, TAIL_CHUNK, self.num_obs)
         # [(rows of side a, rows of side b, block of each chunk, chunk size)]
-        self.pair_chunks = [(*pairs.T.contiguous(), key, size) for pairs, key, size in parts]
+        self.pair_chunks = [(*pairs.T.contiguous(), chunk_key, size) for pairs, chunk_key, size in parts]
 
     def _choose_solver(self, options: BAOptions) -> str:
         if options.linear_solver != "auto":
