@@ -315,32 +315,36 @@ def final_adjustment(state: "State", conf: dict[str, Any]) -> tuple[bool, bool]:
     fixed = state.adjust(iterations, options, rows=rows)
     pp_free = False
     if test_pp and fixed is not None:
-        fixed_result = state.snapshot()
-        state.restore(start)
-        free = state.adjust(fixed.num_iterations, replace(options, refine_principal_point=True),
-                            principal_point_cameras=cameras, rows=rows)
-        pp_free = likelihood_ratio_test("principal points", fixed, free, 2 * int(cameras.sum()), significance)
+        pp_free = free_if_significant(state, "principal points", fixed, iterations,
+                                      replace(options, refine_principal_point=True), cameras, rows,
+                                      2 * int(cameras.sum()), significance)
         if pp_free:
             options = replace(options, refine_principal_point=True)
-            if free.termination == "NO_CONVERGENCE":
-                free = state.adjust(iterations, options, principal_point_cameras=cameras, rows=rows) or free
-            fixed = free
-        else:
-            state.restore(fixed_result)
     extra_free = False
     if conf["refine_extra_params"] and fixed is not None:
-        constrained = state.snapshot()
-        extra = state.adjust(iterations, replace(options, refine_extra_params=True), principal_point_cameras=cameras,
-                             rows=rows)
-        extra_free = likelihood_ratio_test("extra parameters", fixed, extra, num_extra, significance, continued=True)
+        extra_free = free_if_significant(state, "extra parameters", fixed, iterations,
+                                         replace(options, refine_extra_params=True), cameras, rows, num_extra,
+                                         significance)
         if extra_free:
             options = replace(options, refine_extra_params=True)
-        else:
-            state.restore(constrained)
     if not whole:
         state.restore(start)
         state.adjust(iterations, options, principal_point_cameras=cameras)
     return pp_free, extra_free
+
+
+def free_if_significant(state: "State", name: str, constrained: Summary, iterations: int, options: BAOptions,
+                        cameras: torch.Tensor, rows: torch.Tensor, dof: int, significance: float) -> bool:
+    """Continue the BA ``constrained`` ended (a constrained optimum) with ``options`` freeing
+    ``dof`` more parameters (``name``); keep the result when :func:`likelihood_ratio_test` finds
+    it significantly better, else go back to the constrained optimum. ``cameras``, ``rows``: as
+    for :meth:`State.adjust`."""
+    saved = state.snapshot()
+    free = state.adjust(iterations, options, principal_point_cameras=cameras, rows=rows)
+    if likelihood_ratio_test(name, constrained, free, dof, significance, continued=True):
+        return True
+    state.restore(saved)
+    return False
 
 
 def likelihood_ratio_test(name: str, constrained: Summary, free: Summary | None, dof: int, significance: float,
