@@ -173,9 +173,14 @@ def test_recon_global_reconstructs_temple_views(tmp_path):
     assert metrics["focal_error_median"] < 0.1
 
 
-def test_positioning_camera_coupling_equals_the_dense_product():
-    """The sparse camera coupling A D^-1 A^T equals the product of the dense (N, P) matrices."""
+@pytest.mark.parametrize("max_work", [0, 10 ** 9])
+def test_positioning_camera_coupling_equals_the_dense_product(monkeypatch, max_work):
+    """The camera coupling A D^-1 A^T, by the sparse product (``max_work`` 0) and by the dense
+    one that few cameras take, equals the product of the dense (N, P) matrices."""
+    from recon.align import positioning
     from recon.align.positioning import camera_coupling
+
+    monkeypatch.setattr(positioning, "DENSE_COUPLING_MAX_WORK", max_work)
 
     g = torch.Generator().manual_seed(2)
     n, p = 6, 40
