@@ -170,8 +170,11 @@ def search_focal_lengths(graph: ViewGraph, cameras: np.ndarray, pairs_read: np.n
     probe (:func:`focal_probe`) reprojects best (in place; returns the (C,) focal lengths).
 
     Candidates are ``FOCAL_SEARCH_STEP ** k`` times the current focal: k = 0, +1, -1, then on
-    downhill until the probe error rises (at most :data:`FOCAL_SEARCH_STEPS` steps); a parabola
-    through the best candidate and its two neighbours (in log focal) refines it.
+    downhill two steps at a time until the probe error rises (at most :data:`FOCAL_SEARCH_STEPS`
+    steps), then the skipped neighbours of the best, until it is lower than both; a parabola
+    through the best candidate and its two neighbours (in log focal) refines it. The strides save
+    probes on a long way downhill (templeRing: k = 1, -1, 0, 3, 5, 4, one probe fewer than step
+    by step, the same best and neighbours).
 
     Why: neither the fundamental matrices (when all optical axes meet in one point, as on a
     turntable, they do not constrain the focal and may even be decisive about a wrong one:
@@ -195,11 +198,15 @@ def search_focal_lengths(graph: ViewGraph, cameras: np.ndarray, pairs_read: np.n
         return errors[k]
 
     direction = 1 if probe(1) <= probe(-1) else -1
-    best = 0
-    while probe(best + direction) < probe(best) and abs(best + direction) < FOCAL_SEARCH_STEPS:
-        best += direction  # downhill, one probe (rotations, positioning, short BA) per step
-    if probe(best + direction) < probe(best):
-        best += direction  # the last allowed step
+    best, stride = 0, direction
+    while abs(best + stride) <= FOCAL_SEARCH_STEPS and probe(best + stride) < probe(best):
+        best, stride = best + stride, 2 * direction  # downhill, one probe (rotations, positioning, short BA) each
+    while True:  # the neighbours of the best that a stride skipped, until the best is lower than both
+        skipped = [k for k in (best + direction, best - direction) if abs(k) <= FOCAL_SEARCH_STEPS and k not in errors]
+        if not skipped:
+            break
+        if probe(skipped[0]) < probe(best):
+            best = skipped[0]
     log_scale = best * np.log(FOCAL_SEARCH_STEP)
     around = [best - 1, best, best + 1]
     if all(k in errors and np.isfinite(errors[k]) for k in around):
