@@ -137,7 +137,8 @@ def calibrate_focal_lengths(graph: ViewGraph, device: torch.device | str = "cpu"
     One focal per camera (shared by its images), principal point fixed; minimises the robust
     (Cauchy, ``loss_scale``) inlier-weighted sum of :func:`essential_singular_gap` over every pair
     with a fundamental matrix, in log-focal space by damped Newton steps (the C x C Hessian
-    assembled from every pair's 2 x 2 block by autograd). A camera's focal is kept when the optimum leaves [0.2, 10] x its start or lowers the cost by less than ``min_improvement``
+    assembled from every pair's 2 x 2 block by autograd). A camera's focal is kept when the
+    optimum leaves [0.2, 10] x its start or lowers the cost by less than ``min_improvement``
     (a fraction): then the pairs do not constrain it (e.g. all optical axes through one point, a
     known degeneracy of focal lengths from F), and BA has to find it. ``refine_all`` also
     refines cameras with a prior. Returns (C,) the focal of each camera after the update.
@@ -183,8 +184,9 @@ def calibrate_focal_lengths(graph: ViewGraph, device: torch.device | str = "cpu"
         h_ba, h_bb = torch.autograd.grad(g_b.sum(), (a, b))
         gradient = torch.zeros_like(delta).index_add_(0, cam_i, g_a.detach()).index_add_(0, cam_j, g_b.detach())
         hessian = torch.zeros(len(delta), len(delta), **f64)
-        for rows, cols, block in ((cam_i, cam_i, h_aa), (cam_i, cam_j, h_ab), (cam_j, cam_i, h_ba), (cam_j, cam_j, h_bb)):
-            hessian.index_put_((rows, cols), block, accumulate=True)  # the four entries of each pair's block
+        blocks = ((cam_i, cam_i, h_aa), (cam_i, cam_j, h_ab), (cam_j, cam_i, h_ba), (cam_j, cam_j, h_bb))
+        for rows, cols, block in blocks:  # the four entries of each pair's block
+            hessian.index_put_((rows, cols), block, accumulate=True)
         return gradient * free_t, hessian * pair_mask
 
     delta = torch.zeros_like(log_start)

@@ -325,14 +325,14 @@ def final_adjustment(state: "State", conf: dict[str, Any]) -> tuple[bool, bool]:
     fixed = state.adjust(iterations, options, rows=rows)
     pp_free = False
     if test_pp and fixed is not None:
-        pp_free = free_if_significant(state, "principal points", fixed, iterations,
+        pp_free = free_if_significant(state, "principal points", iterations,
                                       replace(options, refine_principal_point=True), cameras, rows,
                                       2 * int(cameras.sum()), significance)
         if pp_free:
             options = replace(options, refine_principal_point=True)
     extra_free = False
     if conf["refine_extra_params"] and fixed is not None:
-        extra_free = free_if_significant(state, "extra parameters", fixed, iterations,
+        extra_free = free_if_significant(state, "extra parameters", iterations,
                                          replace(options, refine_extra_params=True), cameras, rows, num_extra,
                                          significance)
         if extra_free:
@@ -343,33 +343,31 @@ def final_adjustment(state: "State", conf: dict[str, Any]) -> tuple[bool, bool]:
     return pp_free, extra_free
 
 
-def free_if_significant(state: "State", name: str, constrained: Summary, iterations: int, options: BAOptions,
-                        cameras: torch.Tensor, rows: torch.Tensor, dof: int, significance: float) -> bool:
-    """Continue the BA ``constrained`` ended (a constrained optimum) with ``options`` freeing
-    ``dof`` more parameters (``name``); keep the result when :func:`likelihood_ratio_test` finds
-    it significantly better, else go back to the constrained optimum. ``cameras``, ``rows``: as
-    for :meth:`State.adjust`."""
+def free_if_significant(state: "State", name: str, iterations: int, options: BAOptions, cameras: torch.Tensor,
+                        rows: torch.Tensor, dof: int, significance: float) -> bool:
+    """Continue from the state, a constrained optimum of the observations ``rows``, with a BA whose
+    ``options`` free ``dof`` more parameters (``name``); keep its result when
+    :func:`likelihood_ratio_test` finds it significantly better, else go back to the optimum.
+    ``cameras``, ``rows``: as for :meth:`State.adjust`."""
     saved = state.snapshot()
-    free = state.adjust(iterations, options, principal_point_cameras=cameras, rows=rows)
-    if likelihood_ratio_test(name, constrained, free, dof, significance, continued=True):
+    if likelihood_ratio_test(name, state.adjust(iterations, options, principal_point_cameras=cameras, rows=rows),
+                             dof, significance):
         return True
     state.restore(saved)
     return False
 
 
-def likelihood_ratio_test(name: str, constrained: Summary, free: Summary | None, dof: int, significance: float,
-                          continued: bool = False) -> bool:
-    """Whether the BA ``free`` (with ``dof`` more parameters) fits significantly better than
-    ``constrained`` on the same residuals: ``n (cost_c - cost_f) / cost_c`` against the
-    ``1 - significance`` quantile of chi^2(dof) (see :func:`final_adjustment`). ``continued``:
-    ``free`` started where ``constrained`` ended, so its initial cost is the reference."""
+def likelihood_ratio_test(name: str, free: Summary | None, dof: int, significance: float) -> bool:
+    """Whether the BA ``free``, continued from a constrained optimum with ``dof`` more parameters,
+    fits significantly better than that optimum (its initial cost): ``n (cost_c - cost_f) / cost_c``
+    against the ``1 - significance`` quantile of chi^2(dof) (see :func:`final_adjustment`)."""
     if free is None or dof <= 0:
         return False
-    reference = free.initial_cost if continued else constrained.final_cost
-    statistic = constrained.num_residuals * (reference - free.final_cost) / max(reference, 1e-300)
+    reference = free.initial_cost
+    statistic = free.num_residuals * (reference - free.final_cost) / max(reference, 1e-300)
     threshold = float(chi2.ppf(1.0 - significance, dof))
     logger.info("recon_global %s: likelihood-ratio %.1f (threshold %.1f, %d residuals) -> %s", name, statistic,
-                threshold, constrained.num_residuals, "free" if statistic > threshold else "fixed")
+                threshold, free.num_residuals, "free" if statistic > threshold else "fixed")
     return bool(statistic > threshold)
 
 
