@@ -173,9 +173,47 @@ def test_recon_global_reconstructs_temple_views(tmp_path):
     assert metrics["focal_error_median"] < 0.1
 
 
-def test_positioning_camera_coupling_equals_the_dense_product():
-    """The sparse camera coupling A D^-1 A^T equals the product of the dense (N, P) matrices."""
+def test_focal_lengths_from_exact_fundamental_matrices():
+    """Six images in general position (no common point of the optical axes), four cameras of
+    focal 400-700 px (images 4 and 5 share cameras 0 and 1), exact F of every pair: the focal
+    calibration started at 0.8-1.25 x the truth finds every focal within 0.1 %."""
+    from recon.align.view_graph import ViewGraph, calibrate_focal_lengths
+
+    g = torch.Generator().manual_seed(7)
+    true_focal = np.array([400.0, 500.0, 600.0, 700.0])
+    image_camera = np.array([0, 1, 2, 3, 0, 1])
+    rotations = so3_exp(torch.randn(6, 3, generator=g, dtype=torch.float64) * 0.3).numpy()
+    centres = torch.randn(6, 3, generator=g, dtype=torch.float64).numpy() * 2.0 - [0, 0, 10]
+    K = np.array([[[f, 0, 320.0], [0, f, 240.0], [0, 0, 1]] for f in true_focal])
+    pairs = np.array([(i, j) for i in range(6) for j in range(i + 1, 6)])
+    geometries = []
+    for i, j in pairs:  # x_j^T F x_i = 0 with cam_j_from_cam_i = (R_j R_i^T, R_j (c_i - c_j))
+        R = rotations[j] @ rotations[i].T
+        t = rotations[j] @ (centres[i] - centres[j])
+        E = np.array([[0, -t[2], t[1]], [t[2], 0, -t[0]], [-t[1], t[0], 0]]) @ R
+        geometry = pycolmap.TwoViewGeometry()
+        geometry.F = np.linalg.inv(K[image_camera[j]]).T @ E @ np.linalg.inv(K[image_camera[i]])
+        geometries.append(geometry)
+    start = true_focal * [1.25, 0.8, 1.2, 0.85]
+    cameras = [pycolmap.Camera.create_from_model_name(c + 1, "SIMPLE_PINHOLE", f, 640, 480) for c, f in enumerate(start)]
+    graph = ViewGraph(image_ids=np.arange(1, 7), names=[f"{k}.jpg" for k in range(6)], image_camera=image_camera,
+                      cameras=cameras, keypoints=[np.zeros((0, 2))] * 6, pairs=pairs,
+                      matches=[np.zeros((50, 2), dtype=np.int64)] * len(pairs), geometries=geometries,
+                      rotations=np.tile(np.eye(3), (len(pairs), 1, 1)), translations=np.zeros((len(pairs), 3)),
+                      valid=np.ones(len(pairs), dtype=bool))
+    focal = calibrate_focal_lengths(graph)
+    assert np.abs(focal / true_focal - 1).max() < 1e-3
+    assert np.allclose([camera.params[0] for camera in graph.cameras], focal)
+
+
+@pytest.mark.parametrize("max_work", [0, 10 ** 9])
+def test_positioning_camera_coupling_equals_the_dense_product(monkeypatch, max_work):
+    """The camera coupling A D^-1 A^T, by the sparse product (``max_work`` 0) and by the dense
+    one that few cameras take, equals the product of the dense (N, P) matrices."""
+    from recon.align import positioning
     from recon.align.positioning import camera_coupling
+
+    monkeypatch.setattr(positioning, "DENSE_COUPLING_MAX_WORK", max_work)
 
     g = torch.Generator().manual_seed(2)
     n, p = 6, 40

@@ -26,6 +26,8 @@ from tqdm import tqdm
 
 from .triangulation import triangulate
 
+DENSE_COUPLING_MAX_WORK = 20_000_000  # N^2 P multiply-adds of the dense camera coupling, see camera_coupling
+
 
 def camera_coupling(num_cams: int, num_points: int, cam: torch.Tensor, point: torch.Tensor, weights: torch.Tensor,
                     inv_pt: torch.Tensor) -> torch.Tensor:
@@ -35,8 +37,16 @@ def camera_coupling(num_cams: int, num_points: int, cam: torch.Tensor, point: to
     and nothing of that size is ever stored. On CPU through scipy (1,000 cameras, 50k points,
     7.2M observation pairs: 0.3-0.5 s, against 2.1-2.3 s for one scatter per observation pair
     and ~1 s for torch's sparse CSR product, 2 busy cores); elsewhere torch's sparse CSR product.
+    With few cameras (``N^2 P <= DENSE_COUPLING_MAX_WORK``) the dense (N, P) product is the faster:
+    the sparse one's setup dominates (1 thread: 19 cameras x 2,500 points 0.18 ms against 0.57 ms,
+    11 x 60,000 3.1 against 7.0 ms; 67 x 28,000 14.6 against 4.7 ms), and the global positioning
+    forms it once per iteration.
     """
     scaled = weights * inv_pt.sqrt()[point]
+    if num_cams ** 2 * num_points <= DENSE_COUPLING_MAX_WORK:
+        A = torch.zeros(num_cams, num_points, dtype=scaled.dtype, device=scaled.device)
+        A[cam, point] = scaled
+        return A @ A.T
     if cam.device.type == "cpu":
         A = csr_matrix((scaled.numpy(), (cam.numpy(), point.numpy())), shape=(num_cams, num_points))
         return torch.from_numpy((A @ A.T).toarray())

@@ -136,7 +136,8 @@ def calibrate_focal_lengths(graph: ViewGraph, device: torch.device | str = "cpu"
 
     One focal per camera (shared by its images), principal point fixed; minimises the robust
     (Cauchy, ``loss_scale``) inlier-weighted sum of :func:`essential_singular_gap` over every pair
-    with a fundamental matrix, in log-focal space by damped Newton steps (C x C Hessian by autograd). A camera's focal is kept when the
+    with a fundamental matrix, in log-focal space by damped Newton steps (the C x C Hessian
+    assembled from every pair's 2 x 2 block by autograd). A camera's focal is kept when the
     optimum leaves [0.2, 10] x its start or lowers the cost by less than ``min_improvement``
     (a fraction): then the pairs do not constrain it (e.g. all optical axes through one point, a
     known degeneracy of focal lengths from F), and BA has to find it. ``refine_all`` also
@@ -160,20 +161,42 @@ def calibrate_focal_lengths(graph: ViewGraph, device: torch.device | str = "cpu"
     principal = torch.as_tensor(np.array([_principal_point(camera) for camera in graph.cameras]), **f64)
     log_start = torch.as_tensor(np.log(start), **f64)
     free_t = torch.as_tensor(free, device=dev)
-    def cost(delta: torch.Tensor) -> torch.Tensor:
-        K = calibration_matrices(torch.exp(log_start + delta * free_t), principal)
-        gap = essential_singular_gap(F_t, K[cam_i], K[cam_j])
-        return (weights * torch.log1p((gap / loss_scale) ** 2)).sum()
+    pair_mask = free_t[:, None] & free_t[None, :]
+
+    def pair_costs(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """(P,) each pair's weighted robust cost under the log-focal updates a, b (P,) of its two cameras."""
+        K_i = calibration_matrices(torch.exp(log_start[cam_i] + a), principal[cam_i])
+        K_j = calibration_matrices(torch.exp(log_start[cam_j] + b), principal[cam_j])
+        return weights * torch.log1p((essential_singular_gap(F_t, K_i, K_j) / loss_scale) ** 2)
+
+    def cost(delta: torch.Tensor) -> float:
+        update = delta * free_t
+        return float(pair_costs(update[cam_i], update[cam_j]).sum())
+
+    def gradient_hessian(delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(C,) gradient and (C, C) Hessian of the cost (frozen cameras' rows zero). A pair's cost
+        depends on two focal lengths only, so three backward passes give every pair's 2 x 2 block
+        (not one per camera, as a Hessian by autograd over the (C,) vector would need)."""
+        update = delta * free_t
+        a, b = update[cam_i].requires_grad_(), update[cam_j].requires_grad_()
+        g_a, g_b = torch.autograd.grad(pair_costs(a, b).sum(), (a, b), create_graph=True)
+        h_aa, h_ab = torch.autograd.grad(g_a.sum(), (a, b), retain_graph=True)
+        h_ba, h_bb = torch.autograd.grad(g_b.sum(), (a, b))
+        gradient = torch.zeros_like(delta).index_add_(0, cam_i, g_a.detach()).index_add_(0, cam_j, g_b.detach())
+        hessian = torch.zeros(len(delta), len(delta), **f64)
+        blocks = ((cam_i, cam_i, h_aa), (cam_i, cam_j, h_ab), (cam_j, cam_i, h_ba), (cam_j, cam_j, h_bb))
+        for rows, cols, block in blocks:  # the four entries of each pair's block
+            hessian.index_put_((rows, cols), block, accumulate=True)
+        return gradient * free_t, hessian * pair_mask
 
     delta = torch.zeros_like(log_start)
-    initial = float(cost(delta))
+    initial = cost(delta)
     value, damping = initial, 1e-3
     for _ in range(max_iterations):  # Levenberg-Marquardt-damped Newton steps in log focal
-        gradient = torch.autograd.functional.jacobian(cost, delta) * free_t
-        hessian = torch.autograd.functional.hessian(cost, delta) * (free_t[:, None] & free_t[None, :])
+        gradient, hessian = gradient_hessian(delta)
         hessian = hessian + torch.diag(damping * hessian.diagonal().abs().clamp_min(1e-12) + (~free_t).double())
         step = -torch.linalg.solve(hessian, gradient)
-        candidate = float(cost(delta + step))
+        candidate = cost(delta + step)
         if candidate < value:
             delta, value, damping = delta + step, candidate, damping / 3
             if float(step.abs().max()) < 1e-6:

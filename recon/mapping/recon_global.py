@@ -170,8 +170,11 @@ def search_focal_lengths(graph: ViewGraph, cameras: np.ndarray, pairs_read: np.n
     probe (:func:`focal_probe`) reprojects best (in place; returns the (C,) focal lengths).
 
     Candidates are ``FOCAL_SEARCH_STEP ** k`` times the current focal: k = 0, +1, -1, then on
-    downhill until the probe error rises (at most :data:`FOCAL_SEARCH_STEPS` steps); a parabola
-    through the best candidate and its two neighbours (in log focal) refines it.
+    downhill two steps at a time until the probe error rises (at most :data:`FOCAL_SEARCH_STEPS`
+    steps), then the skipped neighbours of the best, until it is lower than both; a parabola
+    through the best candidate and its two neighbours (in log focal) refines it. The strides save
+    probes on a long way downhill (templeRing: k = 1, -1, 0, 3, 5, 4, one probe fewer than step
+    by step, the same best and neighbours).
 
     Why: neither the fundamental matrices (when all optical axes meet in one point, as on a
     turntable, they do not constrain the focal and may even be decisive about a wrong one:
@@ -195,11 +198,15 @@ def search_focal_lengths(graph: ViewGraph, cameras: np.ndarray, pairs_read: np.n
         return errors[k]
 
     direction = 1 if probe(1) <= probe(-1) else -1
-    best = 0
-    while probe(best + direction) < probe(best) and abs(best + direction) < FOCAL_SEARCH_STEPS:
-        best += direction  # downhill, one probe (rotations, positioning, short BA) per step
-    if probe(best + direction) < probe(best):
-        best += direction  # the last allowed step
+    best, stride = 0, direction
+    while abs(best + stride) <= FOCAL_SEARCH_STEPS and probe(best + stride) < probe(best):
+        best, stride = best + stride, 2 * direction  # downhill, one probe (rotations, positioning, short BA) each
+    while True:  # the neighbours of the best that a stride skipped, until the best is lower than both
+        skipped = [k for k in (best + direction, best - direction) if abs(k) <= FOCAL_SEARCH_STEPS and k not in errors]
+        if not skipped:
+            break
+        if probe(skipped[0]) < probe(best):
+            best = skipped[0]
     log_scale = best * np.log(FOCAL_SEARCH_STEP)
     around = [best - 1, best, best + 1]
     if all(k in errors and np.isfinite(errors[k]) for k in around):
@@ -281,9 +288,12 @@ def final_adjustment(state: "State", conf: dict[str, Any]) -> tuple[bool, bool]:
     find them observable; returns (principal points freed, extra parameters freed).
 
     The tests run on the inliers of the longest tracks (at most ``intrinsics_test_observations``;
-    all inliers when they are fewer). Principal points: two BAs from the current state, with them
-    fixed and free (the free one stopped after as many iterations as the fixed one took). Extra
-    parameters: one BA with them free, continued from the winner (a constrained optimum). With
+    all inliers when they are fewer): a BA with them fixed, then one with the principal points
+    free continued from its optimum (a constrained optimum), then one with the extra parameters
+    free continued from the winner (:func:`free_if_significant`). Continuing instead of a second
+    BA from the start with the principal points free: the free BA starts next to its answer
+    (temple_sparse 12 instead of 34 iterations; templeRing, where the test keeps them fixed, 1
+    instead of 25), and the statistic is the same one at both optima. With
     ``n`` residuals of variance ``sigma^2 = 2 cost_0 / n``, ``2 (cost_0 - cost_1) / sigma^2``
     follows chi^2 with as many degrees of freedom as parameters were freed when they explain
     nothing. When the tests ran on all inliers, their winner is the result; else the final BA runs
@@ -315,47 +325,49 @@ def final_adjustment(state: "State", conf: dict[str, Any]) -> tuple[bool, bool]:
     fixed = state.adjust(iterations, options, rows=rows)
     pp_free = False
     if test_pp and fixed is not None:
-        fixed_result = state.snapshot()
-        state.restore(start)
-        free = state.adjust(fixed.num_iterations, replace(options, refine_principal_point=True),
-                            principal_point_cameras=cameras, rows=rows)
-        pp_free = likelihood_ratio_test("principal points", fixed, free, 2 * int(cameras.sum()), significance)
+        pp_free = free_if_significant(state, "principal points", iterations,
+                                      replace(options, refine_principal_point=True), cameras, rows,
+                                      2 * int(cameras.sum()), significance)
         if pp_free:
             options = replace(options, refine_principal_point=True)
-            if free.termination == "NO_CONVERGENCE":
-                free = state.adjust(iterations, options, principal_point_cameras=cameras, rows=rows) or free
-            fixed = free
-        else:
-            state.restore(fixed_result)
     extra_free = False
     if conf["refine_extra_params"] and fixed is not None:
-        constrained = state.snapshot()
-        extra = state.adjust(iterations, replace(options, refine_extra_params=True), principal_point_cameras=cameras,
-                             rows=rows)
-        extra_free = likelihood_ratio_test("extra parameters", fixed, extra, num_extra, significance, continued=True)
+        extra_free = free_if_significant(state, "extra parameters", iterations,
+                                         replace(options, refine_extra_params=True), cameras, rows, num_extra,
+                                         significance)
         if extra_free:
             options = replace(options, refine_extra_params=True)
-        else:
-            state.restore(constrained)
     if not whole:
         state.restore(start)
         state.adjust(iterations, options, principal_point_cameras=cameras)
     return pp_free, extra_free
 
 
-def likelihood_ratio_test(name: str, constrained: Summary, free: Summary | None, dof: int, significance: float,
-                          continued: bool = False) -> bool:
-    """Whether the BA ``free`` (with ``dof`` more parameters) fits significantly better than
-    ``constrained`` on the same residuals: ``n (cost_c - cost_f) / cost_c`` against the
-    ``1 - significance`` quantile of chi^2(dof) (see :func:`final_adjustment`). ``continued``:
-    ``free`` started where ``constrained`` ended, so its initial cost is the reference."""
+def free_if_significant(state: "State", name: str, iterations: int, options: BAOptions, cameras: torch.Tensor,
+                        rows: torch.Tensor, dof: int, significance: float) -> bool:
+    """Continue from the state, a constrained optimum of the observations ``rows``, with a BA whose
+    ``options`` free ``dof`` more parameters (``name``); keep its result when
+    :func:`likelihood_ratio_test` finds it significantly better, else go back to the optimum.
+    ``cameras``, ``rows``: as for :meth:`State.adjust`."""
+    saved = state.snapshot()
+    if likelihood_ratio_test(name, state.adjust(iterations, options, principal_point_cameras=cameras, rows=rows),
+                             dof, significance):
+        return True
+    state.restore(saved)
+    return False
+
+
+def likelihood_ratio_test(name: str, free: Summary | None, dof: int, significance: float) -> bool:
+    """Whether the BA ``free``, continued from a constrained optimum with ``dof`` more parameters,
+    fits significantly better than that optimum (its initial cost): ``n (cost_c - cost_f) / cost_c``
+    against the ``1 - significance`` quantile of chi^2(dof) (see :func:`final_adjustment`)."""
     if free is None or dof <= 0:
         return False
-    reference = free.initial_cost if continued else constrained.final_cost
-    statistic = constrained.num_residuals * (reference - free.final_cost) / max(reference, 1e-300)
+    reference = free.initial_cost
+    statistic = free.num_residuals * (reference - free.final_cost) / max(reference, 1e-300)
     threshold = float(chi2.ppf(1.0 - significance, dof))
     logger.info("recon_global %s: likelihood-ratio %.1f (threshold %.1f, %d residuals) -> %s", name, statistic,
-                threshold, constrained.num_residuals, "free" if statistic > threshold else "fixed")
+                threshold, free.num_residuals, "free" if statistic > threshold else "fixed")
     return bool(statistic > threshold)
 
 
