@@ -322,20 +322,21 @@ def final_adjustment(state: "State", conf: dict[str, Any]) -> tuple[bool, bool]:
     rows = state.longest_tracks(conf["intrinsics_test_observations"])
     whole = bool(torch.equal(rows, state.inlier))
     start = state.snapshot()
-    fixed = state.adjust(iterations, options, rows=rows)
+    constrained = state.adjust(iterations, options, rows=rows)
     pp_free = False
-    if test_pp and fixed is not None:
-        pp_free = free_if_significant(state, "principal points", iterations,
-                                      replace(options, refine_principal_point=True), cameras, rows,
-                                      2 * int(cameras.sum()), significance)
-        if pp_free:
+    if test_pp:
+        free = free_if_significant(state, "principal points", constrained, iterations,
+                                   replace(options, refine_principal_point=True), cameras, rows,
+                                   2 * int(cameras.sum()), significance)
+        if free is not None:
+            pp_free, constrained = True, free
             options = replace(options, refine_principal_point=True)
     extra_free = False
-    if conf["refine_extra_params"] and fixed is not None:
-        extra_free = free_if_significant(state, "extra parameters", iterations,
-                                         replace(options, refine_extra_params=True), cameras, rows, num_extra,
-                                         significance)
-        if extra_free:
+    if conf["refine_extra_params"]:
+        free = free_if_significant(state, "extra parameters", constrained, iterations,
+                                   replace(options, refine_extra_params=True), cameras, rows, num_extra, significance)
+        if free is not None:
+            extra_free = True
             options = replace(options, refine_extra_params=True)
     if not whole:
         state.restore(start)
@@ -343,18 +344,29 @@ def final_adjustment(state: "State", conf: dict[str, Any]) -> tuple[bool, bool]:
     return pp_free, extra_free
 
 
-def free_if_significant(state: "State", name: str, iterations: int, options: BAOptions, cameras: torch.Tensor,
-                        rows: torch.Tensor, dof: int, significance: float) -> bool:
-    """Continue from the state, a constrained optimum of the observations ``rows``, with a BA whose
-    ``options`` free ``dof`` more parameters (``name``); keep its result when
-    :func:`likelihood_ratio_test` finds it significantly better, else go back to the optimum.
-    ``cameras``, ``rows``: as for :meth:`State.adjust`."""
+def free_if_significant(state: "State", name: str, constrained: Summary | None, iterations: int,
+                        options: BAOptions, cameras: torch.Tensor, rows: torch.Tensor, dof: int,
+                        significance: float) -> Summary | None:
+    """Continue from the state, the optimum of the BA ``constrained`` on the observations ``rows``,
+    with a BA whose ``options`` free ``dof`` more parameters (``name``); keep its result and return
+    its summary when :func:`likelihood_ratio_test` finds it significantly better, else go back to
+    the optimum and return None. ``cameras``, ``rows``: as for :meth:`State.adjust`.
+
+    The test needs an optimum to start from: when the constrained BA stopped at its iteration cap,
+    the continued BA lowers the cost by converging further whatever it frees, and the parameters
+    stay fixed untested. (The 3,000-image synthetic survey: the test's 20k observations spread over
+    3,000 images do not converge in 50 iterations; continuing freed k1, exact from the start, with
+    a ratio of 12.5 against 10.8, the final BA then bent the survey by 0.03 units, and AUC@1 fell
+    from 0.98 to 0.95.)"""
+    if constrained is None or constrained.termination != "CONVERGENCE":
+        logger.info("recon_global %s: not tested, the constrained BA did not converge", name)
+        return None
     saved = state.snapshot()
-    if likelihood_ratio_test(name, state.adjust(iterations, options, principal_point_cameras=cameras, rows=rows),
-                             dof, significance):
-        return True
+    free = state.adjust(iterations, options, principal_point_cameras=cameras, rows=rows)
+    if likelihood_ratio_test(name, free, dof, significance):
+        return free
     state.restore(saved)
-    return False
+    return None
 
 
 def likelihood_ratio_test(name: str, free: Summary | None, dof: int, significance: float) -> bool:
