@@ -290,11 +290,14 @@ def test_focal_passes_end_when_converged_or_not_converging():
     assert not passes_done(0.256, np.inf, 0.1) and passes_done(0.251, 0.256, 0.1)
 
 
-def test_a_camera_lost_by_the_filters_is_posed_again_by_pnp(tmp_path):
+@pytest.mark.parametrize("kept", [0, 40])
+def test_a_camera_lost_or_starved_by_the_filters_is_posed_again_by_pnp(tmp_path, kept):
     """After positioning and one BA of an exact synthetic scene, image 0 is moved to a wrong place
-    (its centre mirrored through the points' centroid) and its observations dropped, as the filters drop a
-    camera the global positioning misplaced; PnP against the other images' points poses it again,
-    so that its observations reproject within 0.1 px."""
+    (its centre mirrored through the points' centroid) and its observations dropped, as the filters
+    drop a camera the global positioning misplaced, or all but ``kept`` of them, as when a
+    misplaced camera keeps a few (more than ``min_image_observations``); PnP against the other
+    images' points poses it again, so that its observations reproject within 0.1 px. Images
+    whose inliers are intact are left alone."""
     from recon.align.view_graph import read_view_graph
     from recon.mapping.recon_global import State, view_graph_tracks
 
@@ -306,13 +309,16 @@ def test_a_camera_lost_by_the_filters_is_posed_again_by_pnp(tmp_path):
     state.position(len(state.points), conf["positioning_iterations"], conf["max_ray_angle"], 0, progress=False)
     state.filter(state.inlier, conf["min_triangulation_angle"], conf["min_image_observations"])
     state.adjust(20, BAOptions())
+    others = state.snapshot()
     mirrored = 2 * state.points.mean(0) - state.centres[0]  # the centre mirrored through the scene's middle
     state.translations[0] = -state.rotations[0] @ mirrored
-    state.inlier[state.obs_image == 0] = False
     own = state.obs_image == 0
+    state.inlier[own.nonzero()[kept:, 0]] = False
+    assert kept == 0 or int(state.inlier[own].sum()) > conf["min_image_observations"]
     assert (state.reprojection_inliers(4.0)[own]).float().mean() < 0.1
-    assert state.reregister(4.0, conf["min_image_observations"], 0) == 1
+    assert state.reregister(4.0, conf["min_image_observations"], conf["reregister_inlier_fraction"], 0) == 1
     assert (state.reprojection_inliers(0.1)[own]).float().mean() > 0.95
+    assert torch.equal(state.rotations[1:], others[0][1:]) and torch.equal(state.translations[1:], others[1][1:])
 
 
 def test_the_best_observed_image_holds_the_bundle_adjustment_gauge(tmp_path):
