@@ -346,3 +346,27 @@ def test_the_best_observed_image_holds_the_bundle_adjustment_gauge(tmp_path):
     assert 0 not in (best, second)
     assert bool(problem.pose_constant[best].all()) and int(problem.pose_constant[second].sum()) == 1
     assert int(problem.pose_constant.sum()) == 7
+
+
+def test_the_filter_keeps_the_largest_group_of_connected_images(tmp_path):
+    """Images whose inliers tie them only to each other (a group misplaced together that lost its
+    links to the rest) are dropped by the filter, the rest keep every inlier: here images 0 and 1
+    keep only half of the tracks, the other six images only the other half."""
+    from recon.align.view_graph import read_view_graph
+    from recon.mapping.recon_global import State, view_graph_tracks
+
+    synthetic_database(tmp_path / "database.db", num_images=8, wrong_fraction=0.0, seed=6)
+    conf = MAPPERS.conf("recon_global", {})
+    graph = read_view_graph(tmp_path / "database.db")
+    rotations, tracks = view_graph_tracks(graph, conf, torch.device("cpu"), lambda name: None)
+    state = State.start(graph, tracks, rotations, torch.device("cpu"))
+    state.position(len(state.points), conf["positioning_iterations"], conf["max_ray_angle"], 0, progress=False)
+    filter_args = (conf["min_triangulation_angle"], conf["min_image_observations"])
+    state.filter(state.inlier, *filter_args)
+    group = state.obs_image <= 1
+    first_half = state.track < len(state.points) // 2  # images 0 and 1 keep these tracks, the others the rest
+    keep = state.inlier & torch.where(group, first_half, ~first_half)
+    assert int((keep & (state.obs_image == 0)).sum()) > 2 * conf["min_image_observations"]
+    state.filter(keep, *filter_args)
+    assert not bool(state.inlier[group].any())
+    assert torch.equal(state.inlier[~group], keep[~group])
