@@ -290,14 +290,9 @@ def test_focal_passes_end_when_converged_or_not_converging():
     assert not passes_done(0.256, np.inf, 0.1) and passes_done(0.251, 0.256, 0.1)
 
 
-@pytest.mark.parametrize("kept", [0, 40])
-def test_a_camera_lost_or_starved_by_the_filters_is_posed_again_by_pnp(tmp_path, kept):
-    """After positioning and one BA of an exact synthetic scene, image 0 is moved to a wrong place
-    (its centre mirrored through the points' centroid) and its observations dropped, as the filters
-    drop a camera the global positioning misplaced, or all but ``kept`` of them, as when a
-    misplaced camera keeps a few (more than ``min_image_observations``); PnP against the other
-    images' points poses it again, so that its observations reproject within 0.1 px. Images
-    whose inliers are intact are left alone."""
+def positioned_state(tmp_path):
+    """recon_global's state after global positioning of an exact 8-image synthetic scene, and the
+    mapper's default options."""
     from recon.align.view_graph import read_view_graph
     from recon.mapping.recon_global import State, view_graph_tracks
 
@@ -307,6 +302,18 @@ def test_a_camera_lost_or_starved_by_the_filters_is_posed_again_by_pnp(tmp_path,
     rotations, tracks = view_graph_tracks(graph, conf, torch.device("cpu"), lambda name: None)
     state = State.start(graph, tracks, rotations, torch.device("cpu"))
     state.position(len(state.points), conf["positioning_iterations"], conf["max_ray_angle"], 0, progress=False)
+    return state, conf
+
+
+@pytest.mark.parametrize("kept", [0, 40])
+def test_a_camera_lost_or_starved_by_the_filters_is_posed_again_by_pnp(tmp_path, kept):
+    """After positioning and one BA of an exact synthetic scene, image 0 is moved to a wrong place
+    (its centre mirrored through the points' centroid) and its observations dropped, as the filters
+    drop a camera the global positioning misplaced, or all but ``kept`` of them, as when a
+    misplaced camera keeps a few (more than ``min_image_observations``); PnP against the other
+    images' points poses it again, so that its observations reproject within 0.1 px. Images
+    whose inliers are intact are left alone."""
+    state, conf = positioned_state(tmp_path)
     state.filter(state.inlier, conf["min_triangulation_angle"], conf["min_image_observations"])
     state.adjust(20, BAOptions())
     others = state.snapshot()
@@ -329,15 +336,7 @@ def test_the_best_observed_image_holds_the_bundle_adjustment_gauge(tmp_path):
     observations: on the 1,000-image synthetic survey the first two images (a corner, the worst
     positioned) ended 0.4-0.6 deg and 3 % of the extent off with 119 observations each; with the
     best-observed images as anchors they end within 0.05 deg with 465-607."""
-    from recon.align.view_graph import read_view_graph
-    from recon.mapping.recon_global import State, view_graph_tracks
-
-    synthetic_database(tmp_path / "database.db", num_images=8, wrong_fraction=0.0, seed=6)
-    conf = MAPPERS.conf("recon_global", {})
-    graph = read_view_graph(tmp_path / "database.db")
-    rotations, tracks = view_graph_tracks(graph, conf, torch.device("cpu"), lambda name: None)
-    state = State.start(graph, tracks, rotations, torch.device("cpu"))
-    state.position(len(state.points), conf["positioning_iterations"], conf["max_ray_angle"], 0, progress=False)
+    state, conf = positioned_state(tmp_path)
     rows = state.inlier.clone()
     first_two = (state.obs_image <= 1).nonzero()[:, 0]
     rows[first_two[first_two % 3 > 0]] = False  # a third left: images 0 and 1 are the worst observed
@@ -352,15 +351,7 @@ def test_the_filter_keeps_the_largest_group_of_connected_images(tmp_path):
     """Images whose inliers tie them only to each other (a group misplaced together that lost its
     links to the rest) are dropped by the filter, the rest keep every inlier: here images 0 and 1
     keep only half of the tracks, the other six images only the other half."""
-    from recon.align.view_graph import read_view_graph
-    from recon.mapping.recon_global import State, view_graph_tracks
-
-    synthetic_database(tmp_path / "database.db", num_images=8, wrong_fraction=0.0, seed=6)
-    conf = MAPPERS.conf("recon_global", {})
-    graph = read_view_graph(tmp_path / "database.db")
-    rotations, tracks = view_graph_tracks(graph, conf, torch.device("cpu"), lambda name: None)
-    state = State.start(graph, tracks, rotations, torch.device("cpu"))
-    state.position(len(state.points), conf["positioning_iterations"], conf["max_ray_angle"], 0, progress=False)
+    state, conf = positioned_state(tmp_path)
     filter_args = (conf["min_triangulation_angle"], conf["min_image_observations"])
     state.filter(state.inlier, *filter_args)
     group = state.obs_image <= 1
