@@ -15,7 +15,9 @@ Phases (each a module of :mod:`recon.align`; a tqdm bar names the running phase)
    with recon's BA engine (Cauchy loss, intrinsics fixed), every track re-triangulated from all
    its observations, observations kept by reprojection error (``max_reprojection_error`` px),
    points by triangulation angle (``min_triangulation_angle`` deg) and images by their number of
-   inliers, an image left with few inliers posed again by PnP (:meth:`State.reregister`); then a
+   inliers, an image left with few inliers posed again by PnP (:meth:`State.reregister`; up to
+   ``reregister_passes`` times, as the images posed in one pass add the points that pose their
+   neighbours in the next: a group of images dropped together is regained from its border); then a
    final BA (``final_ba_iterations``) with the focal length refined as ``refine_focal_length``
    says, and the principal points (``refine_principal_point``) and extra parameters
    (``refine_extra_params``) freed only when likelihood-ratio tests at level
@@ -93,7 +95,7 @@ PHASES = ("view graph", "rotation averaging", "tracks", "global positioning", "r
                   final_ba_iterations=50, num_threads=1, depth_prior=False,
                   refine_focal_length=True, refine_principal_point=True, refine_extra_params=True,
                   principal_point_min_images=5, intrinsics_significance=1e-3,
-                  intrinsics_test_observations=20000, reregister_inlier_fraction=0.5)
+                  intrinsics_test_observations=20000, reregister_inlier_fraction=0.5, reregister_passes=5)
 def recon_global(database_path: Path, image_dir: Path, output_dir: Path, conf: dict[str, Any],
                  device: torch.device, seed: int = 0) -> pycolmap.Reconstruction:
     """recon's global mapper (rotation averaging, global positioning, bundle adjustment; GPU when present)."""
@@ -273,8 +275,10 @@ def map_once(graph: ViewGraph, conf: dict[str, Any], device: torch.device, seed:
                                                       function_tolerance=conf["ba_function_tolerance"]))
         state.retriangulate()
         state.filter(state.reprojection_inliers(conf["max_reprojection_error"]), *filter_args)
-        if state.reregister(conf["max_reprojection_error"], conf["min_image_observations"],
-                            conf["reregister_inlier_fraction"], seed):
+        for _ in range(conf["reregister_passes"]):  # each pass grows the main group into a dropped one
+            if not state.reregister(conf["max_reprojection_error"], conf["min_image_observations"],
+                                    conf["reregister_inlier_fraction"], seed):
+                break
             state.retriangulate()
             state.filter(state.reprojection_inliers(conf["max_reprojection_error"]), *filter_args)
     final_adjustment(state, conf)
