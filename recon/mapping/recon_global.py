@@ -547,11 +547,11 @@ class State:
         """(I,) bool: the images of the connected group with the most images, in the graph that links
         every image to the tracks of its observations ``keep`` (M,) bool."""
         num_images, image, track = len(self.images), self.obs_image[keep].cpu().numpy(), self.track[keep].cpu().numpy()
+        if len(image) == 0:
+            return np.zeros(num_images, dtype=bool)
         nodes = num_images + len(self.points)
         graph = coo_matrix((np.ones(len(image)), (image, num_images + track)), shape=(nodes, nodes))
         labels = connected_components(graph, directed=False)[1][:num_images]
-        if len(image) == 0:
-            return np.zeros(num_images, dtype=bool)
         return labels == np.bincount(labels[np.unique(image)]).argmax()
 
     def reprojection_inliers(self, max_error: float) -> torch.Tensor:
