@@ -235,14 +235,17 @@ def estimate_relative_poses(graph: ViewGraph) -> None:
         graph.translations[p] = t / norm if norm > 0 else 0.0
 
 
-def largest_component(num_images: int, pairs: np.ndarray) -> np.ndarray:
-    """(N,) bool: the images of the largest connected component of the graph with edges ``pairs`` (E, 2)."""
+def largest_component(num_nodes: int, pairs: np.ndarray, counted: int | None = None) -> np.ndarray:
+    """(N,) bool: the nodes of the largest connected component of the graph with edges ``pairs``
+    (E, 2), its size counted in linked nodes among the first ``counted`` (default: all; e.g. the
+    images of an image-track graph whose tracks follow them)."""
     if len(pairs) == 0:
-        return np.zeros(num_images, dtype=bool)
-    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(num_images, num_images))
+        return np.zeros(num_nodes, dtype=bool)
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(num_nodes, num_nodes))
     _, labels = connected_components(graph, directed=False)
-    degree = np.bincount(pairs.ravel(), minlength=num_images)
-    sizes = np.bincount(labels[degree > 0], minlength=labels.max() + 1)
+    linked = np.bincount(pairs.ravel(), minlength=num_nodes) > 0
+    linked[num_nodes if counted is None else counted:] = False
+    sizes = np.bincount(labels[linked], minlength=labels.max() + 1)
     return labels == int(np.argmax(sizes))
 
 

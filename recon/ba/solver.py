@@ -34,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
+import pymetis
 import scipy.sparse
 import scipy.sparse.linalg
 import torch
@@ -833,8 +834,6 @@ def nested_dissection_order(st: Structure) -> np.ndarray:
     its own minimum-degree order (14.1M against 15.3M entries in L): on grid-like camera graphs
     nested dissection needs less fill and fewer operations.
     """
-    import pymetis
-
     n_img, n_cam, ke = st.num_images, st.num_cameras, st.ke
     img_a, img_b = st.block_images.cpu().numpy().T
     cross = img_a != img_b

@@ -66,8 +66,6 @@ from typing import Any
 import numpy as np
 import pycolmap
 import torch
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 from scipy.stats import chi2
 from tqdm import tqdm
 
@@ -76,7 +74,8 @@ from ..align.rotation_averaging import average_rotations, rotation_consistency, 
 from ..align.tracks import Tracks, build_tracks
 from ..align.triangulation import ray_angles, reprojection_errors, triangulate, triangulation_angles
 from ..align.view_graph import (ViewGraph, calibrate_focal_lengths, estimate_relative_poses, focal_lengths,
-                                read_view_graph, restrict_to_largest_component, set_focal_lengths)
+                                largest_component, read_view_graph, restrict_to_largest_component,
+                                set_focal_lengths)
 from ..ba import BAOptions, Problem, Summary, solve
 from ..ba.cameras import get_model
 from ..ba.problem import camera_param_matrix, gauge_two_cams, intrinsics_constant_mask
@@ -546,13 +545,9 @@ class State:
     def largest_group(self, keep: torch.Tensor) -> np.ndarray:
         """(I,) bool: the images of the connected group with the most images, in the graph that links
         every image to the tracks of its observations ``keep`` (M,) bool."""
-        num_images, image, track = len(self.images), self.obs_image[keep].cpu().numpy(), self.track[keep].cpu().numpy()
-        if len(image) == 0:
-            return np.zeros(num_images, dtype=bool)
-        nodes = num_images + len(self.points)
-        graph = coo_matrix((np.ones(len(image)), (image, num_images + track)), shape=(nodes, nodes))
-        labels = connected_components(graph, directed=False)[1][:num_images]
-        return labels == np.bincount(labels[np.unique(image)]).argmax()
+        num_images = len(self.images)
+        image_track = torch.stack([self.obs_image[keep], num_images + self.track[keep]], 1).cpu().numpy()
+        return largest_component(num_images + len(self.points), image_track, counted=num_images)[:num_images]
 
     def reprojection_inliers(self, max_error: float) -> torch.Tensor:
         """(M,) bool: observations (all of them, inliers or not) reprojecting within ``max_error`` px."""
@@ -654,14 +649,18 @@ class State:
         estimation.ransac.random_seed = seed
         refinement = pycolmap.AbsolutePoseRefinementOptions()
         refinement.refine_focal_length, refinement.refine_extra_params = False, False
+        # The lost images' observations of triangulated points, grouped by image (one pass over M).
+        rows = torch.nonzero(torch.isin(self.obs_image, torch.as_tensor(lost, device=self.device))
+                             & triangulated[self.track]).flatten()
+        rows = rows[torch.argsort(self.obs_image[rows], stable=True)]
+        xy, xyz = self.obs_xy[rows].cpu().numpy(), self.points[self.track[rows]].cpu().numpy()
+        counts = torch.bincount(self.obs_image[rows], minlength=len(self.images))[lost].tolist()
         posed = 0
-        for k in lost:  # one PnP per lost image
-            rows = (self.obs_image == k) & triangulated[self.track]
-            if int(rows.sum()) < min_observations:
+        for k, end, count in zip(lost, np.cumsum(counts), counts):  # one PnP per lost image
+            if count < min_observations:
                 continue
             camera = copy.copy(cameras[self.graph.image_camera[self.images[k]]])
-            result = pycolmap.estimate_and_refine_absolute_pose(self.obs_xy[rows].cpu().numpy(),
-                                                                self.points[self.track[rows]].cpu().numpy(), camera,
+            result = pycolmap.estimate_and_refine_absolute_pose(xy[end - count:end], xyz[end - count:end], camera,
                                                                 estimation, refinement)
             if result is None or result["num_inliers"] < max(min_observations, 2 * int(per_image[k])):
                 continue
