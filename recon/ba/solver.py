@@ -9,8 +9,8 @@ One LM iteration (float64 throughout):
    [1e-6, 1e32], ``mu`` the trust-region radius, as in Ceres' LevenbergMarquardtStrategy) are
    reduced to the camera side by eliminating the 3x3 point blocks.
 3. The reduced camera system is either assembled from per-observation and per-point-pair blocks
-   and factored, densely by Cholesky (small camera counts) or sparsely by SuperLU over the image
-   pairs that share points (thousands of cameras), or solved matrix-free by conjugate gradients on
+   and factored by Cholesky, densely (small camera counts) or supernodally over the image pairs
+   that share points (thousands of cameras, :mod:`recon.ba.cholesky`), or solved matrix-free by conjugate gradients on
    the implicit Schur complement with a block-Jacobi preconditioner (when the point pairs are too
    many to assemble).
 4. The step is accepted when the actual/predicted cost-decrease ratio exceeds
@@ -34,12 +34,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
-import pymetis
-import scipy.sparse
-import scipy.sparse.linalg
 import torch
 
 from . import losses
+from .cholesky import CholeskyFactor, SymbolicCholesky
 from .cameras import MIN_DEPTH, model_groups, project, project_groups_t
 from .geometry import so3_exp
 from ..heap import reuse_freed_memory
@@ -59,7 +57,7 @@ class BAOptions:
         initial_trust_region_radius, max_trust_region_radius, min_trust_region_radius,
         min_relative_decrease, min_lm_diagonal, max_lm_diagonal.
         linear_solver: ``auto | dense | sparse | pcg``: the reduced camera system assembled and
-            factored densely (Cholesky) or sparsely (SuperLU), or solved by CG on the implicit
+            factored by Cholesky, densely or sparsely (supernodal), or solved by CG on the implicit
             Schur complement. ``auto`` assembles it when the observation pairs of the points
             (the GEMMs that build it) number at most ``schur_max_pairs``, densely up to
             ``dense_max_size`` rows, sparsely up to ``sparse_max_size``; else PCG.
@@ -393,7 +391,7 @@ class Structure:
         if self.solver in ("dense", "sparse"):
             self._index_pair_blocks(by_point, track_pos, n_after)
         if self.solver == "sparse":
-            self.pattern = SparsePattern(self)
+            self.pattern = SchurPattern(self)
 
     def _index_pair_blocks(self, by_point: Tensor, track_pos: Tensor, n_after: Tensor) -> None:
         """Chunks of the observation pairs (a <= b) of each point, keyed by the Schur block they add
@@ -825,106 +823,73 @@ def solve_dense(ne: NormalEquations, lam: float) -> tuple[Tensor, Tensor, int] |
     return delta_cam, ne.back_substitute(y, dinv, delta_cam), 0
 
 
-def nested_dissection_order(st: Structure) -> np.ndarray:
-    """(n_full,) elimination order of the full-layout camera parameters: METIS nested dissection
-    of the graph of images (linked when they share points) and cameras (linked to their images),
-    each node expanded to its parameters (6 pose entries; ``Ke`` intrinsics entries).
+class SchurPattern:
+    """The reduced camera system's sparsity for :mod:`recon.ba.cholesky`: its variables are the
+    free entries of the full layout, grouped into nodes (an image's pose, a camera's intrinsics),
+    and its entries the image blocks of :func:`reduced_camera_system`, folded onto the full layout
+    (images sharing a camera add into its intrinsics rows and columns). Built once per structure:
+    an iteration gathers the block values in entry order and factors.
 
-    On the 3,000-image synthetic survey SuperLU factored S in 3.1 s in this order and in 4.9 s in
-    its own minimum-degree order (14.1M against 15.3M entries in L): on grid-like camera graphs
-    nested dissection needs less fill and fewer operations.
-    """
-    n_img, n_cam, ke = st.num_images, st.num_cameras, st.ke
-    img_a, img_b = st.block_images.cpu().numpy().T
-    cross = img_a != img_b
-    edges = [(img_a[cross], img_b[cross])]
-    if ke:
-        edges.append((np.arange(n_img), n_img + st.image_camera.cpu().numpy()))
-    nodes = n_img + (n_cam if ke else 0)
-    a, b = (np.concatenate(side) for side in zip(*edges))
-    graph = scipy.sparse.coo_matrix((np.ones(a.size), (a, b)), shape=(nodes, nodes))
-    graph = (graph + graph.T).tocsr()
-    order = np.asarray(pymetis.nested_dissection(pymetis.CSRAdjacency(graph.indptr, graph.indices))[0])
-    rank = np.empty(nodes, dtype=np.int64)
-    rank[order] = np.arange(nodes)
-    node_of_entry = np.concatenate([np.repeat(np.arange(n_img), 6), n_img + np.repeat(np.arange(n_cam), ke)])
-    return np.argsort(rank[node_of_entry], kind="stable")
-
-
-class SparsePattern:
-    """Where every entry of the image blocks lands in the compressed-column (CSC) matrix of the
-    reduced camera system, its rows and columns in :func:`nested_dissection_order`; built once per
-    structure, so an iteration only sums the new block values into place (``numpy.bincount``).
-
-    Both triangles are stored (SuperLU factors the whole matrix). Entries of images sharing a
-    camera fold onto its intrinsics rows and columns; the entries of constant parameters are
-    zeroed by ``entry_free`` and their diagonal set to one, as in the dense solver.
+    Constant parameters are left out of the system (their step is zero), where the dense solver
+    keeps them with a unit diagonal.
     """
 
     def __init__(self, st: Structure):
-        m, n = st.m, st.n_full
-        self.order = nested_dissection_order(st)  # position -> full-layout index
-        position = np.empty(n, dtype=np.int64)
-        position[self.order] = np.arange(n)
-        ext_to_position = position[st.ext_to_full.cpu().numpy()]
+        m, n_img = st.m, st.num_images
+        full_free = st.full_free.cpu().numpy() > 0
+        self.free = torch.from_numpy(np.flatnonzero(full_free)).to(st.full_free.device)
+        variable = np.full(st.n_full, -1, dtype=np.int64)  # full-layout index -> variable (-1: constant)
+        variable[full_free] = np.arange(int(full_free.sum()))
+        ext_to_full = st.ext_to_full.cpu().numpy()
         img_a, img_b = st.block_images.cpu().numpy().T
-        self.upper = np.flatnonzero(img_a < img_b)  # a == b pair blocks are already in the diagonal blocks
+        upper = np.flatnonzero(img_a < img_b)  # a == b pair blocks are already in the diagonal blocks
         ii, jj = np.meshgrid(np.arange(m), np.arange(m), indexing="ij")
 
-        def entries(row_img: np.ndarray, col_img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            """(row, column) positions of each entry of the (len, m, m) blocks (row_img, col_img)."""
-            return (ext_to_position[row_img[:, None, None] * m + ii].reshape(-1),
-                    ext_to_position[col_img[:, None, None] * m + jj].reshape(-1))
+        def full_entries(row_img: np.ndarray, col_img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            """Full-layout (row, column) of every entry of the (len, m, m) blocks (row_img, col_img)."""
+            return (ext_to_full[row_img[:, None, None] * m + ii].reshape(-1),
+                    ext_to_full[col_img[:, None, None] * m + jj].reshape(-1))
 
-        images = np.arange(st.num_images)
-        row_u, col_u = entries(img_a[self.upper], img_b[self.upper])
-        row_d, col_d = entries(images, images)
-        keys = np.concatenate([col_u * n + row_u, row_u * n + col_u, col_d * n + row_d])  # column-major
-        unique, target = np.unique(keys, return_inverse=True)
-        self.target_upper, self.target_lower, self.target_diag = np.split(target, [row_u.size, 2 * row_u.size])
-        self.indices = unique % n
-        columns = unique // n
-        self.indptr = np.searchsorted(columns, np.arange(n + 1))
-        self.diagonal = np.searchsorted(unique, np.arange(n) * (n + 1))
-        self.size = n
-        self.free = st.full_free.cpu().numpy()[self.order]
-        self.entry_free = None if st.all_free else self.free[self.indices] * self.free[columns]
+        # Values: [-cross of the a < b blocks | diagonal blocks], flattened. A cross entry stands
+        # for S_ab[i, j] and its mirror S_ba[j, i], which fold onto one diagonal entry when both
+        # are the same intrinsic of a shared camera: listed twice. A diagonal block is symmetric:
+        # one triangle of it (in full-layout order).
+        rows_u, cols_u = full_entries(img_a[upper], img_b[upper])
+        rows_d, cols_d = full_entries(np.arange(n_img), np.arange(n_img))
+        source_u = np.arange(rows_u.size)
+        twice = source_u[rows_u == cols_u]
+        lower_d = np.flatnonzero(rows_d >= cols_d)
+        source = np.concatenate([source_u, twice, rows_u.size + lower_d])
+        rows = np.concatenate([rows_u, rows_u[twice], rows_d[lower_d]])
+        cols = np.concatenate([cols_u, cols_u[twice], cols_d[lower_d]])
+        keep = (variable[rows] >= 0) & (variable[cols] >= 0)
+        self.upper = torch.from_numpy(upper).to(st.full_free.device)
+        self.source = torch.from_numpy(source[keep]).to(st.full_free.device)
+        node = np.concatenate([np.repeat(np.arange(n_img), 6), n_img + np.repeat(np.arange(st.num_cameras), st.ke)])
+        self.symbolic = SymbolicCholesky(node[full_free], variable[rows[keep]], variable[cols[keep]], st.full_free.device)
 
-    def matrix(self, cross: Tensor, diag: Tensor, damping: Tensor) -> scipy.sparse.csc_matrix:
-        """CSC S + diag(damping) (in :attr:`order`) from the blocks of :func:`reduced_camera_system`."""
-        upper = -cross.cpu().numpy()[self.upper].reshape(-1)
-        nnz = self.indices.size
-        data = (np.bincount(self.target_upper, upper, nnz) + np.bincount(self.target_lower, upper, nnz)
-                + np.bincount(self.target_diag, diag.cpu().numpy().reshape(-1), nnz))
-        if self.entry_free is not None:
-            data *= self.entry_free
-        data[self.diagonal] = np.where(self.free > 0, data[self.diagonal] + damping.cpu().numpy()[self.order], 1.0)
-        return scipy.sparse.csc_matrix((data, self.indices, self.indptr), shape=(self.size, self.size))
+    def factorize(self, cross: Tensor, diag: Tensor, damping: Tensor) -> CholeskyFactor | None:
+        """Factor S + diag(damping) from the blocks of :func:`reduced_camera_system`; None if not
+        positive definite."""
+        values = torch.cat([cross.index_select(0, self.upper).reshape(-1).neg(), diag.reshape(-1)]).index_select(0, self.source)
+        return self.symbolic.factorize(values, damping.index_select(0, self.free))
 
 
 def solve_sparse(ne: NormalEquations, lam: float) -> tuple[Tensor, Tensor, int] | None:
-    """Assemble the Schur complement as a sparse matrix of the image pairs that share points and
-    solve it by a sparse direct factorisation (SuperLU in nested-dissection order, diagonal
-    pivots); None if not positive definite.
+    """Assemble the Schur complement over the image pairs that share points and solve it by a
+    supernodal sparse Cholesky factorisation (:mod:`recon.ba.cholesky`); None if not positive
+    definite.
 
     For camera counts where a dense matrix no longer fits or factors quickly and block-Jacobi CG
-    converges slowly: on a 1,000-image aerial grid CG needed its 200-step cap per iteration. With
-    symmetric ordering and diagonal pivots SuperLU computes S = L D L^T (as U = D L^T), so S is
-    positive definite iff every pivot is positive.
+    converges slowly: on a 1,000-image aerial grid CG needed its 200-step cap per iteration.
     """
     st = ne.st
     pattern = st.pattern
     dinv, y, cross, diag, rhs = reduced_camera_system(ne, lam)
-    s = pattern.matrix(cross, diag, lam * ne.diag_cam)
-    try:
-        lu = scipy.sparse.linalg.splu(s, permc_spec="NATURAL", diag_pivot_thresh=0.0, options=dict(SymmetricMode=True))
-    except RuntimeError:  # exactly singular
+    factor = pattern.factorize(cross, diag, lam * ne.diag_cam)
+    if factor is None:
         return None
-    if not (np.array_equal(lu.perm_r, lu.perm_c) and bool((lu.U.diagonal() > 0).all())):
-        return None
-    solution = lu.solve(-rhs.cpu().numpy()[pattern.order] * pattern.free)
-    delta = torch.empty_like(rhs)
-    delta[torch.from_numpy(pattern.order).to(rhs.device)] = torch.from_numpy(solution * pattern.free).to(rhs.device)
+    delta = torch.zeros_like(rhs).index_copy_(0, pattern.free, factor.solve(-rhs.index_select(0, pattern.free)))
     return delta, ne.back_substitute(y, dinv, delta), 0
 
 
