@@ -1,6 +1,7 @@
 """The command line: one clear line and a non-zero exit on bad input, nothing half-written."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -69,3 +70,15 @@ def test_pairs_of_a_small_collection_are_all_pairs_without_features(tmp_path):
     lines = (tmp_path / "out" / "pairs.txt").read_text().splitlines()
     assert len({frozenset(line.split()) for line in lines}) == len(lines) == 15
     assert not (tmp_path / "out" / "features.h5").exists()
+
+
+def test_openmp_threads_sleep_at_barriers_unless_the_user_chose():
+    """recon sets OMP_WAIT_POLICY=PASSIVE before torch is imported (see recon/__init__.py), and
+    leaves a user's own choice alone."""
+    code = "import os, recon, torch; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    default = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    chosen = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**env, "OMP_WAIT_POLICY": "ACTIVE"}, timeout=120)
+    assert default.stdout.strip() == "PASSIVE"
+    assert chosen.stdout.strip() == "ACTIVE"

@@ -23,9 +23,7 @@ a camera's intrinsics):
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import pymetis
@@ -34,42 +32,29 @@ import torch
 
 Tensor = torch.Tensor
 
-# Relaxed supernode amalgamation, CHOLMOD's defaults (nrelax, zrelax): a supernode of at most
-# RELAX_COLUMNS[i] columns may merge with its parent while at most RELAX_ZEROS[i] of its entries
-# are explicit zeros; the smallest merge regardless.
+# Relaxed supernode amalgamation, CHOLMOD's default limits (nrelax, zrelax): a merged supernode of
+# at most RELAX_COLUMNS[i] columns may hold up to RELAX_ZEROS[i] explicit zeros (as a fraction of
+# its entries), a larger one up to RELAX_ZEROS[-1].
 RELAX_COLUMNS = (4, 16, 48)
 RELAX_ZEROS = (0.8, 0.1, 0.05)
-# Fronts of fewer rows are factored on one CPU thread. Their operations take microseconds, less
-# than an OpenMP team's start; on a loaded machine each start waits for a time slice, and the
-# 3,000-node grid of tests/test_ba_cholesky.py took 4 s instead of 0.5 s with two threads.
-PARALLEL_FRONT_ROWS = 384
 
 
-@contextmanager
-def intra_op_threads(device: torch.device) -> Iterator[callable]:
-    """Yields ``use(rows)``, which sets torch's CPU threads for a front of that many rows (all of
-    them for large fronts, one for small ones); the thread count is restored on exit."""
-    threads = torch.get_num_threads()
-    if device.type != "cpu":
-        yield lambda rows: None
-        return
-    try:
-        yield lambda rows: torch.set_num_threads(threads if rows >= PARALLEL_FRONT_ROWS else 1)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def nested_dissection(num_nodes: int, node_a: np.ndarray, node_b: np.ndarray) -> np.ndarray:
-    """(N,) elimination order of the nodes of an undirected graph (edges node_a[i] - node_b[i]):
-    METIS nested dissection, which on the grid-like camera graphs of surveys fills L less than
-    minimum degree orders."""
-    if num_nodes < 3 or node_a.size == 0:
-        return np.arange(num_nodes)
-    graph = scipy.sparse.coo_matrix((np.ones(node_a.size), (node_a, node_b)), shape=(num_nodes, num_nodes))
-    graph = (graph + graph.T).tocsr()
+def node_graph(num_nodes: int, node_a: np.ndarray, node_b: np.ndarray) -> scipy.sparse.csr_matrix:
+    """Symmetric adjacency (CSR, sorted, no self-loops) of nodes linked by any entry (node_a[e],
+    node_b[e]); duplicates merge (a compressed sparse conversion, not a sort of the entries)."""
+    graph = scipy.sparse.coo_matrix((np.ones(node_a.size, dtype=np.int8), (node_a, node_b)), shape=(num_nodes, num_nodes))
+    graph = (graph.tocsr() + graph.T.tocsr()).tocsr()
     graph.setdiag(0)
     graph.eliminate_zeros()
     graph.sort_indices()
+    return graph
+
+
+def nested_dissection(graph: scipy.sparse.csr_matrix) -> np.ndarray:
+    """(N,) elimination order of the nodes of an undirected graph: METIS nested dissection, which
+    on the grid-like camera graphs of surveys fills L less than minimum degree orders."""
+    if graph.shape[0] < 3 or graph.nnz == 0:
+        return np.arange(graph.shape[0])
     return np.asarray(pymetis.nested_dissection(pymetis.CSRAdjacency(graph.indptr, graph.indices))[0])
 
 
@@ -155,9 +140,7 @@ class CholeskyFactor:
         """x with S x = rhs, both (n,) in the variable order the symbolic analysis was given."""
         sym = self.symbolic
         y = rhs.index_select(0, sym.variable_at)
-        with intra_op_threads(y.device) as use_threads:
-            use_threads(0)  # matrix-vector work: one thread
-            self._substitute(y)
+        self._substitute(y)
         return torch.empty_like(y).index_copy_(0, sym.variable_at, y)
 
     def _substitute(self, y: Tensor) -> None:
@@ -191,14 +174,12 @@ class SymbolicCholesky:
         self.size, self.device = n, device
         nodes, node_of_var = np.unique(node_of_var, return_inverse=True)
         num_nodes = nodes.size
-        node_a, node_b = node_of_var[rows], node_of_var[cols]
-        off = node_a != node_b
-        edges = np.unique(np.stack([np.minimum(node_a[off], node_b[off]), np.maximum(node_a[off], node_b[off])]), axis=1)
+        graph = node_graph(num_nodes, node_of_var[rows], node_of_var[cols])
         # Node level: order, elimination tree, structure; then postorder.
-        metis_order = nested_dissection(num_nodes, *edges)
+        metis_order = nested_dissection(graph)
         rank = np.empty(num_nodes, dtype=np.int64)
         rank[metis_order] = np.arange(num_nodes)
-        parent, structure = elimination_structure(_higher_neighbours(num_nodes, rank[edges[0]], rank[edges[1]]))
+        parent, structure = elimination_structure(later_neighbours(graph, rank))
         post = postorder(parent)
         new_of_old = np.empty(num_nodes, dtype=np.int64)
         new_of_old[post] = np.arange(num_nodes)
@@ -278,22 +259,20 @@ class SymbolicCholesky:
         storage.index_add_(0, self.entry_target, values).index_add_(0, self.diagonal_target, diagonal)
         updates: dict[int, Tensor] = {}
         diagonal_blocks, below_blocks, failures = [], [], []
-        with intra_op_threads(values.device) as use_threads:
-            for s, ((c0, c1), front_rows) in enumerate(zip(self.column_ranges, self.fronts)):
-                width, height = c1 - c0, front_rows.size
-                use_threads(height)
-                front = storage[self.panel_offset[s]:self.panel_offset[s + 1]].view(height, width)
-                if height > width:
-                    front = torch.cat([front, front.new_zeros(height, height - width)], 1)
-                for child in self.children[s]:
-                    extend_add(front, self.into_parent[child], updates.pop(child))
-                l11, info = torch.linalg.cholesky_ex(front[:width, :width])
-                l21 = torch.linalg.solve_triangular(l11.mT, front[width:, :width], upper=True, left=False)
-                if height > width:
-                    updates[s] = front[width:, width:].addmm_(l21, l21.mT, alpha=-1.0)
-                failures.append(info)
-                diagonal_blocks.append(l11)
-                below_blocks.append(l21)
+        for s, ((c0, c1), front_rows) in enumerate(zip(self.column_ranges, self.fronts)):
+            width, height = c1 - c0, front_rows.size
+            front = storage[self.panel_offset[s]:self.panel_offset[s + 1]].view(height, width)
+            if height > width:
+                front = torch.cat([front, front.new_zeros(height, height - width)], 1)
+            for child in self.children[s]:
+                extend_add(front, self.into_parent[child], updates.pop(child))
+            l11, info = torch.linalg.cholesky_ex(front[:width, :width])
+            l21 = torch.linalg.solve_triangular(l11.mT, front[width:, :width], upper=True, left=False)
+            if height > width:
+                updates[s] = front[width:, width:].addmm_(l21, l21.mT, alpha=-1.0)
+            failures.append(info)
+            diagonal_blocks.append(l11)
+            below_blocks.append(l21)
         if bool(torch.stack(failures).any()):
             return None
         return CholeskyFactor(self, diagonal_blocks, below_blocks)
@@ -308,10 +287,10 @@ def extend_add(front: Tensor, at: Tensor, update: Tensor) -> None:
     front.index_copy_(0, at, rows)
 
 
-def _higher_neighbours(num_nodes: int, rank_a: np.ndarray, rank_b: np.ndarray) -> list[np.ndarray]:
-    """Per node (in elimination order), its neighbours eliminated after it."""
-    low, high = np.minimum(rank_a, rank_b), np.maximum(rank_a, rank_b)
-    order = np.lexsort((high, low))
-    bounds = np.searchsorted(low[order], np.arange(num_nodes + 1))
-    high = high[order]
-    return [high[bounds[j]:bounds[j + 1]] for j in range(num_nodes)]
+def later_neighbours(graph: scipy.sparse.csr_matrix, rank: np.ndarray) -> list[np.ndarray]:
+    """Per node in elimination order (``rank``: node -> position), its neighbours eliminated
+    after it, as positions."""
+    permuted = graph[np.argsort(rank)][:, np.argsort(rank)]
+    upper = scipy.sparse.triu(permuted, k=1).tocsr()
+    upper.sort_indices()
+    return np.split(upper.indices.astype(np.int64), upper.indptr[1:-1])
