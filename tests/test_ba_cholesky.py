@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from recon.ba import cholesky
 from recon.ba.cholesky import SymbolicCholesky, elimination_structure, postorder
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -14,8 +15,12 @@ from ba_cholesky import diagonally_dominant_values, scipy_matrix, survey_pattern
 CPU = torch.device("cpu")
 
 
+@pytest.mark.parametrize("blocked_from", [256, 1])
 @pytest.mark.parametrize("nx, ny, intrinsics, radius", [(1, 1, 0, 1), (2, 3, 0, 1), (12, 15, 0, 1), (9, 11, 3, 2)])
-def test_supernodal_solve_matches_dense_solve(nx, ny, intrinsics, radius):
+def test_supernodal_solve_matches_dense_solve(nx, ny, intrinsics, radius, blocked_from, monkeypatch):
+    """Both ways of forming the updates (one product, or row blocks up to the diagonal from
+    ``blocked_from`` rows on) give the dense solution."""
+    monkeypatch.setattr(cholesky, "BLOCKED_UPDATE_MIN_ROWS", blocked_from)
     node_of_var, rows, cols = survey_pattern(nx, ny, intrinsics, radius)
     values, diagonal = diagonally_dominant_values(rows, cols, seed=nx * ny)
     s = torch.from_numpy(scipy_matrix(rows, cols, values, diagonal).toarray())
