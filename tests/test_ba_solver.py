@@ -103,14 +103,19 @@ def with_repeated_observation(problem: Problem, image: int, point: int, shift: f
     return out
 
 
-@pytest.mark.parametrize("scene", ["shared_camera", "camera_per_image"])
+@pytest.mark.parametrize("scene", ["shared_camera", "camera_per_image", "cameras_constant"])
 def test_sparse_solver_takes_the_dense_solvers_steps(scene):
     """The sparse factorisation solves the same reduced camera system as the dense Cholesky, so
     the LM runs coincide: with one camera shared by all images (its intrinsics folded over them),
-    with a camera per image and constant poses, intrinsics and points, and with a point seen twice
+    with a camera per image and constant poses, intrinsics and points, with every camera
+    parameter constant (no camera system at all: only points move), and with a point seen twice
     in one image."""
     if scene == "shared_camera":
         noisy, _ = ring_scene(seed=5, n_img=7, n_pt=80)
+    elif scene == "cameras_constant":
+        noisy, _ = ring_scene(seed=5, n_img=7, n_pt=80)
+        noisy.pose_constant[:] = True
+        noisy.camera_constant[:] = True
     else:
         noisy, _ = synthetic_bal(10, 300, seed=6)
         noisy.pose_constant[[1, 4]] = True

@@ -174,6 +174,8 @@ class SymbolicCholesky:
 
     def __init__(self, node_of_var: np.ndarray, rows: np.ndarray, cols: np.ndarray, device: torch.device):
         n = node_of_var.size
+        if n == 0:
+            raise ValueError("SymbolicCholesky needs at least one variable")
         self.size, self.device = n, device
         nodes, node_of_var = np.unique(node_of_var, return_inverse=True)
         num_nodes = nodes.size

@@ -866,7 +866,9 @@ class SchurPattern:
         self.upper = torch.from_numpy(upper).to(st.full_free.device)
         self.source = torch.from_numpy(source[keep]).to(st.full_free.device)
         node = np.concatenate([np.repeat(np.arange(n_img), 6), n_img + np.repeat(np.arange(st.num_cameras), st.ke)])
-        self.symbolic = SymbolicCholesky(node[full_free], variable[rows[keep]], variable[cols[keep]], st.full_free.device)
+        # None: every camera parameter is constant, there is no system (only points move).
+        self.symbolic = SymbolicCholesky(node[full_free], variable[rows[keep]], variable[cols[keep]],
+                                         st.full_free.device) if full_free.any() else None
 
     def factorize(self, cross: Tensor, diag: Tensor, damping: Tensor) -> CholeskyFactor | None:
         """Factor S + diag(damping) from the blocks of :func:`reduced_camera_system`; None if not
@@ -886,10 +888,12 @@ def solve_sparse(ne: NormalEquations, lam: float) -> tuple[Tensor, Tensor, int] 
     st = ne.st
     pattern = st.pattern
     dinv, y, cross, diag, rhs = reduced_camera_system(ne, lam)
-    factor = pattern.factorize(cross, diag, lam * ne.diag_cam)
-    if factor is None:
-        return None
-    delta = torch.zeros_like(rhs).index_copy_(0, pattern.free, factor.solve(-rhs.index_select(0, pattern.free)))
+    delta = torch.zeros_like(rhs)
+    if pattern.symbolic is not None:
+        factor = pattern.factorize(cross, diag, lam * ne.diag_cam)
+        if factor is None:
+            return None
+        delta.index_copy_(0, pattern.free, factor.solve(-rhs.index_select(0, pattern.free)))
     return delta, ne.back_substitute(y, dinv, delta), 0
 
 
