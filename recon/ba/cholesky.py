@@ -2,9 +2,10 @@
 
 The Schur complement of a large bundle adjustment is sparse (an image couples only with the
 images it shares points with) but made of dense blocks (6 pose entries per image, the intrinsics
-of a camera). A general-purpose sparse LU (SuperLU) walks it entry by entry at about a GFLOP/s;
-this factorisation works on dense blocks instead, so almost all of its arithmetic is dense
-Cholesky, triangular solves and matrix products (BLAS on the CPU, cuBLAS/cuSOLVER on a GPU).
+of a camera). A general-purpose sparse LU (SuperLU, which recon.ba used before) works on it
+entry by entry; this factorisation works on dense blocks instead, so almost all of its arithmetic
+is dense Cholesky, triangular solves and matrix products (BLAS on the CPU, cuBLAS/cuSOLVER on a
+GPU). ``benchmarks/ba_cholesky.py`` compares the two (and dense Cholesky) on survey patterns.
 
 It is the multifrontal method (Duff and Reid; Liu, "The multifrontal method for sparse matrix
 solution", SIAM Review 1992), with supernodes over groups of variables ("nodes": an image's pose,
