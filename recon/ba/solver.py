@@ -363,11 +363,14 @@ class Structure:
         self.pose_free = (~problem.pose_constant).to(torch.float64)  # (I, 6)
         self.intr_free = free_intr[:, self.kcols].to(torch.float64)  # (C, Ke)
         self.point_free = (~problem.point_constant).to(torch.float64)  # (P,)
-        # Component-major (m, M), as the Jacobians are computed.
-        self.obs_free_t = torch.cat([self.pose_free, self.intr_free.index_select(0, self.image_camera)], -1).index_select(0, self.obs_img).T.contiguous()
-        self.obs_point_free = self.point_free.index_select(0, self.obs_pt)  # (M,)
-        self.cams_all_free = bool((self.obs_free_t > 0).all())
+        # Per-observation masks, component-major (m, M) as the Jacobians are computed; only built
+        # when something observed is constant (evaluate skips the masking otherwise).
+        ext_free = torch.cat([self.pose_free, self.intr_free.index_select(0, self.image_camera)], -1)  # (I, m)
+        observed = torch.zeros(self.num_images, dtype=torch.bool, device=dev).index_fill_(0, self.obs_img, True)
+        self.cams_all_free = bool((ext_free[observed] > 0).all())
         self.points_all_free = bool((self.point_free > 0).all())
+        self.obs_free_t = None if self.cams_all_free else columns(ext_free, self.obs_img)
+        self.obs_point_free = None if self.points_all_free else self.point_free.index_select(0, self.obs_pt)  # (M,)
         self.full_free = torch.cat([self.pose_free.reshape(-1), self.intr_free.reshape(-1)])
         self.n_full = self.full_free.numel()
         self.all_free = bool((self.full_free > 0).all())
@@ -394,6 +397,17 @@ class Structure:
             self._index_pair_blocks(by_point, track_pos, n_after)
         if self.solver == "sparse":
             self.pattern = SparsePattern(self)
+        if self.solver == "dense":
+            self._index_dense()
+
+    def _index_dense(self) -> None:
+        """What the dense solver's every iteration would otherwise recompute: the full-layout entry
+        of each row of its matrix (``dense_order``: the ext layout itself when it is a permutation
+        of the full one, else the full layout), their free mask in that order and the rows of the
+        constant entries (zeroed, with a unit diagonal)."""
+        self.dense_order = self.ext_to_full if self.ext_is_full else torch.arange(self.n_full, device=self.ext_to_full.device)
+        self.dense_free = self.full_free.index_select(0, self.dense_order)
+        self.dense_constant = (self.dense_free == 0).nonzero()[:, 0]
 
     def _index_pair_blocks(self, by_point: Tensor, track_pos: Tensor, n_after: Tensor) -> None:
         """Chunks of the observation pairs (a <= b) of each point, keyed by the Schur block they add
@@ -413,6 +427,9 @@ class Structure:
         self.num_blocks = int((uniq < n_img * n_img).sum())
         cross_keys = uniq[:self.num_blocks]
         self.block_images = torch.stack([cross_keys // n_img, cross_keys % n_img], 1)
+        self.block_a, self.block_b = (side.contiguous() for side in self.block_images.unbind(1))
+        self.same_blocks = (self.block_a == self.block_b).nonzero()[:, 0]  # two observations of one point in one image
+        self.same_images = self.block_a.index_select(0, self.same_blocks)
         block_ids = torch.cat([torch.arange(self.num_blocks, device=dev), uniq[self.num_blocks:] - n_img * n_img + self.num_blocks])
         parts = chunk_groups_tail(torch.stack([pair_a, pair_b], 1).index_select(0, by_block),
                                   torch.repeat_interleave(block_ids, counts), CHUNK, TAIL_CHUNK, self.num_obs)
@@ -610,15 +627,21 @@ def evaluate(st: Structure, x: State, options: BAOptions, with_jac: bool) -> Lin
         r = r * scale  # (2, M), its own tensor so the (2, m+1, M) buffer is freed on return
     j_cam[:, m] = r
     if robust or not st.cams_all_free:
-        j_cam[:, :m] *= st.obs_free_t if scale is None else scale * st.obs_free_t
+        j_cam[:, :m] *= _product(scale, st.obs_free_t)
     if robust or not st.points_all_free:
-        j_pts *= st.obs_point_free if scale is None else scale * st.obs_point_free
+        j_pts *= _product(scale, st.obs_point_free)
     jcr = padded((st.num_obs, 2, m + 1), j_cam)
     jcr[:-1].copy_(j_cam.permute(2, 0, 1))
     behind = (~valid).nonzero()[:, 0]  # at depth 0 the projection's Jacobian is inf/NaN, and NaN * 0 is NaN
     jcr.index_fill_(0, behind, 0.0)
     j_pts.index_fill_(2, behind, 0.0)
     return Linearization(cost, jcr[:-1, :, m], jcr[:-1, :, :m], j_pts.permute(2, 0, 1).contiguous(), jcr, j_pts, r)
+
+
+def _product(a: Tensor | None, b: Tensor | None) -> Tensor:
+    """a * b where None stands for all ones (never both None): a mask that is all ones is not
+    built or multiplied by (x * 1 == x, so the result is the same)."""
+    return b if a is None else a if b is None else a * b
 
 
 def _lower3_mv(d: Tensor, x: Tensor) -> Tensor:
@@ -777,15 +800,13 @@ def reduced_camera_system(ne: NormalEquations, lam: float) -> tuple[Tensor, Tens
     y_g = y.float() if ne.schur_float32 else y
     for idx_a, idx_b, chunk_block, size in st.pair_chunks:
         add_rows(blocks, chunk_block, chunk_gram(y_g, y_g, idx_a, idx_b, size).to(y.dtype))
-    img_a, img_b = st.block_images.unbind(1)
     g = ne.g_img - blocks[k:, :m, m]
-    g.index_add_(0, img_a, blocks[:k, :m, m], alpha=-1.0).index_add_(0, img_b, blocks[:k, m, :m], alpha=-1.0)
+    g.index_add_(0, st.block_a, blocks[:k, :m, m], alpha=-1.0).index_add_(0, st.block_b, blocks[:k, m, :m], alpha=-1.0)
     cross = blocks[:k, :m, :m]
     diag = ne.h_img - blocks[k:, :m, :m]
-    same = img_a == img_b  # two observations of one point in one image
-    if bool(same.any()):
-        own = cross[same]
-        diag.index_add_(0, img_a[same], own + own.transpose(1, 2), alpha=-1.0)
+    if st.same_blocks.numel():  # two observations of one point in one image
+        own = cross.index_select(0, st.same_blocks)
+        diag.index_add_(0, st.same_images, own + own.transpose(1, 2), alpha=-1.0)
     return dinv, y, cross, diag, st.fold_images(g)
 
 
@@ -802,26 +823,23 @@ def solve_dense(ne: NormalEquations, lam: float) -> tuple[Tensor, Tensor, int] |
     # the diagonal blocks are written last (over any a == b pair block, already in ``diag``).
     s_ext = torch.zeros(n_img * m, n_img * m, dtype=y.dtype, device=y.device)
     grid = s_ext.view(n_img, m, n_img, m).permute(0, 2, 1, 3)  # (I, I, m, m) view
-    img_a, img_b = st.block_images.unbind(1)
-    grid[img_a, img_b] = -cross
+    grid[st.block_a, st.block_b] = -cross
     grid.diagonal(dim1=0, dim2=1).copy_(diag.permute(1, 2, 0))
     if st.ext_is_full:  # one camera per image: the ext layout is a permutation of the full one
-        s, order = s_ext, st.ext_to_full
+        s = s_ext
     else:  # fold the symmetric ext matrix: images sharing a camera add into its intrinsics block
         s_ext = torch.triu(s_ext) + torch.triu(s_ext, 1).T
         s = torch.zeros(st.n_full, n_img * m, dtype=y.dtype, device=y.device).index_add_(0, st.ext_to_full, s_ext)
         s = torch.zeros(st.n_full, st.n_full, dtype=y.dtype, device=y.device).index_add_(1, st.ext_to_full, s)
-        order = torch.arange(st.n_full, device=y.device)
-    free = st.full_free.index_select(0, order)
-    d = torch.where(free > 0, torch.diagonal(s) + lam * ne.diag_cam.index_select(0, order), torch.ones_like(free))
-    if not st.all_free:
-        s = s * (free[:, None] * free[None, :])
-    s.diagonal().copy_(d)
+    order, constant = st.dense_order, st.dense_constant
+    s.diagonal().add_(lam * ne.diag_cam.index_select(0, order))
+    if constant.numel():  # constant entries: zero rows and columns, unit diagonal (their step is 0)
+        s.index_fill_(0, constant, 0.0).index_fill_(1, constant, 0.0).diagonal().index_fill_(0, constant, 1.0)
     chol, info = torch.linalg.cholesky_ex(s, upper=True)
     if int(info) != 0:
         return None
-    delta = torch.cholesky_solve(-rhs.index_select(0, order)[:, None], chol, upper=True)[:, 0] * free
-    delta_cam = torch.empty_like(delta).index_copy_(0, order, delta)
+    delta = torch.cholesky_solve(-rhs.index_select(0, order)[:, None], chol, upper=True)[:, 0] * st.dense_free
+    delta_cam = torch.empty_like(delta).index_copy_(0, order, delta) if st.ext_is_full else delta
     return delta_cam, ne.back_substitute(y, dinv, delta_cam), 0
 
 
