@@ -277,6 +277,16 @@ def rows(t: Tensor, idx: Tensor) -> Tensor:
     return src.index_select(0, idx).view(idx.shape[0], *t.shape[1:])
 
 
+def copy_into(out: Tensor, src: Tensor) -> Tensor:
+    """out.copy_(src); on CPU through numpy, whose strided copy transposes the (2, m+1, M)
+    component-major Jacobians into (M, 2, m+1) rows in 0.35-0.45 ms where torch's copy_ takes
+    0.45-1.0 ms (BAL 21-11315, 36k observations, one and two threads)."""
+    if out.device.type == "cpu" and not src.requires_grad:
+        np.copyto(out.numpy(), src.numpy())
+        return out
+    return out.copy_(src)
+
+
 def add_rows(out: Tensor, idx: Tensor, src: Tensor) -> Tensor:
     """out[idx] += src (accumulating duplicates) along dim 0, through 2-D views; returns out."""
     out.view(out.shape[0], -1).index_add_(0, idx, src.reshape(src.shape[0], -1))
@@ -366,8 +376,7 @@ class Structure:
         # Per-observation masks, component-major (m, M) as the Jacobians are computed; only built
         # when something observed is constant (evaluate skips the masking otherwise).
         ext_free = torch.cat([self.pose_free, self.intr_free.index_select(0, self.image_camera)], -1)  # (I, m)
-        observed = torch.zeros(self.num_images, dtype=torch.bool, device=dev).index_fill_(0, self.obs_img, True)
-        self.cams_all_free = bool((ext_free[observed] > 0).all())
+        self.cams_all_free = bool((ext_free > 0).all())
         self.points_all_free = bool((self.point_free > 0).all())
         self.obs_free_t = None if self.cams_all_free else columns(ext_free, self.obs_img)
         self.obs_point_free = None if self.points_all_free else self.point_free.index_select(0, self.obs_pt)  # (M,)
@@ -480,8 +489,7 @@ class State:
     def retract(self, st: Structure, delta_cam: Tensor, delta_pts: Tensor) -> "State":
         """x (+) delta: R <- Exp(w) R, t += dt, free intrinsics += d, points += dX."""
         d_pose, d_intr = st.split_full(delta_cam)
-        params = self.camera_params.clone()
-        params[:, st.kcols] += d_intr
+        params = self.camera_params.index_add(1, st.kcols, d_intr)
         return State(so3_exp(d_pose[:, :3]) @ self.rotations, self.translations + d_pose[:, 3:], params,
                      self.points + delta_pts)
 
@@ -631,7 +639,7 @@ def evaluate(st: Structure, x: State, options: BAOptions, with_jac: bool) -> Lin
     if robust or not st.points_all_free:
         j_pts *= _product(scale, st.obs_point_free)
     jcr = padded((st.num_obs, 2, m + 1), j_cam)
-    jcr[:-1].copy_(j_cam.permute(2, 0, 1))
+    copy_into(jcr[:-1], j_cam.permute(2, 0, 1))
     behind = (~valid).nonzero()[:, 0]  # at depth 0 the projection's Jacobian is inf/NaN, and NaN * 0 is NaN
     jcr.index_fill_(0, behind, 0.0)
     j_pts.index_fill_(2, behind, 0.0)
