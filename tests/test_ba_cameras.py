@@ -101,3 +101,12 @@ def test_so3_log_inverts_exp():
     w = torch.randn(100, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     w = w / w.norm(dim=-1, keepdim=True) * torch.linspace(1e-8, torch.pi - 1e-6, 100, dtype=torch.float64)[:, None]
     assert torch.allclose(so3_log(so3_exp(w)), w, atol=1e-7)
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_extra_slice_selects_the_extra_parameters(model):
+    """project_t reads and writes the distortion parameters through ``extra_slice`` (a view): it
+    must select exactly ``extra_idxs``, in order, for every model (none for the pinhole ones)."""
+    cam = get_model(model)
+    params = torch.arange(10.0)
+    assert params[cam.extra_slice].tolist() == [float(i) for i in cam.extra_idxs]

@@ -45,6 +45,13 @@ class CameraModel:
     extra_idxs: tuple[int, ...]
     distortion: DistortionFn
 
+    @property
+    def extra_slice(self) -> slice:
+        """``extra_idxs`` as a slice (they are consecutive in every model): indexing by it is a view,
+        where a list of indices is a gather plus a new index tensor on every call."""
+        start = self.extra_idxs[0] if self.extra_idxs else 0
+        return slice(start, start + len(self.extra_idxs))
+
 
 def _no_distortion(extra: Tensor, u: Tensor, v: Tensor, with_jac: bool):
     if not with_jac:
@@ -147,7 +154,7 @@ def project_t(model: CameraModel, params: Tensor, p_cam: Tensor, with_jac: bool 
     """
     inv_z = 1.0 / p_cam[2]
     u, v = p_cam[0] * inv_z, p_cam[1] * inv_z
-    extra = params[list(model.extra_idxs)]
+    extra = params[model.extra_slice]
     ud, vd, j_uv, j_extra = model.distortion(extra, u, v, with_jac)
     fx = params[model.focal_idxs[0]]
     fy = params[model.focal_idxs[-1]]
@@ -164,7 +171,7 @@ def project_t(model: CameraModel, params: Tensor, p_cam: Tensor, with_jac: bool 
     j_params[0, model.pp_idxs[0]] = 1.0
     j_params[1, model.pp_idxs[1]] = 1.0
     if model.extra_idxs:
-        j_params[:, list(model.extra_idxs)] = f * j_extra
+        j_params[:, model.extra_slice] = f * j_extra
     return xy, j_pcam, j_params
 
 
