@@ -221,9 +221,11 @@ class SymbolicCholesky:
                 self.children[p].append(s)
         dev = self.device
         self.below_rows = [torch.as_tensor(rows, device=dev) if rows.size else None for rows in below]
-        # Extend-add: where each update row lands in the parent's front.
-        self.into_parent = [torch.as_tensor(np.searchsorted(self.fronts[p], rows), device=dev) if p >= 0 else None
-                            for rows, p in zip(below, self.parent)]
+        # Extend-add: where each update row lands in the parent's front, and its runs of
+        # consecutive rows there (local start, local end, front position).
+        into_parent = [np.searchsorted(self.fronts[p], rows) if p >= 0 else None for rows, p in zip(below, self.parent)]
+        self.into_parent = [torch.as_tensor(at, device=dev) if at is not None else None for at in into_parent]
+        self.update_runs = [consecutive_runs(at) if at is not None else [] for at in into_parent]
         widths = np.asarray([c1 - c0 for c0, c1 in self.column_ranges], dtype=np.int64)
         heights = np.asarray([f.size for f in self.fronts], dtype=np.int64)
         self.panel_offset = np.concatenate([[0], np.cumsum(widths * heights)])
@@ -271,7 +273,7 @@ class SymbolicCholesky:
             if height > width:
                 front = torch.cat([front, front.new_zeros(height, height - width)], 1)
             for child in self.children[s]:
-                extend_add(front, self.into_parent[child], updates.pop(child))
+                extend_add(front, self.into_parent[child], updates.pop(child), self.update_runs[child])
             l11, info = torch.linalg.cholesky_ex(front[:width, :width])
             l21 = torch.linalg.solve_triangular(l11.mT, front[width:, :width], upper=True, left=False)
             if height > width:
@@ -301,13 +303,25 @@ def lower_update(block: Tensor, below: Tensor) -> Tensor:
     return block
 
 
-def extend_add(front: Tensor, at: Tensor, update: Tensor) -> None:
-    """front[at, at] += update: the rows of the front that the update touches are gathered, the
-    update is added column-wise and the rows are written back; row copies are contiguous, which
-    makes this several times faster than element-wise advanced indexing (1.5 ms against 11 ms for
-    an 800 x 800 update of a 1000 x 1000 front on one thread)."""
-    rows = front.index_select(0, at).index_add_(1, at, update)
-    front.index_copy_(0, at, rows)
+def extend_add(front: Tensor, at: Tensor, update: Tensor, runs: list[tuple[int, int, int]]) -> None:
+    """front[at, at] += update on and below the diagonal.
+
+    ``runs`` (l0, l1, c0): the update's columns l0..l1 land on the consecutive front columns
+    c0..c0 + l1 - l0 (a child's rows are a few runs of its parent's: 13 per child on average on
+    the 3,000-image survey). Per run, one row-indexed add of the rows from l0 down: contiguous row
+    segments, and only the lower triangle. 6x faster than gathering whole front rows and
+    scattering columns into them, which was most of the factorisation's time (ad hoc, one thread:
+    a 778-row update with 24 runs into a 1,884-row front, 1.2 against 7.1 ms).
+    """
+    for l0, l1, c0 in runs:
+        front[:, c0:c0 + l1 - l0].index_add_(0, at[l0:], update[l0:, l0:l1])
+
+
+def consecutive_runs(positions: np.ndarray) -> list[tuple[int, int, int]]:
+    """Runs of consecutive values in a sorted array: [(start index, end index, first value)]."""
+    starts = np.flatnonzero(np.diff(positions, prepend=-2) != 1)
+    ends = np.append(starts[1:], positions.size)
+    return [(int(a), int(e), int(positions[a])) for a, e in zip(starts, ends)]
 
 
 def later_neighbours(graph: scipy.sparse.csr_matrix, rank: np.ndarray) -> list[np.ndarray]:
