@@ -10,6 +10,8 @@
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pycolmap
 import pytest
@@ -20,6 +22,7 @@ from helpers import TEMPLE, temple_subset
 from recon.align.positioning import global_positioning, positioning_from_depths
 from recon.align.rotation_averaging import average_rotations, spanning_tree_rotations
 from recon.align.tracks import build_tracks
+from recon.align.triangulation import triangulate
 from recon.align.view_graph import largest_component
 from recon.ba import BAOptions
 from recon.ba.geometry import so3_exp
@@ -326,6 +329,29 @@ def test_a_camera_lost_or_starved_by_the_filters_is_posed_again_by_pnp(tmp_path,
     assert state.reregister(4.0, conf["min_image_observations"], conf["reregister_inlier_fraction"], 0) == 1
     assert (state.reprojection_inliers(0.1)[own]).float().mean() > 0.95
     assert torch.equal(state.rotations[1:], others[0][1:]) and torch.equal(state.translations[1:], others[1][1:])
+
+
+def test_a_lost_camera_does_not_drag_the_retriangulated_points(tmp_path):
+    """Image 0 turned by 0.5 deg and without inliers, as the filters leave a camera that the
+    positioning got slightly wrong: re-triangulation from the images of the model puts its points
+    where the other images' rays meet (where they were before, within 1e-6 of the scene's extent),
+    so that PnP against them can pose it again. Its rays, within the Cauchy scale of the
+    triangulation's reweighting, would have moved them by over 1e-4 of the extent."""
+    state, conf = positioned_state(tmp_path)
+    state.filter(state.inlier, conf["min_triangulation_angle"], conf["min_image_observations"])
+    state.adjust(20, BAOptions())
+    state.retriangulate()
+    before = state.points.clone()
+    state.rotations[0] = so3_exp(torch.tensor([[math.radians(0.5), 0.0, 0.0]], dtype=torch.float64))[0] @ state.rotations[0]
+    own = state.obs_image == 0
+    state.inlier[own] = False
+    state.retriangulate()
+    seen = torch.zeros(len(state.points), dtype=torch.bool)
+    seen[state.track[own]] = True
+    extent = float((before - before.mean(0)).norm(dim=1).max())
+    assert float((state.points[seen] - before[seen]).norm(dim=1).max()) < 1e-6 * extent
+    dragged = triangulate(state.centres[state.obs_image], state.rays(), state.track, len(state.points))
+    assert float((dragged[seen] - before[seen]).norm(dim=1).max()) > 1e-4 * extent
 
 
 def test_the_best_observed_image_holds_the_bundle_adjustment_gauge(tmp_path):
