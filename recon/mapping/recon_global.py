@@ -13,7 +13,7 @@ Phases (each a module of :mod:`recon.align`; a tqdm bar names the running phase)
 5. refinement - observations first kept when their ray passes within ``max_ray_angle`` degrees
    of the positioned point; then ``refinement_rounds`` times: bundle adjustment of the inliers
    with recon's BA engine (Cauchy loss, intrinsics fixed), every track re-triangulated from all
-   its observations, observations kept by reprojection error (``max_reprojection_error`` px),
+   its observations in the images of the model (:meth:`State.retriangulate`), observations kept by reprojection error (``max_reprojection_error`` px),
    points by triangulation angle (``min_triangulation_angle`` deg) and images by their number of
    inliers, an image left with few inliers posed again by PnP (:meth:`State.reregister`; up to
    ``reregister_passes`` times, as the images posed in one pass add the points that pose their
