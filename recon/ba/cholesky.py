@@ -46,7 +46,8 @@ UPDATE_BLOCKS = 4
 def node_graph(num_nodes: int, node_a: np.ndarray, node_b: np.ndarray) -> scipy.sparse.csr_matrix:
     """Symmetric adjacency (CSR, sorted, no self-loops) of nodes linked by any entry (node_a[e],
     node_b[e]); duplicates merge (a compressed sparse conversion, not a sort of the entries)."""
-    graph = scipy.sparse.coo_matrix((np.ones(node_a.size, dtype=np.int8), (node_a, node_b)), shape=(num_nodes, num_nodes))
+    ones = np.ones(node_a.size, dtype=np.int8)
+    graph = scipy.sparse.coo_matrix((ones, (node_a, node_b)), shape=(num_nodes, num_nodes))
     graph = (graph.tocsr() + graph.T.tocsr()).tocsr()
     graph.setdiag(0)
     graph.eliminate_zeros()
@@ -150,12 +151,13 @@ class CholeskyFactor:
     def _substitute(self, y: Tensor) -> None:
         """L L^T x = y in place, y in the factor's variable order."""
         sym = self.symbolic
-        for (c0, c1), below, l11, l21 in zip(sym.column_ranges, sym.below_rows, self.diagonal_blocks, self.below_blocks):
+        supernodes = list(zip(sym.column_ranges, sym.below_rows, self.diagonal_blocks, self.below_blocks))
+        for (c0, c1), below, l11, l21 in supernodes:
             z = torch.linalg.solve_triangular(l11, y[c0:c1, None], upper=False)
             y[c0:c1] = z[:, 0]
             if below is not None:
                 y.index_add_(0, below, l21 @ z[:, 0], alpha=-1.0)
-        for (c0, c1), below, l11, l21 in reversed(list(zip(sym.column_ranges, sym.below_rows, self.diagonal_blocks, self.below_blocks))):
+        for (c0, c1), below, l11, l21 in reversed(supernodes):
             z = y[c0:c1]
             if below is not None:
                 z = z - l21.T @ y.index_select(0, below)
