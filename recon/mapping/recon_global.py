@@ -19,7 +19,8 @@ Phases (each a module of :mod:`recon.align`; a tqdm bar names the running phase)
    few inliers posed again by PnP (:meth:`State.reregister`; up to ``reregister_passes`` times,
    as the images posed in one pass add the points that pose their neighbours in the next: a group
    of images dropped together is regained from its border); then a final BA
-   (``final_ba_iterations``) with the focal length refined as ``refine_focal_length`` says, and the principal points (``refine_principal_point``) and extra parameters
+   (``final_ba_iterations``) with the focal length refined as ``refine_focal_length`` says, and
+   the principal points (``refine_principal_point``) and extra parameters
    (``refine_extra_params``) freed only when likelihood-ratio tests at level
    ``intrinsics_significance`` find them observable (:func:`final_adjustment`), re-triangulation
    and a last filter. The BAs stop when an iteration lowers the cost by less than
