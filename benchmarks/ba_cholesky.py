@@ -27,6 +27,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ba_jacobians import best_time  # noqa: E402
 from recon.ba.cholesky import SymbolicCholesky  # noqa: E402
 
 DENSE_MAX_ROWS = 6000  # dense Cholesky beyond this takes longer than the rest together
@@ -85,16 +86,6 @@ def scipy_matrix(rows: np.ndarray, cols: np.ndarray, values: torch.Tensor, diago
                                      np.concatenate([cols, rows[off], np.arange(n)]))), shape=(n, n)).tocsc()
 
 
-def best_time(fn, repeat: int) -> tuple[float, object]:
-    result = fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return min(times), result
-
-
 def run_size(images: int, intrinsics: int, radius: int, repeat: int) -> dict:
     nx = int(round(np.sqrt(images)))
     ny = images // nx
@@ -102,10 +93,12 @@ def run_size(images: int, intrinsics: int, radius: int, repeat: int) -> dict:
     values, diagonal = diagonally_dominant_values(rows, cols, seed=images)
     n = diagonal.numel()
     rhs = torch.randn(n, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    cpu = torch.device("cpu")
     start = time.perf_counter()
-    symbolic = SymbolicCholesky(node_of_var, rows, cols, torch.device("cpu"))
+    symbolic = SymbolicCholesky(node_of_var, rows, cols, cpu)
     symbolic_time = time.perf_counter() - start
-    supernodal, x = best_time(lambda: symbolic.factorize(values, diagonal).solve(rhs), repeat)
+    supernodal = best_time(lambda: symbolic.factorize(values, diagonal).solve(rhs), cpu, repeat)
+    x = symbolic.factorize(values, diagonal).solve(rhs)
     s = scipy_matrix(rows, cols, values, diagonal)
     residual = float(np.abs(s @ x.numpy() - rhs.numpy()).max())
     order = symbolic.variable_at.numpy()
@@ -115,12 +108,12 @@ def run_size(images: int, intrinsics: int, radius: int, repeat: int) -> dict:
         lu = scipy.sparse.linalg.splu(s_ordered, permc_spec="NATURAL", diag_pivot_thresh=0.0, options=dict(SymmetricMode=True))
         return lu.solve(rhs.numpy()[order])
 
-    superlu_time, _ = best_time(superlu, repeat)
+    superlu_time = best_time(superlu, cpu, repeat)
     row = dict(images=nx * ny, rows=n, supernodes=symbolic.num_supernodes, factor_entries=symbolic.factor_entries,
                symbolic=symbolic_time, supernodal=supernodal, superlu=superlu_time, residual=residual)
     if n <= DENSE_MAX_ROWS:
         dense_s = torch.from_numpy(s.toarray())
-        row["dense"], _ = best_time(lambda: torch.cholesky_solve(rhs[:, None], torch.linalg.cholesky(dense_s)), repeat)
+        row["dense"] = best_time(lambda: torch.cholesky_solve(rhs[:, None], torch.linalg.cholesky(dense_s)), cpu, repeat)
     return row
 
 

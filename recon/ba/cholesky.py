@@ -109,9 +109,14 @@ def postorder(parent: np.ndarray) -> np.ndarray:
     return np.asarray(order, dtype=np.int64)
 
 
+def allowed_zeros(columns: int) -> float:
+    """The share of explicit zeros a relaxed supernode of ``columns`` columns may hold."""
+    return next((z for c, z in zip(RELAX_COLUMNS, RELAX_ZEROS) if columns <= c), RELAX_ZEROS[-1])
+
+
 def supernode_starts(parent: np.ndarray, structure: list[np.ndarray], node_size: np.ndarray) -> np.ndarray:
     """First node of each supernode (postordered nodes): node k joins the supernode of k - 1 when
-    k is k - 1's parent and the merge adds few enough explicit zeros (:data:`RELAX_COLUMNS`)."""
+    k is k - 1's parent and the merge adds few enough explicit zeros (:func:`allowed_zeros`)."""
     row_size = [int(node_size[rows].sum()) for rows in structure]
     starts = [0]
     columns, zeros = int(node_size[0]), 0
@@ -122,9 +127,7 @@ def supernode_starts(parent: np.ndarray, structure: list[np.ndarray], node_size:
             new_zeros = zeros + columns * (row_size[k] + size - row_size[k - 1])
             new_columns = columns + size
             entries = new_columns * (new_columns + 1) // 2 + new_columns * row_size[k]
-            fraction = new_zeros / entries
-            if new_zeros == 0 or any(new_columns <= c and fraction <= z for c, z in zip(RELAX_COLUMNS, RELAX_ZEROS)) \
-                    or fraction <= RELAX_ZEROS[-1]:
+            if new_zeros <= allowed_zeros(new_columns) * entries:
                 columns, zeros = new_columns, new_zeros
                 continue
         starts.append(k)
@@ -228,7 +231,8 @@ class SymbolicCholesky:
         into_parent = [np.searchsorted(self.fronts[p], rows) if p >= 0 else None for rows, p in zip(below, self.parent)]
         self.into_parent = [torch.as_tensor(at, device=dev) if at is not None else None for at in into_parent]
         self.update_runs = [consecutive_runs(at) if at is not None else [] for at in into_parent]
-        widths = np.asarray([c1 - c0 for c0, c1 in self.column_ranges], dtype=np.int64)
+        self.column_starts = np.asarray([c0 for c0, _ in self.column_ranges], dtype=np.int64)
+        self.widths = widths = np.asarray([c1 - c0 for c0, c1 in self.column_ranges], dtype=np.int64)
         heights = np.asarray([f.size for f in self.fronts], dtype=np.int64)
         self.panel_offset = np.concatenate([[0], np.cumsum(widths * heights)])
         self.storage_size = int(self.panel_offset[-1])
@@ -241,9 +245,7 @@ class SymbolicCholesky:
         (front height, width) panel of the column's supernode."""
         s = self.supernode_of_position[col_pos]
         local_row = np.searchsorted(self.front_keys, s * self.size + row_pos) - self.front_start[s]
-        width = np.asarray([c1 - c0 for c0, c1 in self.column_ranges])[s]
-        local_col = col_pos - np.asarray([c0 for c0, _ in self.column_ranges])[s]
-        return self.panel_offset[s] + local_row * width + local_col
+        return self.panel_offset[s] + local_row * self.widths[s] + col_pos - self.column_starts[s]
 
     def _map_entries(self, row_pos: np.ndarray, col_pos: np.ndarray) -> None:
         self.entry_target = torch.as_tensor(

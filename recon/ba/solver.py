@@ -10,9 +10,9 @@ One LM iteration (float64 throughout):
    reduced to the camera side by eliminating the 3x3 point blocks.
 3. The reduced camera system is either assembled from per-observation and per-point-pair blocks
    and factored by Cholesky, densely (small camera counts) or supernodally over the image pairs
-   that share points (thousands of cameras, :mod:`recon.ba.cholesky`), or solved matrix-free by conjugate gradients on
-   the implicit Schur complement with a block-Jacobi preconditioner (when the point pairs are too
-   many to assemble).
+   that share points (thousands of cameras, :mod:`recon.ba.cholesky`), or solved matrix-free by
+   conjugate gradients on the implicit Schur complement with a block-Jacobi preconditioner (when
+   the point pairs are too many to assemble).
 4. The step is accepted when the actual/predicted cost-decrease ratio exceeds
    ``min_relative_decrease``; the radius is updated with Ceres' rule
    (``mu /= max(1/3, 1 - (2 rho - 1)^3)`` on success, ``mu /= nu; nu *= 2`` on failure).
@@ -422,7 +422,7 @@ class Structure:
     def _index_pair_blocks(self, by_point: Tensor, track_pos: Tensor, n_after: Tensor) -> None:
         """Chunks of the observation pairs (a <= b) of each point, keyed by the Schur block they add
         to: the image pairs that share a point, numbered 0..K-1 in (image a, image b) order
-        (``block_images`` (K, 2), a <= b), then one key K + i per image i for the a == b pairs
+        (``block_a``, ``block_b`` (K,), a <= b), then one key K + i per image i for the a == b pairs
         (the per-observation terms). Only blocks that exist are numbered: at 1,000 images a
         camera shares points with a few dozen others, not with all of them."""
         dev = by_point.device
@@ -436,8 +436,7 @@ class Structure:
         uniq, counts = torch.unique_consecutive(key.index_select(0, by_block), return_counts=True)
         self.num_blocks = int((uniq < n_img * n_img).sum())
         cross_keys = uniq[:self.num_blocks]
-        self.block_images = torch.stack([cross_keys // n_img, cross_keys % n_img], 1)
-        self.block_a, self.block_b = (side.contiguous() for side in self.block_images.unbind(1))
+        self.block_a, self.block_b = cross_keys // n_img, cross_keys % n_img
         self.same_blocks = (self.block_a == self.block_b).nonzero()[:, 0]  # two observations of one point in one image
         self.same_images = self.block_a.index_select(0, self.same_blocks)
         block_ids = torch.cat([torch.arange(self.num_blocks, device=dev), uniq[self.num_blocks:] - n_img * n_img + self.num_blocks])
@@ -790,7 +789,7 @@ def reduced_camera_system(ne: NormalEquations, lam: float) -> tuple[Tensor, Tens
 
     Returns ``(dinv, y, cross, diag, rhs)``: the point factor and eliminated rows (for the back
     substitution), ``cross`` (K, m, m) the blocks W_a V^-1 W_b^T of the image pairs
-    ``Structure.block_images`` (S_ab = -cross for a < b), ``diag`` (I, m, m) the image diagonal
+    ``Structure.block_a``, ``block_b`` (S_ab = -cross for a < b), ``diag`` (I, m, m) the image diagonal
     blocks S_aa (per image, "ext" layout: images sharing a camera each have their own intrinsics
     block), and ``rhs`` in the full layout.
 
@@ -870,7 +869,7 @@ class SchurPattern:
         variable = np.full(st.n_full, -1, dtype=np.int64)  # full-layout index -> variable (-1: constant)
         variable[full_free] = np.arange(int(full_free.sum()))
         ext_to_full = st.ext_to_full.cpu().numpy()
-        img_a, img_b = st.block_images.cpu().numpy().T
+        img_a, img_b = st.block_a.cpu().numpy(), st.block_b.cpu().numpy()
         upper = np.flatnonzero(img_a < img_b)  # a == b pair blocks are already in the diagonal blocks
         ii, jj = np.meshgrid(np.arange(m), np.arange(m), indexing="ij")
 
