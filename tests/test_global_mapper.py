@@ -331,6 +331,28 @@ def test_a_camera_lost_or_starved_by_the_filters_is_posed_again_by_pnp(tmp_path,
     assert torch.equal(state.rotations[1:], others[0][1:]) and torch.equal(state.translations[1:], others[1][1:])
 
 
+def test_a_starved_camera_is_posed_against_the_points_of_the_others(tmp_path):
+    """Image 0 turned by 1 deg keeps 40 % of its observations as inliers, and every point is
+    triangulated with its rays too, as when a misplaced camera holds points of its own: PnP
+    against the points that the other images triangulate without it turns it back within 0.01
+    deg (its own rays drag the points enough that PnP against them stays 0.17 deg off). Image 1
+    is as starved but where the others put it, and keeps its pose bit for bit."""
+    state, conf = positioned_state(tmp_path)
+    state.filter(state.inlier, conf["min_triangulation_angle"], conf["min_image_observations"])
+    state.adjust(20, BAOptions())
+    truth = state.rotations.clone()
+    state.rotations[0] = so3_exp(torch.tensor([[0.0, math.radians(1.0), 0.0]], dtype=torch.float64))[0] @ truth[0]
+    state.points, _ = state.triangulated(torch.ones(len(state.images), dtype=torch.bool))
+    for image in (0, 1):
+        own = (state.obs_image == image).nonzero()[:, 0]
+        state.inlier[own[int(0.4 * len(own)):]] = False
+    fraction = conf["reregister_inlier_fraction"]
+    assert state.reregister(4.0, conf["min_image_observations"], fraction, 0) == 1
+    angle = torch.rad2deg(torch.arccos(((state.rotations[0] @ truth[0].T).trace() - 1).div(2).clamp(-1, 1)))
+    assert float(angle) < 0.01
+    assert torch.equal(state.rotations[1:], truth[1:])
+
+
 def test_a_lost_camera_does_not_drag_the_retriangulated_points(tmp_path):
     """Image 0 turned by 0.5 deg and without inliers, as the filters leave a camera that the
     positioning got slightly wrong: re-triangulation from the images of the model puts its points
