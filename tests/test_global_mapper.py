@@ -131,6 +131,28 @@ def test_tracks_from_crafted_matches():
     assert observed == [((0, 0), (1, 0), (2, 0)), ((1, 1), (2, 1)), ((1, 2), (2, 2))]
 
 
+def test_a_track_joined_by_a_wrong_match_keeps_its_larger_part():
+    """Track 0 holds the rays of two points 2 units apart, five of A and four of B (as when a wrong
+    match joins two tracks); track 1 is A's five rays alone. Triangulated by consensus, track 0's
+    point is A within 1e-3 units (B's rays, 20 deg off, keep a small pull) and track 1's within
+    1e-9; the plain reweighting, started from the midpoint of all nine rays, ends 2 units from A
+    (and 2.5 from B), a point that no ray sees."""
+    from recon.align.triangulation import triangulate_by_consensus
+
+    generator = torch.Generator().manual_seed(3)
+    a, b = torch.tensor([0.0, 0.0, 5.0], dtype=torch.float64), torch.tensor([2.0, 0.0, 5.0], dtype=torch.float64)
+    centres = torch.rand(9, 3, generator=generator, dtype=torch.float64) * 4 - 2
+    centres[:, 2] = 0.0
+    targets = torch.stack([a] * 5 + [b] * 4)
+    rays = (targets - centres) / (targets - centres).norm(dim=1, keepdim=True)
+    track = torch.tensor([0] * 9 + [1] * 5)
+    centres, rays = torch.cat([centres, centres[:5]]), torch.cat([rays, rays[:5]])
+    points = triangulate_by_consensus(centres, rays, track, 2, max_angle_deg=0.2)
+    assert float((points[0] - a).norm()) < 1e-3 and float((points[1] - a).norm()) < 1e-9
+    plain = triangulate(centres, rays, track, 2)[0]
+    assert float((plain - a).norm()) > 1.0 and float((plain - b).norm()) > 1.0
+
+
 def synthetic_database(path, num_images: int, wrong_fraction: float, seed: int) -> pycolmap.Reconstruction:
     """pycolmap's synthetic scene with verified geometries; ``wrong_fraction`` of extra random matches."""
     options = pycolmap.SyntheticDatasetOptions()
@@ -342,7 +364,7 @@ def test_a_starved_camera_is_posed_against_the_points_of_the_others(tmp_path):
     state.adjust(20, BAOptions())
     truth = state.rotations.clone()
     state.rotations[0] = so3_exp(torch.tensor([[0.0, math.radians(1.0), 0.0]], dtype=torch.float64))[0] @ truth[0]
-    state.points, _ = state.triangulated(torch.ones(len(state.images), dtype=torch.bool))
+    state.points, _ = state.triangulated(torch.ones(len(state.images), dtype=torch.bool), 4.0)
     for image in (0, 1):
         own = (state.obs_image == image).nonzero()[:, 0]
         state.inlier[own[int(0.4 * len(own)):]] = False
@@ -362,12 +384,12 @@ def test_a_lost_camera_does_not_drag_the_retriangulated_points(tmp_path):
     state, conf = positioned_state(tmp_path)
     state.filter(state.inlier, conf["min_triangulation_angle"], conf["min_image_observations"])
     state.adjust(20, BAOptions())
-    state.retriangulate()
+    state.retriangulate(4.0)
     before = state.points.clone()
     state.rotations[0] = so3_exp(torch.tensor([[math.radians(0.5), 0.0, 0.0]], dtype=torch.float64))[0] @ state.rotations[0]
     own = state.obs_image == 0
     state.inlier[own] = False
-    state.retriangulate()
+    state.retriangulate(4.0)
     seen = torch.zeros(len(state.points), dtype=torch.bool)
     seen[state.track[own]] = True
     extent = float((before - before.mean(0)).norm(dim=1).max())

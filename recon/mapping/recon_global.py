@@ -75,7 +75,8 @@ from tqdm import tqdm
 from ..align.positioning import global_positioning, positioning_from_depths
 from ..align.rotation_averaging import average_rotations, rotation_consistency, spanning_tree_rotations
 from ..align.tracks import Tracks, build_tracks
-from ..align.triangulation import ray_angles, reprojection_errors, triangulate, triangulation_angles
+from ..align.triangulation import (ray_angles, reprojection_errors, triangulate, triangulate_by_consensus,
+                                   triangulation_angles)
 from ..align.view_graph import (ViewGraph, calibrate_focal_lengths, estimate_relative_poses, focal_lengths,
                                 largest_component, read_view_graph, restrict_to_largest_component,
                                 set_focal_lengths)
@@ -280,16 +281,16 @@ def map_once(graph: ViewGraph, conf: dict[str, Any], device: torch.device, seed:
     for _ in range(conf["refinement_rounds"]):
         state.adjust(conf["ba_iterations"], BAOptions(refine_focal_length=False, refine_extra_params=False,
                                                       function_tolerance=conf["ba_function_tolerance"]))
-        state.retriangulate()
+        state.retriangulate(conf["max_reprojection_error"])
         state.filter(state.reprojection_inliers(conf["max_reprojection_error"]), *filter_args)
         for _ in range(conf["reregister_passes"]):  # each pass grows the main group into a dropped one
             if not state.reregister(conf["max_reprojection_error"], conf["min_image_observations"],
                                     conf["reregister_inlier_fraction"], seed):
                 break
-            state.retriangulate()
+            state.retriangulate(conf["max_reprojection_error"])
             state.filter(state.reprojection_inliers(conf["max_reprojection_error"]), *filter_args)
     final_adjustment(state, conf)
-    state.retriangulate()
+    state.retriangulate(conf["max_reprojection_error"])
     state.filter(state.reprojection_inliers(conf["max_reprojection_error"]), *filter_args)
     return state
 
@@ -672,7 +673,7 @@ class State:
             return 0
         seen_by_candidate = torch.zeros(len(self.points), dtype=torch.bool, device=self.device)
         seen_by_candidate[self.track[candidates[self.obs_image]]] = True
-        points, ray_counts = self.triangulated(self.in_model() & ~candidates, seen_by_candidate)
+        points, ray_counts = self.triangulated(self.in_model() & ~candidates, max_error, seen_by_candidate)
         # The candidates' observations of the others' points (two rays or more), grouped by image.
         rows = torch.nonzero(candidates[self.obs_image] & (ray_counts[self.track] >= 2)).flatten()
         rows = rows[torch.argsort(self.obs_image[rows], stable=True)]
@@ -720,19 +721,31 @@ class State:
         """(I,) bool: the images with inliers."""
         return torch.bincount(self.obs_image[self.inlier], minlength=len(self.images)) > 0
 
-    def triangulated(self, images: torch.Tensor, tracks: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def triangulated(self, images: torch.Tensor, max_error: float,
+                     tracks: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The points of the tracks ``tracks`` (T,) bool (default: all) triangulated from all their
         observations (inliers or not) in the images ``images`` (I,) bool, with the current poses
         and intrinsics: (T, 3) points (a track none of those images sees keeps its point) and (T,)
-        how many rays each has."""
+        how many rays each has. A track whose point fewer than half of its rays pass within
+        ``max_error`` px of (the angle at the median focal length) is triangulated again from a
+        consensus start (:func:`~recon.align.triangulation.triangulate_by_consensus`).
+
+        Why: a wrong match that joins two points' tracks (20 % wrong raw matches on the
+        3,000-image synthetic survey, 0.25 % of them verified) leaves a track whose reweighted
+        midpoint lies between the two points, where no ray passes within the filter's 4 px: 9,062
+        tracks of typical length (113k observations, 38 per image) had no inlier. With the
+        consensus the 1,000-image survey keeps 597 instead of 578 observations per image; AUC is
+        unchanged (within 0.0002) there, at 3,000 images and on the real scenes."""
         selected = images[self.obs_image] if tracks is None else images[self.obs_image] & tracks[self.track]
         rows = torch.nonzero(selected).flatten()
         ids, local = torch.unique(self.track[rows], return_inverse=True)
+        max_angle = float(np.degrees(max_error / float(self.camera_params[:, 0].median())))
         points = self.points.clone()
-        points[ids] = triangulate(self.centres[self.obs_image[rows]], self.rays(rows), local, len(ids))
+        points[ids] = triangulate_by_consensus(self.centres[self.obs_image[rows]], self.rays(rows), local, len(ids),
+                                               max_angle)
         return points, torch.bincount(self.track[rows], minlength=len(self.points))
 
-    def retriangulate(self) -> None:
+    def retriangulate(self, max_error: float) -> None:
         """Every track from all its observations (inliers or not) in the images of the model (those
         with inliers), with the current poses and intrinsics; a track none of them sees keeps its
         point.
@@ -741,7 +754,7 @@ class State:
         points that are to pose them again by PnP (:meth:`reregister`). On the 3,000-image
         synthetic survey three images stayed lost that way, with 1-5 of their 178-371 observations
         left in tracks of two inliers."""
-        self.points, _ = self.triangulated(self.in_model())
+        self.points, _ = self.triangulated(self.in_model(), max_error)
 
     def current_cameras(self) -> list[pycolmap.Camera]:
         """The view graph's cameras with the current intrinsics written into them."""
