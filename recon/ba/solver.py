@@ -426,22 +426,23 @@ class Structure:
         (the per-observation terms). Only blocks that exist are numbered: at 1,000 images a
         camera shares points with a few dozen others, not with all of them."""
         dev = by_point.device
-        t_a = torch.repeat_interleave(track_pos, n_after + 1)
-        offsets = torch.arange(t_a.numel(), device=dev) - torch.repeat_interleave(torch.cumsum(n_after + 1, 0) - n_after - 1, n_after + 1)
+        # Cross pairs: each observation with every later one of its point. The a == b terms are the
+        # observations themselves, already in image-major order: they are appended, not sorted.
+        t_a = torch.repeat_interleave(track_pos, n_after)
+        offsets = 1 + torch.arange(t_a.numel(), device=dev) - torch.repeat_interleave(torch.cumsum(n_after, 0) - n_after, n_after)
         pair_a, pair_b = by_point.index_select(0, t_a), by_point.index_select(0, t_a + offsets)
-        img_a, img_b = self.obs_img.index_select(0, pair_a), self.obs_img.index_select(0, pair_b)
         n_img = self.num_images  # images ascend along a track: img(a) <= img(b)
-        key = torch.where(offsets > 0, img_a * n_img + img_b, n_img * n_img + img_a)
+        key = self.obs_img.index_select(0, pair_a) * n_img + self.obs_img.index_select(0, pair_b)
         by_block = torch.argsort(key, stable=True)  # pair_a ascends within a block (tracks are in point order)
-        uniq, counts = torch.unique_consecutive(key.index_select(0, by_block), return_counts=True)
-        self.num_blocks = int((uniq < n_img * n_img).sum())
-        cross_keys = uniq[:self.num_blocks]
+        cross_keys, counts = torch.unique_consecutive(key.index_select(0, by_block), return_counts=True)
+        self.num_blocks = int(cross_keys.numel())
         self.block_a, self.block_b = cross_keys // n_img, cross_keys % n_img
         self.same_blocks = (self.block_a == self.block_b).nonzero()[:, 0]  # two observations of one point in one image
         self.same_images = self.block_a.index_select(0, self.same_blocks)
-        block_ids = torch.cat([torch.arange(self.num_blocks, device=dev), uniq[self.num_blocks:] - n_img * n_img + self.num_blocks])
-        parts = chunk_groups_tail(torch.stack([pair_a, pair_b], 1).index_select(0, by_block),
-                                  torch.repeat_interleave(block_ids, counts), CHUNK, TAIL_CHUNK, self.num_obs)
+        obs = torch.arange(self.num_obs, device=dev)
+        pairs = torch.cat([torch.stack([pair_a, pair_b], 1).index_select(0, by_block), torch.stack([obs, obs], 1)])
+        keys = torch.cat([torch.repeat_interleave(torch.arange(self.num_blocks, device=dev), counts), self.num_blocks + self.obs_img])
+        parts = chunk_groups_tail(pairs, keys, CHUNK, TAIL_CHUNK, self.num_obs)
         # [(rows of side a, rows of side b, block of each chunk, chunk size)]
         self.pair_chunks = [(*pairs.T.contiguous(), chunk_key, size) for pairs, chunk_key, size in parts]
 
