@@ -27,6 +27,7 @@ diagonal, so their update is exactly zero and they remain bit-identical.
 """
 from __future__ import annotations
 
+import functools
 import math
 import threading
 import time
@@ -507,16 +508,21 @@ class Linearization:
     With Jacobians, ``jcr`` (M+1, 2, m+1) holds [J_cam | r] row-major with a zero last row (the
     padding target of the chunked grams); ``residuals`` and ``jac_cam`` are views into it.
     ``jac_pts_t`` (2, 3, M) and ``residuals_t`` (2, M) are the component-major twins used by the
-    per-point sums.
+    per-point sums; the row-major ``jac_pts`` is made from ``jac_pts_t`` on first use (only CG and
+    its model-cost check read it: the exact solvers never pay the transposing copy).
     """
 
     cost: float
     residuals: Tensor
     jac_cam: Tensor | None = None
-    jac_pts: Tensor | None = None
     jcr: Tensor | None = None
     jac_pts_t: Tensor | None = None
     residuals_t: Tensor | None = None
+
+    @functools.cached_property
+    def jac_pts(self) -> Tensor:
+        """(M, 2, 3) contiguous."""
+        return self.jac_pts_t.permute(2, 0, 1).contiguous()
 
 
 def columns(t: Tensor, idx: Tensor) -> Tensor:
@@ -644,7 +650,7 @@ def evaluate(st: Structure, x: State, options: BAOptions, with_jac: bool) -> Lin
     behind = (~valid).nonzero()[:, 0]  # at depth 0 the projection's Jacobian is inf/NaN, and NaN * 0 is NaN
     jcr.index_fill_(0, behind, 0.0)
     j_pts.index_fill_(2, behind, 0.0)
-    return Linearization(cost, jcr[:-1, :, m], jcr[:-1, :, :m], j_pts.permute(2, 0, 1).contiguous(), jcr, j_pts, r)
+    return Linearization(cost, jcr[:-1, :, m], jcr[:-1, :, :m], jcr, j_pts, r)
 
 
 def _product(a: Tensor | None, b: Tensor | None) -> Tensor:
