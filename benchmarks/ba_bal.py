@@ -6,8 +6,8 @@ tolerances (function 1e-8, gradient 1e-10, parameter 1e-8, at most 100 iteration
 thread count; Ceres uses SPARSE_SCHUR. Printed: initial and final cost of each, iterations,
 wall time of each (problem setup included on both sides) and the time ratio recon / Ceres.
 With ``--repeat N`` (default 3) each solver runs N times on each problem in this process, from the
-same start every time; the reported run of each is its fastest and the ratio is of the two bests
-(on a shared CPU one run of 0.2 s can be 50% slower than the next).
+same start every time, the two taking turns; the reported run of each is its fastest and the
+ratio is of the two bests (on a shared CPU one run of 0.2 s can be 50% slower than the next).
 Targets: recon final cost <= Ceres final cost x (1 + 1e-4); recon time <= 0.5 x Ceres time.
 
 Part 2 (scale): synthetic BAL-format problems (cameras along a street, 0.5 px noise, 1% gross
@@ -99,9 +99,18 @@ def run_recon(problem, device: str, threads: int, tolerances: dict = TOLERANCES,
     return out
 
 
-def fastest(run, repeat: int) -> dict:
-    """The result of ``run()`` with the smallest wall time over ``repeat`` calls."""
-    return min((run() for _ in range(max(repeat, 1))), key=lambda result: result["time"])
+def fastest(runs: dict, repeat: int) -> dict:
+    """{name: the result of ``runs[name]()`` with the smallest wall time over ``repeat`` calls}.
+
+    The solvers take turns (in alternating order) rather than each running ``repeat`` times in a
+    row, so a burst of load from other processes falls on both of them.
+    """
+    results = {name: [] for name in runs}
+    names = list(runs)
+    for i in range(max(repeat, 1)):
+        for name in names if i % 2 == 0 else names[::-1]:
+            results[name].append(runs[name]())
+    return {name: min(found, key=lambda result: result["time"]) for name, found in results.items()}
 
 
 def copy_bandwidth() -> float:
@@ -169,9 +178,10 @@ def main() -> None:
 
     for name in [n for n in args.bal.split(",") if n]:
         problem = read_bal(SHARED / "data" / "bal" / name)
-        ceres = fastest(lambda: run_ceres(problem, args.threads, "SPARSE_SCHUR"), args.repeat)
         for device in devices:
-            recon = fastest(lambda: run_recon(problem, device, args.threads), args.repeat)
+            best = fastest(dict(ceres=lambda: run_ceres(problem, args.threads, "SPARSE_SCHUR"),
+                                recon=lambda: run_recon(problem, device, args.threads)), args.repeat)
+            ceres, recon = best["ceres"], best["recon"]
             row = dict(problem=name, device=device, observations=problem.num_observations, recon=recon, ceres=ceres,
                        time_ratio=recon["time"] / ceres["time"],
                        cost_ok=recon["final_cost"] <= ceres["final_cost"] * (1 + 1e-4))
