@@ -3,8 +3,9 @@
 Part 1 (BAL): for each BAL file, both solvers start from the same parameters with the same
 objective (trivial loss; COLMAP zeroes behind-camera residuals and so do we), the same
 tolerances (function 1e-8, gradient 1e-10, parameter 1e-8, at most 100 iterations) and the same
-thread count; Ceres uses SPARSE_SCHUR. Printed: initial and final cost of each, iterations,
-wall time of each (problem setup included on both sides) and the time ratio recon / Ceres.
+thread setting; Ceres uses SPARSE_SCHUR. Printed: initial and final cost of each, iterations,
+wall time of each (problem setup included on both sides), the threads each ran on (recon runs
+problems under ``recon.ba.solver.SERIAL_MAX_OBSERVATIONS`` on one) and the time ratio recon / Ceres.
 With ``--repeat N`` (default 3) each solver runs N times on each problem in this process, from the
 same start every time, the two taking turns; the reported run of each is its fastest and the
 ratio is of the two bests (on a shared CPU one run of 0.2 s can be 50% slower than the next).
@@ -92,6 +93,7 @@ def run_recon(problem, device: str, threads: int, tolerances: dict = TOLERANCES,
     wall = time.perf_counter() - start
     out = dict(initial_cost=summary.initial_cost, final_cost=summary.final_cost, iterations=summary.num_iterations,
                time=wall, time_per_iteration=summary.time_per_iteration, solver=summary.linear_solver,
+               threads=summary.num_threads,
                termination=summary.message, pcg_iterations=sum(summary.pcg_iterations))
     if device == "cuda":
         out["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -190,7 +192,7 @@ def main() -> None:
                 print(f"{name:32s} {device:4s} obs {problem.num_observations:7d} | initial {recon['initial_cost']:.6e} "
                       f"(ceres {ceres['initial_cost']:.6e}) | final recon {recon['final_cost']:.6e} ceres "
                       f"{ceres['final_cost']:.6e} ok={row['cost_ok']} | iters {recon['iterations']:3d}/{ceres['iterations']:3d} "
-                      f"| time recon {recon['time']:.3f}s ({recon['solver']}) ceres {ceres['time']:.3f}s "
+                      f"| time recon {recon['time']:.3f}s ({recon['solver']}, {recon['threads']} thr) ceres {ceres['time']:.3f}s "
                       f"({ceres['solver']}, {ceres['threads']} thr) | ratio {row['time_ratio']:.2f}", flush=True)
 
     scale_tol = dict(TOLERANCES, function_tolerance=1e-6, max_num_iterations=args.scale_iterations)

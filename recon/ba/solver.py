@@ -142,6 +142,7 @@ class Summary:
     num_observations: int
     num_residuals: int
     total_time: float
+    num_threads: int  # CPU threads torch ran the solve on (see SERIAL_MAX_OBSERVATIONS)
     iteration_times: list[float] = field(default_factory=list)
     costs: list[float] = field(default_factory=list)
     pcg_iterations: list[int] = field(default_factory=list)
@@ -1118,7 +1119,8 @@ def _solve(problem: Problem, options: BAOptions) -> tuple[Problem, State, Summar
         initial_cost=initial_cost, final_cost=cost, num_iterations=iteration, num_successful_steps=n_ok,
         num_unsuccessful_steps=n_bad, termination=termination, message=message, linear_solver=st.solver,
         jacobian=options.jacobian, device=str(device), num_observations=st.num_obs, num_residuals=2 * st.num_obs,
-        total_time=time.perf_counter() - start, iteration_times=times, costs=costs, pcg_iterations=pcg_iters)
+        total_time=time.perf_counter() - start, num_threads=torch.get_num_threads(), iteration_times=times, costs=costs,
+        pcg_iterations=pcg_iters)
     return prob, x, summary
 
 
