@@ -10,6 +10,7 @@ from recon.ba import BAOptions, Problem, adjust, from_reconstruction, read_bal, 
 from recon.ba.cameras import get_model, project
 from recon.ba.geometry import so3_exp
 from recon.ba.problem import gauge_two_cams
+from recon.ba.solver import SERIAL_MAX_OBSERVATIONS
 from conftest import shared_path
 
 pycolmap.logging.minloglevel = 2
@@ -142,6 +143,18 @@ def test_auto_solver_choice_follows_the_size_limits():
     for options, expected in limits:
         summary = solve(noisy, BAOptions(device="cpu", max_num_iterations=1, **options))[1]
         assert summary.linear_solver == expected, options
+
+
+def test_small_problems_run_on_one_thread_and_the_caller_keeps_its_setting():
+    """Below SERIAL_MAX_OBSERVATIONS the solve runs on one thread whatever ``num_threads`` asks;
+    at or above it on ``num_threads``; either way the caller's torch thread count is restored."""
+    before = torch.get_num_threads()
+    for n_pt, expected in [(100, 1), (SERIAL_MAX_OBSERVATIONS // 8, 2)]:  # 8 images see every point
+        noisy, _ = ring_scene(seed=8, n_pt=n_pt)
+        summary = solve(noisy, BAOptions(device="cpu", num_threads=2, max_num_iterations=1))[1]
+        assert (noisy.num_observations < SERIAL_MAX_OBSERVATIONS) == (expected == 1)
+        assert summary.num_threads == expected
+        assert torch.get_num_threads() == before
 
 
 def test_constant_blocks_stay_bit_identical():

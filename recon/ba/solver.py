@@ -27,6 +27,7 @@ diagonal, so their update is exactly zero and they remain bit-identical.
 """
 from __future__ import annotations
 
+import functools
 import math
 import threading
 import time
@@ -72,7 +73,8 @@ class BAOptions:
         device: ``auto | cpu | cuda``.
         num_threads: CPU threads for torch during the solve (restored afterwards); None keeps
             torch's setting. On a busy machine 1 thread is often fastest: every torch op is a
-            parallel region that waits for all its threads to be scheduled.
+            parallel region that waits for all its threads to be scheduled. Problems with fewer
+            than :data:`SERIAL_MAX_OBSERVATIONS` observations always run on one thread.
         progress: show a tqdm bar over LM iterations.
     Which parameters move (used by :func:`recon.ba.adjust`; a :class:`Problem` carries its own
     masks): refine_focal_length, refine_principal_point, refine_extra_params, refine_poses,
@@ -140,6 +142,7 @@ class Summary:
     num_observations: int
     num_residuals: int
     total_time: float
+    num_threads: int  # CPU threads torch ran the solve on (see SERIAL_MAX_OBSERVATIONS)
     iteration_times: list[float] = field(default_factory=list)
     costs: list[float] = field(default_factory=list)
     pcg_iterations: list[int] = field(default_factory=list)
@@ -152,6 +155,15 @@ class Summary:
         return (f"recon.ba {self.linear_solver}/{self.jacobian} on {self.device}: {self.num_residuals} residuals, "
                 f"cost {self.initial_cost:.6e} -> {self.final_cost:.6e}, {self.num_iterations} iterations "
                 f"({self.num_successful_steps} successful), {self.total_time:.3f} s, {self.termination}: {self.message}")
+
+
+SERIAL_MAX_OBSERVATIONS = 20_000
+"""Below this many observations :func:`solve` uses one CPU thread whatever ``num_threads`` says:
+its per-observation ops (tens of microseconds each) and block GEMMs are too small for a parallel
+region's wake-up and barrier to pay. Measured on the 2-core machine with other jobs running (load
+2-3, interleaved, same steps and costs): recon_global's BAs on templeSparseRing (2k-8k
+observations) took 0.59-0.76x the time of two threads, BAL 49-1800-shrink (11k) 0.83x, and two
+threads spent 18% more CPU time at no gain in wall time (CPU / wall 1.0)."""
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -426,22 +438,23 @@ class Structure:
         (the per-observation terms). Only blocks that exist are numbered: at 1,000 images a
         camera shares points with a few dozen others, not with all of them."""
         dev = by_point.device
-        t_a = torch.repeat_interleave(track_pos, n_after + 1)
-        offsets = torch.arange(t_a.numel(), device=dev) - torch.repeat_interleave(torch.cumsum(n_after + 1, 0) - n_after - 1, n_after + 1)
+        # Cross pairs: each observation with every later one of its point. The a == b terms are the
+        # observations themselves, already in image-major order: they are appended, not sorted.
+        t_a = torch.repeat_interleave(track_pos, n_after)
+        offsets = 1 + torch.arange(t_a.numel(), device=dev) - torch.repeat_interleave(torch.cumsum(n_after, 0) - n_after, n_after)
         pair_a, pair_b = by_point.index_select(0, t_a), by_point.index_select(0, t_a + offsets)
-        img_a, img_b = self.obs_img.index_select(0, pair_a), self.obs_img.index_select(0, pair_b)
         n_img = self.num_images  # images ascend along a track: img(a) <= img(b)
-        key = torch.where(offsets > 0, img_a * n_img + img_b, n_img * n_img + img_a)
+        key = self.obs_img.index_select(0, pair_a) * n_img + self.obs_img.index_select(0, pair_b)
         by_block = torch.argsort(key, stable=True)  # pair_a ascends within a block (tracks are in point order)
-        uniq, counts = torch.unique_consecutive(key.index_select(0, by_block), return_counts=True)
-        self.num_blocks = int((uniq < n_img * n_img).sum())
-        cross_keys = uniq[:self.num_blocks]
+        cross_keys, counts = torch.unique_consecutive(key.index_select(0, by_block), return_counts=True)
+        self.num_blocks = int(cross_keys.numel())
         self.block_a, self.block_b = cross_keys // n_img, cross_keys % n_img
         self.same_blocks = (self.block_a == self.block_b).nonzero()[:, 0]  # two observations of one point in one image
         self.same_images = self.block_a.index_select(0, self.same_blocks)
-        block_ids = torch.cat([torch.arange(self.num_blocks, device=dev), uniq[self.num_blocks:] - n_img * n_img + self.num_blocks])
-        parts = chunk_groups_tail(torch.stack([pair_a, pair_b], 1).index_select(0, by_block),
-                                  torch.repeat_interleave(block_ids, counts), CHUNK, TAIL_CHUNK, self.num_obs)
+        obs = torch.arange(self.num_obs, device=dev)
+        pairs = torch.cat([torch.stack([pair_a, pair_b], 1).index_select(0, by_block), torch.stack([obs, obs], 1)])
+        keys = torch.cat([torch.repeat_interleave(torch.arange(self.num_blocks, device=dev), counts), self.num_blocks + self.obs_img])
+        parts = chunk_groups_tail(pairs, keys, CHUNK, TAIL_CHUNK, self.num_obs)
         # [(rows of side a, rows of side b, block of each chunk, chunk size)]
         self.pair_chunks = [(*pairs.T.contiguous(), chunk_key, size) for pairs, chunk_key, size in parts]
 
@@ -506,16 +519,21 @@ class Linearization:
     With Jacobians, ``jcr`` (M+1, 2, m+1) holds [J_cam | r] row-major with a zero last row (the
     padding target of the chunked grams); ``residuals`` and ``jac_cam`` are views into it.
     ``jac_pts_t`` (2, 3, M) and ``residuals_t`` (2, M) are the component-major twins used by the
-    per-point sums.
+    per-point sums; the row-major ``jac_pts`` is made from ``jac_pts_t`` on first use (only CG and
+    its model-cost check read it: the exact solvers never pay the transposing copy).
     """
 
     cost: float
     residuals: Tensor
     jac_cam: Tensor | None = None
-    jac_pts: Tensor | None = None
     jcr: Tensor | None = None
     jac_pts_t: Tensor | None = None
     residuals_t: Tensor | None = None
+
+    @functools.cached_property
+    def jac_pts(self) -> Tensor:
+        """(M, 2, 3) contiguous."""
+        return self.jac_pts_t.permute(2, 0, 1).contiguous()
 
 
 def columns(t: Tensor, idx: Tensor) -> Tensor:
@@ -643,7 +661,7 @@ def evaluate(st: Structure, x: State, options: BAOptions, with_jac: bool) -> Lin
     behind = (~valid).nonzero()[:, 0]  # at depth 0 the projection's Jacobian is inf/NaN, and NaN * 0 is NaN
     jcr.index_fill_(0, behind, 0.0)
     j_pts.index_fill_(2, behind, 0.0)
-    return Linearization(cost, jcr[:-1, :, m], jcr[:-1, :, :m], j_pts.permute(2, 0, 1).contiguous(), jcr, j_pts, r)
+    return Linearization(cost, jcr[:-1, :, m], jcr[:-1, :, :m], jcr, j_pts, r)
 
 
 def _product(a: Tensor | None, b: Tensor | None) -> Tensor:
@@ -1012,8 +1030,8 @@ def solve(problem: Problem, options: BAOptions | None = None) -> tuple[Problem, 
     """
     options = options or BAOptions()
     previous_threads = torch.get_num_threads()
-    if options.num_threads is not None:
-        torch.set_num_threads(options.num_threads)
+    threads = options.num_threads if options.num_threads is not None else previous_threads
+    torch.set_num_threads(1 if problem.num_observations < SERIAL_MAX_OBSERVATIONS else threads)
     try:
         with reuse_freed_memory():
             with torch.inference_mode(options.jacobian == "analytic"):
@@ -1101,7 +1119,8 @@ def _solve(problem: Problem, options: BAOptions) -> tuple[Problem, State, Summar
         initial_cost=initial_cost, final_cost=cost, num_iterations=iteration, num_successful_steps=n_ok,
         num_unsuccessful_steps=n_bad, termination=termination, message=message, linear_solver=st.solver,
         jacobian=options.jacobian, device=str(device), num_observations=st.num_obs, num_residuals=2 * st.num_obs,
-        total_time=time.perf_counter() - start, iteration_times=times, costs=costs, pcg_iterations=pcg_iters)
+        total_time=time.perf_counter() - start, num_threads=torch.get_num_threads(), iteration_times=times, costs=costs,
+        pcg_iterations=pcg_iters)
     return prob, x, summary
 
 
