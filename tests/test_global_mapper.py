@@ -375,6 +375,19 @@ def test_a_starved_camera_is_posed_against_the_points_of_the_others(tmp_path):
     assert torch.equal(state.rotations[1:], truth[1:])
 
 
+def test_images_misplaced_together_fall_outside_the_agreeing_group():
+    """Six images see the same 40 tracks. Images 0 and 1, misplaced together, keep inliers only
+    in tracks 0-19 and the other four only in tracks 20-39: the pairs across the border share
+    no track where both observations are inliers, so the agreeing group is images 2-5; with
+    every observation an inlier it is all six."""
+    from recon.mapping.recon_global import agreeing_group
+
+    obs_image, track = np.repeat(np.arange(6), 40), np.tile(np.arange(40), 6)
+    inlier = np.where(obs_image <= 1, track < 20, track >= 20)
+    assert agreeing_group(obs_image, track, inlier, 6, 40, 15, 0.5).tolist() == [False, False, True, True, True, True]
+    assert agreeing_group(obs_image, track, np.ones(240, dtype=bool), 6, 40, 15, 0.5).all()
+
+
 def test_a_lost_camera_does_not_drag_the_retriangulated_points(tmp_path):
     """Image 0 turned by 0.5 deg and without inliers, as the filters leave a camera that the
     positioning got slightly wrong: re-triangulation from the images of the model puts its points
