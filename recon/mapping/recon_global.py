@@ -178,12 +178,17 @@ def search_focal_lengths(graph: ViewGraph, cameras: np.ndarray, pairs_read: np.n
     their current value (the fundamental matrices' estimate, or the guess when F left it) whose
     probe (:func:`focal_probe`) reprojects best (in place; returns the (C,) focal lengths).
 
-    Candidates are ``FOCAL_SEARCH_STEP ** k`` times the current focal: k = 0, +1, -1, then on
-    downhill two steps at a time until the probe error rises (at most :data:`FOCAL_SEARCH_STEPS`
-    steps), then the skipped neighbours of the best, until it is lower than both; a parabola
-    through the best candidate and its two neighbours (in log focal) refines it. The strides save
-    probes on a long way downhill (templeRing: k = 1, -1, 0, 3, 5, 4, one probe fewer than step
-    by step, the same best and neighbours).
+    Candidates are ``FOCAL_SEARCH_STEP ** k`` times the current focal: k = 0, +1 (and -1 only
+    when +1 is not lower: the error falls towards the minimum, so a lower +1 already says which
+    way to go), then on downhill two steps at a time until the probe error rises (at most
+    :data:`FOCAL_SEARCH_STEPS` steps), then the skipped neighbours of the best, until it is lower
+    than both; a parabola through the best candidate and its two neighbours (in log focal)
+    refines it. The strides save probes on a long way downhill (templeRing: k = 0, 1, 3, 5, 4,
+    one probe fewer than step by step, the same best and neighbours). Each probe costs as much
+    as a small mapping run (templeRing ~0.2 s: relative poses, rotations, tracks, positioning,
+    10 BA iterations), so the -1 probe that the three scenes without EXIF (templeSparseRing,
+    templeRing, Sacre Coeur: all start too short) do not need is not made: the same probes
+    around the best, the same focal, one probe fewer.
 
     Why: neither the fundamental matrices (when all optical axes meet in one point, as on a
     turntable, they do not constrain the focal and may even be decisive about a wrong one:
@@ -206,7 +211,7 @@ def search_focal_lengths(graph: ViewGraph, cameras: np.ndarray, pairs_read: np.n
                 errors[k] = np.inf
         return errors[k]
 
-    direction = 1 if probe(1) <= probe(-1) else -1
+    direction = 1 if probe(1) < probe(0) else -1  # downhill; a -1 probe only when k = 1 is not lower
     best, stride = 0, direction
     while abs(best + stride) <= FOCAL_SEARCH_STEPS and probe(best + stride) < probe(best):
         best, stride = best + stride, 2 * direction  # downhill, one probe (rotations, positioning, short BA) each
