@@ -26,7 +26,11 @@ Phases (each a module of :mod:`recon.align`; a tqdm bar names the running phase)
    and a last filter. The BAs stop when an iteration lowers the cost by less than
    ``ba_function_tolerance`` (intermediate ones: their result is filtered and re-solved anyway;
    the tail that Ceres' default 1e-6 waits for moved their cost by < 0.01 % over 20-30
-   iterations) or ``final_ba_function_tolerance`` (the final one; 1e-5 there cost
+   iterations; for the same reason they stop after ``ba_iterations``, 15: against 20, templeRing,
+   templeSparseRing and fox took 7, 3 and 5 BA iterations fewer in all, Sacre Coeur and fountain
+   as many, with AUC@1 0.362 -> 0.367, 0.424 = 0.424, 0.646 -> 0.647; 10 cut more but left
+   Sacre Coeur's second final BA at its 50-iteration cap, its extra parameters then untested)
+   or ``final_ba_function_tolerance`` (the final one; 1e-5 there cost
    templeSparseRing 0.0008 of AUC@1, so it keeps Ceres' 1e-6).
 
 ``num_threads``: torch CPU threads while mapping (0: leave torch's setting); 1 is the measured
@@ -90,7 +94,7 @@ PHASES = ("view graph", "rotation averaging", "tracks", "global positioning", "r
 
 @MAPPERS.register("recon_global", min_num_inliers=15, calibrate_focal_length=True, max_rotation_error=10.0,
                   max_points=50000, positioning_iterations=30, max_ray_angle=10.0, max_reprojection_error=4.0,
-                  min_triangulation_angle=1.5, min_image_observations=15, refinement_rounds=2, ba_iterations=20,
+                  min_triangulation_angle=1.5, min_image_observations=15, refinement_rounds=2, ba_iterations=15,
                   focal_passes=5, focal_tolerance=0.1, focal_search=True, focal_search_points=500,
                   focal_search_iterations=10, ba_function_tolerance=1e-3, final_ba_function_tolerance=1e-6,
                   final_ba_iterations=50, num_threads=1, depth_prior=False,
