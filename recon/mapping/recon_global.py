@@ -190,9 +190,9 @@ def search_focal_lengths(graph: ViewGraph, cameras: np.ndarray, pairs_read: np.n
     refines it. The strides save probes on a long way downhill (templeRing: k = 0, 1, 3, 5, 4,
     one probe fewer than step by step, the same best and neighbours). Each probe costs as much
     as a small mapping run (templeRing ~0.2 s: relative poses, rotations, tracks, positioning,
-    10 BA iterations), so the -1 probe that the three scenes without EXIF (templeSparseRing,
-    templeRing, Sacre Coeur: all start too short) do not need is not made: the same probes
-    around the best, the same focal, one probe fewer.
+    10 BA iterations), so the -1 probe that templeSparseRing, templeRing and Sacre Coeur (all
+    start too short) do not need is not made: the same probes around the best, the same focal,
+    one probe fewer each (fox, whose start is the best, probes 0, +1, -1 as before).
 
     Why: neither the fundamental matrices (when all optical axes meet in one point, as on a
     turntable, they do not constrain the focal and may even be decisive about a wrong one:
