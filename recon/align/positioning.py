@@ -76,8 +76,8 @@ def solve_bipartite(num_cams: int, num_points: int, cam: torch.Tensor, point: to
     A = S[1:, 1:] + 1e-10 * d_cam[1:].max() * torch.eye(num_cams - 1, dtype=dtype, device=dev)
     centres = torch.zeros(num_cams, 3, dtype=dtype, device=dev)
     centres[1:] = torch.cholesky_solve(rhs[1:], torch.linalg.cholesky(A))
-    points = inv_pt[:, None] * (rhs_pt + torch.zeros_like(rhs_pt).index_add_(0, point,
-                                                                          weights[:, None] * centres.index_select(0, cam)))
+    pushed = weights[:, None] * centres.index_select(0, cam)
+    points = inv_pt[:, None] * (rhs_pt + torch.zeros_like(rhs_pt).index_add_(0, point, pushed))
     return centres, points
 
 
