@@ -253,26 +253,37 @@ def test_positioning_camera_coupling_equals_the_dense_product(monkeypatch, max_w
     assert torch.allclose(camera_coupling(n, p, cam, point, weights, inv_pt), dense, atol=1e-12)
 
 
-def test_focal_search_finds_a_focal_guessed_twice_too_long(tmp_path):
+@pytest.mark.parametrize("guess", [2.0, 0.5])
+def test_focal_search_finds_a_focal_guessed_twice_too_long_or_short(tmp_path, monkeypatch, guess):
     """The probes' median reprojection error is lowest at the true focal: a camera whose focal is
-    guessed at 2x the truth (no prior) comes back within 5 % of it."""
+    guessed at 2x or 0.5x the truth (no prior) comes back within 5 % of it. The probes walk
+    downhill from the guess: none on its far side but the first step up (x sqrt 2), which a guess
+    too short needs not even make."""
+    import recon.mapping.recon_global as recon_global
     from recon.align.view_graph import focal_lengths, read_view_graph
-    from recon.mapping.recon_global import search_focal_lengths
 
     truth = synthetic_database(tmp_path / "database.db", num_images=8, wrong_fraction=0.0, seed=5)
     true_focal = next(iter(truth.cameras.values())).mean_focal_length()
     with pycolmap.Database.open(tmp_path / "database.db") as db:
         for camera in db.read_all_cameras():
             camera.params = np.array(camera.params) * np.where(np.isin(np.arange(len(camera.params)),
-                                                                        camera.focal_length_idxs()), 2.0, 1.0)
+                                                                        camera.focal_length_idxs()), guess, 1.0)
             camera.has_prior_focal_length = False
             db.update_camera(camera)
     graph = read_view_graph(tmp_path / "database.db")
-    assert focal_lengths(graph)[0] == pytest.approx(2 * true_focal)
+    assert focal_lengths(graph)[0] == pytest.approx(guess * true_focal)
+    probed = []  # the focal of every probe the search makes (the real probe, recorded)
+    real_probe = recon_global.focal_probe
+    monkeypatch.setattr(recon_global, "focal_probe",
+                        lambda graph, *args: probed.append(focal_lengths(graph)[0]) or real_probe(graph, *args))
     conf = MAPPERS.conf("recon_global", {})
-    focal = search_focal_lengths(graph, np.array([True]), graph.valid.copy(), conf, torch.device("cpu"), 0)
+    focal = recon_global.search_focal_lengths(graph, np.array([True]), graph.valid.copy(), conf,
+                                              torch.device("cpu"), 0)
     assert abs(focal[0] / true_focal - 1) < 0.05
     assert focal_lengths(graph)[0] == pytest.approx(focal[0])
+    start = guess * true_focal
+    far_side = [f for f in probed if (f - start) * (true_focal - start) < -1e-9 * start ** 2]
+    assert far_side == pytest.approx([start * 2 ** 0.5] if guess > 1 else []), probed
 
 
 @pytest.mark.parametrize("shift,k1", [((0.0, 0.0), 0.05), ((30.0, -20.0), 0.05), ((0.0, 0.0), 0.0)])

@@ -42,7 +42,7 @@ def camera_coupling(num_cams: int, num_points: int, cam: torch.Tensor, point: to
     11 x 60,000 3.1 against 7.0 ms; 67 x 28,000 14.6 against 4.7 ms), and the global positioning
     forms it once per iteration.
     """
-    scaled = weights * inv_pt.sqrt()[point]
+    scaled = weights * inv_pt.sqrt().index_select(0, point)
     if num_cams ** 2 * num_points <= DENSE_COUPLING_MAX_WORK:
         A = torch.zeros(num_cams, num_points, dtype=scaled.dtype, device=scaled.device)
         A[cam, point] = scaled
@@ -71,11 +71,13 @@ def solve_bipartite(num_cams: int, num_points: int, cam: torch.Tensor, point: to
     # Schur complement S = D_c - A D_p^-1 A^T with A[n, k] = w_e (an image sees a point once).
     coupling = camera_coupling(num_cams, num_points, cam, point, weights, inv_pt)
     S = torch.diag(d_cam) - coupling
-    rhs = rhs_cam + torch.zeros_like(rhs_cam).index_add_(0, cam, weights[:, None] * (inv_pt[:, None] * rhs_pt)[point])
+    pulled = (inv_pt[:, None] * rhs_pt).index_select(0, point)
+    rhs = rhs_cam + torch.zeros_like(rhs_cam).index_add_(0, cam, weights[:, None] * pulled)
     A = S[1:, 1:] + 1e-10 * d_cam[1:].max() * torch.eye(num_cams - 1, dtype=dtype, device=dev)
     centres = torch.zeros(num_cams, 3, dtype=dtype, device=dev)
     centres[1:] = torch.cholesky_solve(rhs[1:], torch.linalg.cholesky(A))
-    points = inv_pt[:, None] * (rhs_pt + torch.zeros_like(rhs_pt).index_add_(0, point, weights[:, None] * centres[cam]))
+    pushed = weights[:, None] * centres.index_select(0, cam)
+    points = inv_pt[:, None] * (rhs_pt + torch.zeros_like(rhs_pt).index_add_(0, point, pushed))
     return centres, points
 
 
@@ -133,8 +135,10 @@ def global_positioning(rays: torch.Tensor, cam: torch.Tensor, point: torch.Tenso
         centres = start_centres.to(dtype)
         points = triangulate(centres[cam], rays, point, num_points)
     centres = centres - centres[:1]
+    # index_select, not x[index]: the same rows, 2-3x faster on CPU (20k rows of 3: 0.11 against 0.24 ms);
+    # the point-to-centre vectors of an iteration are those of the last one's scale, reused.
+    diff = points.index_select(0, point) - centres.index_select(0, cam)
     for it in tqdm(range(iterations), desc="global positioning", unit="it", leave=False, disable=not progress):
-        diff = points[point] - centres[cam]
         length = diff.norm(dim=1).clamp_min(1e-12)
         residual = (diff / length[:, None] - rays).norm(dim=1)
         if it < iterations // 2:  # Huber from the random start, then Cauchy to shed the outliers' pull
@@ -144,12 +148,12 @@ def global_positioning(rays: torch.Tensor, cam: torch.Tensor, point: torch.Tenso
         # s = 1 / |d|: w s^2 |d - v / s|^2 with offsets u = v |d|.
         new_centres, new_points = solve_bipartite(num_cams, num_points, cam, point, robust / length ** 2,
                                                   rays * length[:, None])
-        scale = (new_points[point] - new_centres[cam]).norm(dim=1).median().clamp_min(1e-12)
-        new_centres, new_points = new_centres / scale, new_points / scale
+        diff = new_points.index_select(0, point) - new_centres.index_select(0, cam)
+        scale = diff.norm(dim=1).median().clamp_min(1e-12)
+        new_centres, new_points, diff = new_centres / scale, new_points / scale, diff / scale
         move = float((new_centres - centres).norm(dim=1).max())
         centres, points = new_centres, new_points
         if move < tolerance and it >= iterations // 2:
             break
-    diff = points[point] - centres[cam]
     residual = (diff / diff.norm(dim=1, keepdim=True).clamp_min(1e-12) - rays).norm(dim=1)
     return centres, points, residual

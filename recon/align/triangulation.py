@@ -51,7 +51,7 @@ def triangulate(centres: torch.Tensor, rays: torch.Tensor, track: torch.Tensor, 
         b.index_add_(0, track, weights[:, None] * (projector @ centres[:, :, None])[:, :, 0])
         A = A + 1e-12 * A.diagonal(dim1=1, dim2=2).sum(-1)[:, None, None] * eye
         points = torch.linalg.solve(A, b)
-        angle = ray_angles(points[track], centres, rays)
+        angle = ray_angles(points.index_select(0, track), centres, rays)  # points[track], faster on CPU
         weights = 1.0 / (1.0 + (angle / scale) ** 2)
     return points
 

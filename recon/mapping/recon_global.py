@@ -28,7 +28,11 @@ Phases (each a module of :mod:`recon.align`; a tqdm bar names the running phase)
    and a last filter. The BAs stop when an iteration lowers the cost by less than
    ``ba_function_tolerance`` (intermediate ones: their result is filtered and re-solved anyway;
    the tail that Ceres' default 1e-6 waits for moved their cost by < 0.01 % over 20-30
-   iterations) or ``final_ba_function_tolerance`` (the final one; 1e-5 there cost
+   iterations; for the same reason they stop after ``ba_iterations``, 15: against 20, templeRing,
+   templeSparseRing and fox took 7, 3 and 5 BA iterations fewer in all, Sacre Coeur and fountain
+   as many, with AUC@1 0.362 -> 0.367, 0.424 = 0.424, 0.646 -> 0.647; 10 cut more but left
+   Sacre Coeur's second final BA at its 50-iteration cap, its extra parameters then untested)
+   or ``final_ba_function_tolerance`` (the final one; 1e-5 there cost
    templeSparseRing 0.0008 of AUC@1, so it keeps Ceres' 1e-6).
 
 ``num_threads``: torch CPU threads while mapping (0: leave torch's setting); 1 is the measured
@@ -94,7 +98,7 @@ PHASES = ("view graph", "rotation averaging", "tracks", "global positioning", "r
 
 @MAPPERS.register("recon_global", min_num_inliers=15, calibrate_focal_length=True, max_rotation_error=10.0,
                   max_points=50000, positioning_iterations=30, max_ray_angle=10.0, max_reprojection_error=4.0,
-                  min_triangulation_angle=1.5, min_image_observations=15, refinement_rounds=2, ba_iterations=20,
+                  min_triangulation_angle=1.5, min_image_observations=15, refinement_rounds=2, ba_iterations=15,
                   focal_passes=5, focal_tolerance=0.1, focal_search=True, focal_search_points=500,
                   focal_search_iterations=10, ba_function_tolerance=1e-3, final_ba_function_tolerance=1e-6,
                   final_ba_iterations=50, num_threads=1, depth_prior=False,
@@ -182,12 +186,17 @@ def search_focal_lengths(graph: ViewGraph, cameras: np.ndarray, pairs_read: np.n
     their current value (the fundamental matrices' estimate, or the guess when F left it) whose
     probe (:func:`focal_probe`) reprojects best (in place; returns the (C,) focal lengths).
 
-    Candidates are ``FOCAL_SEARCH_STEP ** k`` times the current focal: k = 0, +1, -1, then on
-    downhill two steps at a time until the probe error rises (at most :data:`FOCAL_SEARCH_STEPS`
-    steps), then the skipped neighbours of the best, until it is lower than both; a parabola
-    through the best candidate and its two neighbours (in log focal) refines it. The strides save
-    probes on a long way downhill (templeRing: k = 1, -1, 0, 3, 5, 4, one probe fewer than step
-    by step, the same best and neighbours).
+    Candidates are ``FOCAL_SEARCH_STEP ** k`` times the current focal: k = 0, +1 (and -1 only
+    when +1 is not lower: the error falls towards the minimum, so a lower +1 already says which
+    way to go), then on downhill two steps at a time until the probe error rises (at most
+    :data:`FOCAL_SEARCH_STEPS` steps), then the skipped neighbours of the best, until it is lower
+    than both; a parabola through the best candidate and its two neighbours (in log focal)
+    refines it. The strides save probes on a long way downhill (templeRing: k = 0, 1, 3, 5, 4,
+    one probe fewer than step by step, the same best and neighbours). Each probe costs as much
+    as a small mapping run (templeRing ~0.2 s: relative poses, rotations, tracks, positioning,
+    10 BA iterations), so the -1 probe that templeSparseRing, templeRing and Sacre Coeur (all
+    start too short) do not need is not made: the same probes around the best, the same focal,
+    one probe fewer each (fox, whose start is the best, probes 0, +1, -1 as before).
 
     Why: neither the fundamental matrices (when all optical axes meet in one point, as on a
     turntable, they do not constrain the focal and may even be decisive about a wrong one:
@@ -210,7 +219,7 @@ def search_focal_lengths(graph: ViewGraph, cameras: np.ndarray, pairs_read: np.n
                 errors[k] = np.inf
         return errors[k]
 
-    direction = 1 if probe(1) <= probe(-1) else -1
+    direction = 1 if probe(1) < probe(0) else -1  # downhill; a -1 probe only when k = 1 is not lower
     best, stride = 0, direction
     while abs(best + stride) <= FOCAL_SEARCH_STEPS and probe(best + stride) < probe(best):
         best, stride = best + stride, 2 * direction  # downhill, one probe (rotations, positioning, short BA) each
