@@ -21,8 +21,7 @@ Phases (each a module of :mod:`recon.align`; a tqdm bar names the running phase)
    ``reregister_passes`` times, as the images posed in one pass add the points that pose their
    neighbours in the next: a group of images dropped together is regained from its border); then
    a final BA (``final_ba_iterations``) with the focal length refined as ``refine_focal_length``
-   says, and
-   the principal points (``refine_principal_point``) and extra parameters
+   says, and the principal points (``refine_principal_point``) and extra parameters
    (``refine_extra_params``) freed only when likelihood-ratio tests at level
    ``intrinsics_significance`` find them observable (:func:`final_adjustment`), re-triangulation
    and a last filter. The BAs stop when an iteration lowers the cost by less than
@@ -456,6 +455,23 @@ def reprojected_within(camera: pycolmap.Camera, rotation: np.ndarray, translatio
     return int((np.linalg.norm(projected - xy[front], axis=1) < max_error).sum())
 
 
+def pose_by_pnp(camera: pycolmap.Camera, xy: np.ndarray, xyz: np.ndarray, max_error: float,
+                seed: int) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """RANSAC PnP with the intrinsics fixed: (rotation (3, 3), translation (3,), inliers)
+    cam_from_world of the image whose keypoints ``xy`` (R, 2) see the points ``xyz`` (R, 3);
+    None when RANSAC finds no pose."""
+    estimation = pycolmap.AbsolutePoseEstimationOptions()
+    estimation.ransac.max_error = max_error
+    estimation.ransac.random_seed = seed
+    refinement = pycolmap.AbsolutePoseRefinementOptions()
+    refinement.refine_focal_length, refinement.refine_extra_params = False, False
+    result = pycolmap.estimate_and_refine_absolute_pose(xy, xyz, camera, estimation, refinement)
+    if result is None:
+        return None
+    pose = result["cam_from_world"]
+    return pose.rotation.matrix(), np.asarray(pose.translation), int(result["num_inliers"])
+
+
 @dataclass
 class State:
     """The model while it is refined: every track's observations (M) and which are inliers.
@@ -720,7 +736,7 @@ class State:
             if count < min_observations:
                 continue
             camera = copy.copy(cameras[self.graph.image_camera[self.images[k]]])
-            pose = self.pose_by_pnp(camera, xy[end - count:end], xyz[end - count:end], max_error, seed)
+            pose = pose_by_pnp(camera, xy[end - count:end], xyz[end - count:end], max_error, seed)
             if pose is None or pose[2] < min_observations:
                 continue
             agreeing = reprojected_within(camera, rotations[k], translations[k], xy[end - count:end],
@@ -732,23 +748,6 @@ class State:
             posed += 1
         logger.info("recon_global: %d of %d lost or starved images posed again by PnP", posed, len(lost))
         return posed
-
-    @staticmethod
-    def pose_by_pnp(camera: pycolmap.Camera, xy: np.ndarray, xyz: np.ndarray, max_error: float,
-                    seed: int) -> tuple[np.ndarray, np.ndarray, int] | None:
-        """RANSAC PnP with the intrinsics fixed: (rotation (3, 3), translation (3,), inliers)
-        cam_from_world of the image whose keypoints ``xy`` (R, 2) see the points ``xyz`` (R, 3);
-        None when RANSAC finds no pose."""
-        estimation = pycolmap.AbsolutePoseEstimationOptions()
-        estimation.ransac.max_error = max_error
-        estimation.ransac.random_seed = seed
-        refinement = pycolmap.AbsolutePoseRefinementOptions()
-        refinement.refine_focal_length, refinement.refine_extra_params = False, False
-        result = pycolmap.estimate_and_refine_absolute_pose(xy, xyz, camera, estimation, refinement)
-        if result is None:
-            return None
-        pose = result["cam_from_world"]
-        return pose.rotation.matrix(), np.asarray(pose.translation), int(result["num_inliers"])
 
     def in_model(self) -> torch.Tensor:
         """(I,) bool: the images with inliers."""
