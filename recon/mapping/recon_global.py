@@ -707,10 +707,10 @@ class State:
         inliers and poses within 0.1 deg of the truth, where their current poses reproject 0-1 of
         those correspondences. A starved image whose pose is right (two such at 44 % and 56 %)
         reprojects as many as PnP finds, and keeps its pose. A larger group can be misplaced with
-        enough points of its own that no image of it is starved (the same survey with tracks
-        built another way: ten neighbouring images 1.06 deg off together, 316-854 inliers each): the
-        images outside the largest group of images that agree pairwise (:func:`agreeing_group`)
-        are candidates too.
+        enough points of its own that no image of it is starved (the same survey with an
+        experimental track builder that cut unconfirmed matches, not kept: ten neighbouring images
+        1.06 deg off together, 316-854 inliers each): the images outside the largest group of
+        images that agree pairwise (:func:`agreeing_group`) are candidates too.
         """
         per_image = torch.bincount(self.obs_image[self.inlier], minlength=len(self.images))
         observations = torch.bincount(self.obs_image, minlength=len(self.images))
