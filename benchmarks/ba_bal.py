@@ -4,8 +4,8 @@ Part 1 (BAL): for each BAL file, both solvers start from the same parameters wit
 objective (trivial loss; COLMAP zeroes behind-camera residuals and so do we), the same
 tolerances (function 1e-8, gradient 1e-10, parameter 1e-8, at most 100 iterations) and the same
 thread setting; Ceres uses SPARSE_SCHUR. Printed: initial and final cost of each, iterations,
-wall time of each (problem setup included on both sides), the threads each ran on (recon runs
-problems under ``recon.ba.solver.SERIAL_MAX_OBSERVATIONS`` on one) and the time ratio recon / Ceres.
+wall time of each (problem setup included on both sides), the threads each ran on at most (recon
+divides them by problem size: ``recon.ba.solver.thread_plan``) and the time ratio recon / Ceres.
 With ``--repeat N`` (default 3) each solver runs N times on each problem in this process, from the
 same start every time, the two taking turns; the reported run of each is its fastest and the
 ratio is of the two bests (on a shared CPU one run of 0.2 s can be 50% slower than the next).

@@ -10,7 +10,7 @@ from recon.ba import BAOptions, Problem, adjust, from_reconstruction, read_bal, 
 from recon.ba.cameras import get_model, project
 from recon.ba.geometry import so3_exp
 from recon.ba.problem import gauge_two_cams
-from recon.ba.solver import SERIAL_MAX_OBSERVATIONS
+from recon.ba.solver import PARALLEL_OPS_MIN_OBSERVATIONS, SERIAL_MAX_OBSERVATIONS, ThreadPlan, thread_plan
 from conftest import shared_path
 
 pycolmap.logging.minloglevel = 2
@@ -155,6 +155,15 @@ def test_small_problems_run_on_one_thread_and_the_caller_keeps_its_setting():
         assert (noisy.num_observations < SERIAL_MAX_OBSERVATIONS) == (expected == 1)
         assert summary.num_threads == expected
         assert torch.get_num_threads() == before
+
+
+def test_thread_plan_keeps_per_observation_ops_serial_below_a_million_observations():
+    """Small problems run on one thread; mid-sized ones split their GEMMs and factorisations over
+    the threads asked for but keep torch's per-observation ops on one; the largest use them all."""
+    assert thread_plan(SERIAL_MAX_OBSERVATIONS - 1, 2) == ThreadPlan(ops=1, split=1, factor=1)
+    assert thread_plan(SERIAL_MAX_OBSERVATIONS, 2) == ThreadPlan(ops=1, split=2, factor=2)
+    assert thread_plan(PARALLEL_OPS_MIN_OBSERVATIONS - 1, 4) == ThreadPlan(ops=1, split=4, factor=4)
+    assert thread_plan(PARALLEL_OPS_MIN_OBSERVATIONS, 4) == ThreadPlan(ops=4, split=4, factor=4)
 
 
 def test_constant_blocks_stay_bit_identical():

@@ -32,6 +32,7 @@ import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -71,10 +72,11 @@ class BAOptions:
         schur_float32: store the per-pair factors of the dense Schur assembly in float32 (GEMMs in
             float32, block sums in float64); everything else stays float64.
         device: ``auto | cpu | cuda``.
-        num_threads: CPU threads for torch during the solve (restored afterwards); None keeps
-            torch's setting. On a busy machine 1 thread is often fastest: every torch op is a
-            parallel region that waits for all its threads to be scheduled. Problems with fewer
-            than :data:`SERIAL_MAX_OBSERVATIONS` observations always run on one thread.
+        num_threads: CPU threads for the solve (torch's setting is restored afterwards); None
+            keeps torch's setting. How they are used depends on the problem's size
+            (:func:`thread_plan`): problems with fewer than :data:`SERIAL_MAX_OBSERVATIONS`
+            observations run on one thread, and below :data:`PARALLEL_OPS_MIN_OBSERVATIONS` only
+            the GEMMs and factorisations use more than one.
         progress: show a tqdm bar over LM iterations.
     Which parameters move (used by :func:`recon.ba.adjust`; a :class:`Problem` carries its own
     masks): refine_focal_length, refine_principal_point, refine_extra_params, refine_poses,
@@ -142,7 +144,7 @@ class Summary:
     num_observations: int
     num_residuals: int
     total_time: float
-    num_threads: int  # CPU threads torch ran the solve on (see SERIAL_MAX_OBSERVATIONS)
+    num_threads: int  # CPU threads the solve ran on at most (see thread_plan)
     iteration_times: list[float] = field(default_factory=list)
     costs: list[float] = field(default_factory=list)
     pcg_iterations: list[int] = field(default_factory=list)
@@ -164,6 +166,50 @@ region's wake-up and barrier to pay. Measured on the 2-core machine with other j
 2-3, interleaved, same steps and costs): recon_global's BAs on templeSparseRing (2k-8k
 observations) took 0.59-0.76x the time of two threads, BAL 49-1800-shrink (11k) 0.83x, and two
 threads spent 18% more CPU time at no gain in wall time (CPU / wall 1.0)."""
+
+PARALLEL_OPS_MIN_OBSERVATIONS = 1_000_000
+"""From this many observations torch's own threads run the per-observation tensor operations;
+below, those run on one torch thread while the batched GEMMs still split over ``num_threads``
+(:func:`run_split`) and the Cholesky factorisations use them all (:func:`factor_threads`).
+
+Why: with ``OMP_WAIT_POLICY=PASSIVE`` (set by the ``recon`` package) every parallel torch op wakes
+its sleeping threads, ~50-70 us. An element-wise op over 36k float64 took 84 us on two threads
+and 16 us on one (the 2-core machine, idle); two threads only pay from ~500k elements. BAL
+21-11315 (36k observations) ran in 0.65x and 49-7776 (32k) in 0.73x the time with its ops on one
+thread (best of 7, interleaved, identical steps and costs), and as fast or faster with two busy
+processes beside it. The synthetic presets (100k-1.3M observations) were within run-to-run noise."""
+
+
+@dataclass(frozen=True)
+class ThreadPlan:
+    """CPU threads of one solve: ``ops`` for torch's per-observation operations, ``split`` for the
+    numpy GEMM pieces (:func:`run_split`), ``factor`` for the Cholesky factorisations."""
+
+    ops: int
+    split: int
+    factor: int
+
+
+def thread_plan(num_observations: int, threads: int) -> ThreadPlan:
+    """The threads a solve of ``num_observations`` runs on when allowed ``threads``
+    (see :data:`SERIAL_MAX_OBSERVATIONS` and :data:`PARALLEL_OPS_MIN_OBSERVATIONS`)."""
+    if num_observations < SERIAL_MAX_OBSERVATIONS:
+        return ThreadPlan(1, 1, 1)
+    return ThreadPlan(threads if num_observations >= PARALLEL_OPS_MIN_OBSERVATIONS else 1, threads, threads)
+
+
+_plan = ThreadPlan(1, 1, 1)  # the running solve's (set by :func:`solve`)
+
+
+@contextmanager
+def factor_threads():
+    """Run the block on the solve's factorisation threads (dense and supernodal Cholesky: a few
+    large GEMM-bound calls, where a parallel region's wake-up is paid back)."""
+    torch.set_num_threads(_plan.factor)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(_plan.ops)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -225,8 +271,9 @@ _pool: ThreadPoolExecutor | None = None
 
 
 def run_split(fn, n: int, step: int) -> None:
-    """Call ``fn(lo, hi)`` over [0, n) in pieces of at most ``step``; when torch may use 2+ threads
-    and there are 2+ pieces, the upper half runs concurrently on a pool thread.
+    """Call ``fn(lo, hi)`` over [0, n) in pieces of at most ``step``; when the solve's thread plan
+    allows 2+ split threads (:func:`thread_plan`) and there are 2+ pieces, the upper half runs
+    concurrently on a pool thread.
 
     For numpy work (gathers and batched GEMMs release the GIL, and numpy runs them on one core):
     the second core of a 2-core CPU otherwise idles through them.
@@ -235,7 +282,7 @@ def run_split(fn, n: int, step: int) -> None:
         for start in range(lo, hi, step):
             fn(start, min(start + step, hi))
 
-    if torch.get_num_threads() < 2 or n <= step:
+    if _plan.split < 2 or n <= step:
         walk(0, n)
         return
     global _pool
@@ -861,10 +908,11 @@ def solve_dense(ne: NormalEquations, lam: float) -> tuple[Tensor, Tensor, int] |
     s.diagonal().add_(lam * ne.diag_cam.index_select(0, order))
     if constant.numel():  # constant entries: zero rows and columns, unit diagonal (their step is 0)
         s.index_fill_(0, constant, 0.0).index_fill_(1, constant, 0.0).diagonal().index_fill_(0, constant, 1.0)
-    chol, info = torch.linalg.cholesky_ex(s, upper=True)
-    if int(info) != 0:
-        return None
-    delta = torch.cholesky_solve(-rhs.index_select(0, order)[:, None], chol, upper=True)[:, 0] * st.dense_free
+    with factor_threads():
+        chol, info = torch.linalg.cholesky_ex(s, upper=True)
+        if int(info) != 0:
+            return None
+        delta = torch.cholesky_solve(-rhs.index_select(0, order)[:, None], chol, upper=True)[:, 0] * st.dense_free
     delta_cam = torch.empty_like(delta).index_copy_(0, order, delta) if st.ext_is_full else delta
     return delta_cam, ne.back_substitute(y, dinv, delta_cam), 0
 
@@ -936,10 +984,11 @@ def solve_sparse(ne: NormalEquations, lam: float) -> tuple[Tensor, Tensor, int] 
     dinv, y, cross, diag, rhs = reduced_camera_system(ne, lam)
     delta = torch.zeros_like(rhs)
     if pattern.symbolic is not None:
-        factor = pattern.factorize(cross, diag, lam * ne.diag_cam)
-        if factor is None:
-            return None
-        delta.index_copy_(0, pattern.free, factor.solve(-rhs.index_select(0, pattern.free)))
+        with factor_threads():
+            factor = pattern.factorize(cross, diag, lam * ne.diag_cam)
+            if factor is None:
+                return None
+            delta.index_copy_(0, pattern.free, factor.solve(-rhs.index_select(0, pattern.free)))
     return delta, ne.back_substitute(y, dinv, delta), 0
 
 
@@ -1028,10 +1077,12 @@ def solve(problem: Problem, options: BAOptions | None = None) -> tuple[Problem, 
     took 6-17% of the CPU time (recon_global's BAs on templeSparseRing, 2k-8k observations, same
     steps and costs). The returned tensors are built outside it, so they are ordinary tensors.
     """
+    global _plan
     options = options or BAOptions()
     previous_threads = torch.get_num_threads()
-    threads = options.num_threads if options.num_threads is not None else previous_threads
-    torch.set_num_threads(1 if problem.num_observations < SERIAL_MAX_OBSERVATIONS else threads)
+    _plan = thread_plan(problem.num_observations,
+                        options.num_threads if options.num_threads is not None else previous_threads)
+    torch.set_num_threads(_plan.ops)
     try:
         with reuse_freed_memory():
             with torch.inference_mode(options.jacobian == "analytic"):
@@ -1119,7 +1170,7 @@ def _solve(problem: Problem, options: BAOptions) -> tuple[Problem, State, Summar
         initial_cost=initial_cost, final_cost=cost, num_iterations=iteration, num_successful_steps=n_ok,
         num_unsuccessful_steps=n_bad, termination=termination, message=message, linear_solver=st.solver,
         jacobian=options.jacobian, device=str(device), num_observations=st.num_obs, num_residuals=2 * st.num_obs,
-        total_time=time.perf_counter() - start, num_threads=torch.get_num_threads(), iteration_times=times, costs=costs,
+        total_time=time.perf_counter() - start, num_threads=_plan.factor, iteration_times=times, costs=costs,
         pcg_iterations=pcg_iters)
     return prob, x, summary
 
