@@ -21,7 +21,7 @@ from conftest import shared_path
 from helpers import TEMPLE, temple_subset
 from recon.align.positioning import global_positioning, positioning_from_depths
 from recon.align.rotation_averaging import average_rotations, spanning_tree_rotations
-from recon.align.tracks import build_tracks
+from recon.align.tracks import build_tracks, same_location
 from recon.align.triangulation import triangulate
 from recon.align.view_graph import largest_component
 from recon.ba import BAOptions
@@ -129,6 +129,42 @@ def test_tracks_from_crafted_matches():
     observed = sorted(tuple(sorted(zip(tracks.image[tracks.track == t].tolist(), tracks.keypoint[tracks.track == t].tolist())))
                       for t in range(tracks.num_tracks))
     assert observed == [((0, 0), (1, 0), (2, 0)), ((1, 1), (2, 1)), ((1, 2), (2, 2))]
+
+
+def _track_sets(tracks) -> list[tuple[tuple[int, int], ...]]:
+    """Every track as its sorted (image, keypoint) observations, tracks sorted."""
+    return sorted(tuple(sorted(zip(tracks.image[tracks.track == t].tolist(), tracks.keypoint[tracks.track == t].tolist())))
+                  for t in range(tracks.num_tracks))
+
+
+def test_keypoints_at_one_pixel_are_one_node():
+    """Image 0 holds keypoints 0 and 1 at the same pixel (SIFT's second orientation); image 1
+    matches the first, image 2 the second and image 1. By index alone image 0 is in the track
+    twice and loses both; with the pixels it is kept once, as its first keypoint."""
+    pairs = np.array([[0, 1], [0, 2], [1, 2]])
+    matches = [np.array([[0, 0]]), np.array([[1, 0]]), np.array([[0, 0]])]
+    keypoints = [np.array([[10.0, 20.0], [10.0, 20.0]]), np.array([[30.0, 5.0]]), np.array([[7.0, 8.0]])]
+    assert _track_sets(build_tracks(np.array([2, 1, 1]), pairs, matches)) == [((1, 0), (2, 0))]
+    assert _track_sets(build_tracks(np.array([2, 1, 1]), pairs, matches, keypoints)) == [((0, 0), (1, 0), (2, 0))]
+    assert same_location(keypoints[0]).tolist() == [0, 0]
+
+
+def test_a_wrong_match_between_two_points_tracks_is_cut():
+    """Point P is keypoint 0 of images 0-3, point Q keypoint 1 of images 0-2, each matched in
+    every pair; one wrong match joins P in image 0 to Q in image 1. It closes no triangle where
+    all of P's and Q's matches do: cut, P and Q come back whole. Uncut, images 0-2 hold two
+    keypoints of the joined track and lose them, and nothing is left. When the two keypoints of an
+    image lie within ``cut_apart`` px (one point detected twice) nothing is cut."""
+    pairs = np.array([[i, j] for i in range(4) for j in range(i + 1, 4)])
+    matches = [np.array([[0, 0]] + ([[1, 1]] if j < 3 else []) + ([[0, 1]] if (i, j) == (0, 1) else []))
+               for i, j in pairs]
+    num_keypoints = np.array([2, 2, 2, 1])
+    far = [np.array([[10.0, 10.0], [110.0, 10.0]])] * 3 + [np.array([[10.0, 10.0]])]
+    near = [np.array([[10.0, 10.0], [11.0, 10.0]])] * 3 + [np.array([[10.0, 10.0]])]
+    assert _track_sets(build_tracks(num_keypoints, pairs, matches)) == []
+    assert _track_sets(build_tracks(num_keypoints, pairs, matches, far, cut_apart=4.0)) == [
+        ((0, 0), (1, 0), (2, 0), (3, 0)), ((0, 1), (1, 1), (2, 1))]
+    assert _track_sets(build_tracks(num_keypoints, pairs, matches, near, cut_apart=4.0)) == []
 
 
 def test_a_track_joined_by_a_wrong_match_keeps_its_larger_part():

@@ -6,7 +6,15 @@ Phases (each a module of :mod:`recon.align`; a tqdm bar names the running phase)
    the fundamental matrices, relative poses, largest connected component;
 2. rotation averaging - spanning-tree start, L1 then Geman-McClure IRLS; pairs that disagree with
    the result by more than ``max_rotation_error`` degrees are dropped and the averaging redone;
-3. tracks - connected components of the matches of the remaining pairs;
+3. tracks - connected components of the matches of the remaining pairs, keypoints at one pixel
+   merged (:func:`recon.align.tracks.build_tracks`); with ``cut_unconfirmed_matches``, a
+   component holding two keypoints of an image more than ``max_reprojection_error`` px apart
+   first loses its matches that no third keypoint confirms. Measured (``benchmarks/mappers.py``
+   scenes, ``mapper_scale.py`` surveys): the merge raised AUC@1 on templeSparseRing (.448 ->
+   .463), fountain (.851 -> .864) and fox (.651 -> .654), templeRing -0.002; the cut on top raised
+   it on the 1,000- and 3,000-image surveys (.9773 -> .9786, .9781 -> .9794), where wrong matches
+   join the tracks of two points, and left the real scenes within 0.02 (templeSparseRing .443).
+   The focal probes keep uncut tracks: cut there, fox's search found another focal (AUC@1 .595);
 4. global positioning - camera centres and points jointly from the rays of the longest
    ``max_points`` tracks (BATA objective, random start; with ``depth_prior``, started instead
    from the centres that the priors stage's metric depth maps give directly, see below);
@@ -106,7 +114,7 @@ PHASES = ("view graph", "rotation averaging", "tracks", "global positioning", "r
                   min_triangulation_angle=1.5, min_image_observations=15, refinement_rounds=2, ba_iterations=15,
                   focal_passes=5, focal_tolerance=0.1, focal_search=True, focal_search_points=500,
                   focal_search_iterations=10, ba_function_tolerance=1e-3, final_ba_function_tolerance=1e-6,
-                  final_ba_iterations=50, num_threads=1, ba_num_threads=0, depth_prior=False,
+                  final_ba_iterations=50, num_threads=1, ba_num_threads=0, cut_unconfirmed_matches=True, depth_prior=False,
                   refine_focal_length=True, refine_principal_point=True, refine_extra_params=True,
                   principal_point_min_images=5, intrinsics_significance=1e-3,
                   intrinsics_test_observations=20000, reregister_inlier_fraction=0.5, reregister_passes=5)
@@ -267,9 +275,11 @@ def focal_probe(graph: ViewGraph, conf: dict[str, Any], device: torch.device, se
     return float(reprojection_errors(state.problem(torch.ones_like(state.inlier), BAOptions())).median())
 
 
-def view_graph_tracks(graph: ViewGraph, conf: dict[str, Any], device: torch.device, phase) -> tuple[np.ndarray, Tracks]:
+def view_graph_tracks(graph: ViewGraph, conf: dict[str, Any], device: torch.device, phase,
+                      cut_apart: float | None = None) -> tuple[np.ndarray, Tracks]:
     """Phases 1-3 with the graph's current cameras: relative poses, largest component, robust
-    rotations (N, 3, 3) and the tracks of the pairs that remain."""
+    rotations (N, 3, 3) and the tracks of the pairs that remain (``cut_apart``: see
+    :func:`build_tracks`)."""
     phase("view graph")
     estimate_relative_poses(graph)
     restrict_to_largest_component(graph)
@@ -277,7 +287,7 @@ def view_graph_tracks(graph: ViewGraph, conf: dict[str, Any], device: torch.devi
     rotations = robust_rotations(graph, conf["max_rotation_error"], device)
     phase("tracks")
     tracks = build_tracks(np.array([len(k) for k in graph.keypoints]), graph.pairs[graph.valid],
-                          [m for m, ok in zip(graph.matches, graph.valid) if ok])
+                          [m for m, ok in zip(graph.matches, graph.valid) if ok], graph.keypoints, cut_apart)
     if tracks.num_tracks == 0:
         raise RuntimeError("recon_global: the verified matches form no tracks")
     return rotations, tracks
@@ -287,7 +297,8 @@ def map_once(graph: ViewGraph, conf: dict[str, Any], device: torch.device, seed:
              depths: DepthSource | None = None) -> "State":
     """One pass of phases 1-5 with the graph's current cameras (``depths``: metric depth priors
     that start the global positioning); returns the refined state."""
-    rotations, tracks = view_graph_tracks(graph, conf, device, phase)
+    cut_apart = conf["max_reprojection_error"] if conf["cut_unconfirmed_matches"] else None
+    rotations, tracks = view_graph_tracks(graph, conf, device, phase, cut_apart)
     state = State.start(graph, tracks, rotations, device)
     phase("global positioning")
     state.position(conf["max_points"], conf["positioning_iterations"], conf["max_ray_angle"], seed, depths)
