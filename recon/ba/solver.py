@@ -174,10 +174,12 @@ below, those run on one torch thread while the batched GEMMs still split over ``
 
 Why: with ``OMP_WAIT_POLICY=PASSIVE`` (set by the ``recon`` package) every parallel torch op wakes
 its sleeping threads, ~50-70 us. An element-wise op over 36k float64 took 84 us on two threads
-and 16 us on one (the 2-core machine, idle); two threads only pay from ~500k elements. BAL
-21-11315 (36k observations) ran in 0.65x and 49-7776 (32k) in 0.73x the time with its ops on one
-thread (best of 7, interleaved, identical steps and costs), and as fast or faster with two busy
-processes beside it. The synthetic presets (100k-1.3M observations) were within run-to-run noise."""
+and 16 us on one (the 2-core machine, idle); two threads only pay from ~500k elements. With
+this plan ``benchmarks/ba_bal.py --repeat 5`` took BAL 21-11315 (36k observations) from 0.64-0.76x
+to 0.44x Ceres' time and 49-7776 (32k) from 0.43-0.47x to 0.35x, identical steps and costs. With
+all of a solve on one torch thread and only the GEMM pieces split (interleaved, best of 7), the
+two ran as fast or faster than on two torch threads with two busy processes beside them, and the
+synthetic presets (100k-1.3M observations) within run-to-run noise of two."""
 
 
 @dataclass(frozen=True)
