@@ -221,6 +221,29 @@ def test_recon_global_on_a_synthetic_database(tmp_path):
     assert model.compute_mean_reprojection_error() < 1.0
 
 
+def test_two_images_map_with_their_two_view_tracks(tmp_path):
+    """min_track_length (3) leaves two-view tracks out, but two images have nothing else: they
+    keep them and both register with all 300 points of the synthetic scene."""
+    truth = synthetic_database(tmp_path / "database.db", num_images=2, wrong_fraction=0.0, seed=1)
+    conf = MAPPERS.conf("recon_global", {})
+    model = MAPPERS.get("recon_global").function(tmp_path / "database.db", None, tmp_path, conf, torch.device("cpu"), 0)
+    assert model.num_reg_images() == 2 and model.num_points3D() == len(truth.points3D) == 300
+
+
+def test_tracks_seen_in_fewer_than_three_images_are_left_out():
+    """Of a three-view and a two-view track in three images, the three-view one is kept; when
+    every track has two views a clear error names the option."""
+    from recon.align.tracks import Tracks
+    from recon.mapping.recon_global import long_enough
+
+    tracks = Tracks(np.array([0, 1, 2, 0, 1]), np.array([0, 0, 0, 1, 1]), np.array([0, 0, 0, 1, 1]))
+    kept = long_enough(tracks, 3)
+    assert kept.image.tolist() == [0, 1, 2] and kept.num_tracks == 1
+    assert long_enough(tracks, 5).num_tracks == 1  # at most as many views as there are images
+    with pytest.raises(RuntimeError, match="min_track_length"):
+        long_enough(Tracks(np.array([0, 1, 1, 2]), np.array([0, 0, 1, 1]), np.array([0, 0, 1, 1])), 3)
+
+
 def test_recon_global_reconstructs_temple_views(tmp_path):
     from recon.pipeline import reconstruct
     from recon.config import load_config

@@ -15,8 +15,8 @@ Phases (each a module of :mod:`recon.align`; a tqdm bar names the running phase)
    it on the 1,000- and 3,000-image surveys (.9773 -> .9786, .9781 -> .9794), where wrong matches
    join the tracks of two points, and left the real scenes within 0.02 (templeSparseRing .443).
    The focal probes keep uncut tracks: cut there, fox's search found another focal (AUC@1 .595).
-   Tracks seen in fewer than ``min_track_length`` images (3, as COLMAP's global mapper) are left
-   out: a two-view track adds no check of its match (a wrong match along the epipolar line fits
+   Tracks seen in fewer than ``min_track_length`` images (3, as COLMAP's global mapper; at most
+   the number of images, so two images keep theirs) are left out: a two-view track adds no check of its match (a wrong match along the epipolar line fits
    both views) and pulls the two poses and the intrinsics alone. Leaving them out raised AUC@1 on
    templeSparseRing from .443 to .602 (its principal point then found, and no longer radial
    distortion freed to absorb it), fountain .865 -> .872, fox .654 -> .665, the 1,000-image
@@ -299,13 +299,24 @@ def view_graph_tracks(graph: ViewGraph, conf: dict[str, Any], device: torch.devi
     return rotations, tracks
 
 
+def long_enough(tracks: Tracks, min_length: int) -> Tracks:
+    """The tracks seen in at least ``min_length`` images, or in all the tracks' images when they
+    are fewer (two images have only two-view tracks); a clear error when none is left."""
+    min_length = min(min_length, len(np.unique(tracks.image)))
+    kept = tracks.select(tracks.lengths()[tracks.track] >= min_length)
+    if kept.num_tracks == 0:
+        raise RuntimeError(f"recon_global: no track is seen in {min_length} images "
+                           "(mapper.min_track_length sets how many)")
+    return kept
+
+
 def map_once(graph: ViewGraph, conf: dict[str, Any], device: torch.device, seed: int, phase,
              depths: DepthSource | None = None) -> "State":
     """One pass of phases 1-5 with the graph's current cameras (``depths``: metric depth priors
     that start the global positioning); returns the refined state."""
     cut_apart = conf["max_reprojection_error"] if conf["cut_unconfirmed_matches"] else None
     rotations, tracks = view_graph_tracks(graph, conf, device, phase, cut_apart)
-    tracks = tracks.select(tracks.lengths()[tracks.track] >= conf["min_track_length"])
+    tracks = long_enough(tracks, conf["min_track_length"])
     state = State.start(graph, tracks, rotations, device)
     phase("global positioning")
     state.position(conf["max_points"], conf["positioning_iterations"], conf["max_ray_angle"], seed, depths)
