@@ -7,20 +7,21 @@ Phases (each a module of :mod:`recon.align`; a tqdm bar names the running phase)
 2. rotation averaging - spanning-tree start, L1 then Geman-McClure IRLS; pairs that disagree with
    the result by more than ``max_rotation_error`` degrees are dropped and the averaging redone;
 3. tracks - connected components of the matches of the remaining pairs, keypoints at one pixel
-   merged (:func:`recon.align.tracks.build_tracks`); with ``cut_unconfirmed_matches``, a
-   component holding two keypoints of an image more than ``max_reprojection_error`` px apart
-   first loses its matches that no third keypoint confirms. Measured (``benchmarks/mappers.py``
-   scenes, ``mapper_scale.py`` surveys): the merge raised AUC@1 on templeSparseRing (.448 ->
-   .463), fountain (.851 -> .864) and fox (.651 -> .654), templeRing -0.002; the cut on top raised
-   it on the 1,000- and 3,000-image surveys (.9773 -> .9786, .9781 -> .9794), where wrong matches
-   join the tracks of two points, and left the real scenes within 0.02 (templeSparseRing .443).
-   The focal probes keep uncut tracks: cut there, fox's search found another focal (AUC@1 .595).
-   Tracks seen in fewer than ``min_track_length`` images (3, as COLMAP's global mapper; at most
-   the number of images, so two images keep theirs) are left out: a two-view track adds no check of its match (a wrong match along the epipolar line fits
-   both views) and pulls the two poses and the intrinsics alone. Leaving them out raised AUC@1 on
-   templeSparseRing from .443 to .602 (its principal point then found, and no longer radial
-   distortion freed to absorb it), fountain .865 -> .872, fox .654 -> .665, the 1,000-image
-   survey .9786 -> .9795 (3,000: .9794 -> .9792), templeRing .367 -> .365, and the BAs are smaller;
+   merged (:func:`recon.align.tracks.build_tracks`); with ``cut_unconfirmed_matches``, a component
+   holding two keypoints of an image more than ``max_reprojection_error`` px apart first loses its
+   matches that no third keypoint confirms. Measured (``benchmarks/mappers.py`` scenes,
+   ``mapper_scale.py`` surveys): the merge raised AUC@1 on templeSparseRing (.448 -> .463),
+   fountain (.851 -> .864) and fox (.651 -> .654), templeRing -0.002; the cut on top raised it on
+   the 1,000- and 3,000-image surveys (.9773 -> .9786, .9781 -> .9794), where wrong matches join
+   the tracks of two points, and left the real scenes within 0.02 (templeSparseRing .443). The
+   focal probes keep uncut tracks: cut there, fox's search found another focal (AUC@1 .595). Tracks
+   seen in fewer than ``min_track_length`` images (3, as COLMAP's global mapper; at most the number
+   of images, so two images keep theirs) are left out: a two-view track adds no check of its match
+   (a wrong match along the epipolar line fits both views) and pulls the two poses and the
+   intrinsics alone. Leaving them out raised AUC@1 on templeSparseRing from .443 to .602 (its
+   principal point then found, and no longer radial distortion freed to absorb it), fountain .865
+   -> .872, fox .654 -> .665, the 1,000-image survey .9786 -> .9795 (3,000: .9794 -> .9792),
+   templeRing .367 -> .365, and the BAs are smaller;
 4. global positioning - camera centres and points jointly from the rays of the longest
    ``max_points`` tracks (BATA objective, random start; with ``depth_prior``, started instead
    from the centres that the priors stage's metric depth maps give directly, see below);
@@ -50,9 +51,9 @@ Phases (each a module of :mod:`recon.align`; a tqdm bar names the running phase)
 
 ``num_threads``: torch CPU threads while mapping (0: leave torch's setting); 1 is the measured
 fastest on a busy machine, where every multi-threaded op waits for all its threads.
-``ba_num_threads``: the threads each BA may use (0: torch's setting when the mapper was called),
-divided by the BA engine by problem size (:func:`recon.ba.solver.thread_plan`: block GEMMs and
-Cholesky factorisations on all of them, per-observation ops on one below a million
+``ba_num_threads``: the threads each BA may use (0 or less: torch's setting when the mapper was
+called), divided by the BA engine by problem size (:func:`recon.ba.solver.thread_plan`: block
+GEMMs and Cholesky factorisations on all of them, per-observation ops on one below a million
 observations). On the 1,000-image synthetic survey two BA threads took the mapping from 41.5 to
 34.7 s (44.6 CPU s against 41.4); BAs under 20,000 observations (the small real scenes) run on
 one thread either way.
@@ -120,7 +121,8 @@ PHASES = ("view graph", "rotation averaging", "tracks", "global positioning", "r
                   min_triangulation_angle=1.5, min_image_observations=15, refinement_rounds=2, ba_iterations=15,
                   focal_passes=5, focal_tolerance=0.1, focal_search=True, focal_search_points=500,
                   focal_search_iterations=10, ba_function_tolerance=1e-3, final_ba_function_tolerance=1e-6,
-                  final_ba_iterations=50, num_threads=1, ba_num_threads=0, cut_unconfirmed_matches=True, min_track_length=3, depth_prior=False,
+                  final_ba_iterations=50, num_threads=1, ba_num_threads=0, cut_unconfirmed_matches=True,
+                  min_track_length=3, depth_prior=False,
                   refine_focal_length=True, refine_principal_point=True, refine_extra_params=True,
                   principal_point_min_images=5, intrinsics_significance=1e-3,
                   intrinsics_test_observations=20000, reregister_inlier_fraction=0.5, reregister_passes=5)
@@ -135,7 +137,7 @@ def recon_global(database_path: Path, image_dir: Path, output_dir: Path, conf: d
                                f"(priors.name=depth_pro or ground_truth); {Path(output_dir) / DEPTH_FILE} is missing")
         depths = H5DepthSource(Path(output_dir) / DEPTH_FILE)
     threads = torch.get_num_threads()
-    conf = {**conf, "ba_num_threads": conf["ba_num_threads"] or threads}
+    conf = {**conf, "ba_num_threads": conf["ba_num_threads"] if conf["ba_num_threads"] > 0 else threads}
     if device.type == "cpu" and conf["num_threads"] > 0:
         torch.set_num_threads(conf["num_threads"])
     try:
@@ -342,8 +344,8 @@ def map_once(graph: ViewGraph, conf: dict[str, Any], device: torch.device, seed:
 
 def ba_options(conf: dict[str, Any], **options: Any) -> BAOptions:
     """BA options of a mapper BA: ``options`` on the mapper's BA threads (``ba_num_threads``, which
-    :func:`recon_global` resolves; 0 left as it is: torch's setting)."""
-    return BAOptions(num_threads=conf["ba_num_threads"] or None, **options)
+    :func:`recon_global` resolves; 0 or less left as it is: torch's setting)."""
+    return BAOptions(num_threads=conf["ba_num_threads"] if conf["ba_num_threads"] > 0 else None, **options)
 
 
 def final_adjustment(state: "State", conf: dict[str, Any]) -> tuple[bool, bool]:
@@ -695,7 +697,11 @@ class State:
                rows: torch.Tensor | None = None) -> Summary | None:
         """Bundle adjustment of the observations ``rows`` (M,) bool (default: the inliers; Cauchy
         loss, scale 1 px) with recon's BA engine; returns its summary, or None when it failed (the
-        state is then unchanged). ``principal_point_cameras``: see :meth:`problem`."""
+        state is then unchanged). ``principal_point_cameras``: see :meth:`problem`.
+
+        Cauchy, not the Huber loss of COLMAP's global mapper: with Huber at 1 px in every BA,
+        templeRing's AUC@1 fell from .365 to 0.0 and templeSparseRing's from .602 to .480 (the
+        1,000-image survey: .9795 either way)."""
         options.loss, options.loss_scale = "cauchy", 1.0
         options.max_num_iterations = iterations
         options.device = self.device.type
