@@ -21,9 +21,9 @@ from conftest import shared_path
 from helpers import TEMPLE, temple_subset
 from recon.align.positioning import global_positioning, positioning_from_depths
 from recon.align.rotation_averaging import average_rotations, spanning_tree_rotations
-from recon.align.tracks import build_tracks, same_location
+from recon.align.tracks import build_tracks
 from recon.align.triangulation import triangulate
-from recon.align.view_graph import largest_component
+from recon.align.view_graph import largest_component, read_view_graph, same_location
 from recon.ba import BAOptions
 from recon.ba.geometry import so3_exp
 from recon.datasets.ground_truth import GroundTruth, load_ground_truth
@@ -137,15 +137,27 @@ def _track_sets(tracks) -> list[tuple[tuple[int, int], ...]]:
                   for t in range(tracks.num_tracks))
 
 
-def test_keypoints_at_one_pixel_are_one_node():
+def test_keypoints_at_one_pixel_are_one_node(tmp_path):
     """Image 0 holds keypoints 0 and 1 at the same pixel (SIFT's second orientation); image 1
     matches the first, image 2 the second and image 1. By index alone image 0 is in the track
-    twice and loses both; with the pixels it is kept once, as its first keypoint."""
+    twice and loses both; read from the database (which merges keypoints at one pixel) it is
+    kept once, as its first keypoint."""
     pairs = np.array([[0, 1], [0, 2], [1, 2]])
     matches = [np.array([[0, 0]]), np.array([[1, 0]]), np.array([[0, 0]])]
     keypoints = [np.array([[10.0, 20.0], [10.0, 20.0]]), np.array([[30.0, 5.0]]), np.array([[7.0, 8.0]])]
     assert _track_sets(build_tracks(np.array([2, 1, 1]), pairs, matches)) == [((1, 0), (2, 0))]
-    assert _track_sets(build_tracks(np.array([2, 1, 1]), pairs, matches, keypoints)) == [((0, 0), (1, 0), (2, 0))]
+    with pycolmap.Database.open(tmp_path / "database.db") as db:
+        camera_id = db.write_camera(pycolmap.Camera(model="SIMPLE_PINHOLE", width=64, height=48, params=[100.0, 32.0, 24.0]))
+        ids = [db.write_image(pycolmap.Image(name=f"{k}.jpg", camera_id=camera_id)) for k in range(3)]
+        for image_id, xy in zip(ids, keypoints):
+            db.write_keypoints(image_id, xy.astype(np.float32))
+        for (i, j), m in zip(pairs, matches):
+            geometry = pycolmap.TwoViewGeometry()
+            geometry.inlier_matches = m
+            geometry.config = pycolmap.TwoViewGeometryConfiguration.UNCALIBRATED
+            db.write_two_view_geometry(ids[i], ids[j], geometry)
+    graph = read_view_graph(tmp_path / "database.db", min_num_inliers=1)
+    assert _track_sets(build_tracks(np.array([2, 1, 1]), graph.pairs, graph.matches)) == [((0, 0), (1, 0), (2, 0))]
     assert same_location(keypoints[0]).tolist() == [0, 0]
 
 
@@ -319,7 +331,7 @@ def test_focal_search_finds_a_focal_guessed_twice_too_long_or_short(tmp_path, mo
     downhill from the guess: none on its far side but the first step up (x sqrt 2), which a guess
     too short needs not even make."""
     import recon.mapping.recon_global as recon_global
-    from recon.align.view_graph import focal_lengths, read_view_graph
+    from recon.align.view_graph import focal_lengths
 
     truth = synthetic_database(tmp_path / "database.db", num_images=8, wrong_fraction=0.0, seed=5)
     true_focal = next(iter(truth.cameras.values())).mean_focal_length()
@@ -388,7 +400,6 @@ def test_focal_passes_end_when_converged_or_not_converging():
 def positioned_state(tmp_path):
     """recon_global's state after global positioning of an exact 8-image synthetic scene, and the
     mapper's default options."""
-    from recon.align.view_graph import read_view_graph
     from recon.mapping.recon_global import State, view_graph_tracks
 
     synthetic_database(tmp_path / "database.db", num_images=8, wrong_fraction=0.0, seed=6)

@@ -1,8 +1,7 @@
 """Multi-view tracks from pairwise verified matches.
 
-Every keypoint is a node (keypoints at the same pixel of an image, which SIFT detects once per
-dominant orientation, are one), every verified match an edge; a track is a connected component
-(the union-find of COLMAP's correspondence graph, done by ``scipy.sparse.csgraph``). A track that
+Every keypoint is a node, every verified match an edge; a track is a connected component (the
+union-find of COLMAP's correspondence graph, done by ``scipy.sparse.csgraph``). A track that
 holds two or more keypoints of one image is inconsistent there (a match chain went astray): its
 observations in that image are dropped, the rest of the track is kept, and tracks left with
 fewer than two images disappear.
@@ -59,9 +58,8 @@ def build_tracks(num_keypoints: np.ndarray, pairs: np.ndarray, matches: list[np.
 
     num_keypoints: (N,) keypoints per image; pairs: (P, 2) image indices; matches: P arrays
     (M_p, 2) of keypoint indices into the pair's two images. With ``keypoints`` (N arrays
-    (K_n, 2), pixels), keypoints at the same pixel of an image are one node (the first of them,
-    :func:`same_location`), and with ``cut_apart`` (px) too, components holding two keypoints of
-    one image at least that far apart get their unconfirmed matches cut (module docstring).
+    (K_n, 2), pixels) and ``cut_apart`` (px), components holding two keypoints of one image at
+    least that far apart get their unconfirmed matches cut (module docstring).
     """
     offsets = np.concatenate([[0], np.cumsum(num_keypoints)]).astype(np.int64)
     if len(pairs) == 0:
@@ -69,9 +67,6 @@ def build_tracks(num_keypoints: np.ndarray, pairs: np.ndarray, matches: list[np.
         return Tracks(empty, empty, empty)
     a = np.concatenate([offsets[i] + m[:, 0] for (i, _), m in zip(pairs, matches)])
     b = np.concatenate([offsets[j] + m[:, 1] for (_, j), m in zip(pairs, matches)])
-    if keypoints is not None:
-        first = np.concatenate([offset + same_location(k) for offset, k in zip(offsets, keypoints)])
-        a, b = first[a], first[b]
     # The matched keypoints, numbered in order (np.unique's nodes and inverse without its sort of
     # all 2E ends: 17M of them on the 3,000-image survey).
     matched = np.zeros(offsets[-1], dtype=bool)
@@ -86,7 +81,8 @@ def build_tracks(num_keypoints: np.ndarray, pairs: np.ndarray, matches: list[np.
     labels = _components(len(nodes), u, v)
     single = _single_in_image(labels, image, len(num_keypoints))
     if cut_apart is not None and not single.all():
-        conflicting = _far_apart(labels, image, np.concatenate(keypoints)[nodes], ~single, cut_apart)
+        conflicting = _far_apart(labels, image, np.concatenate(keypoints)[nodes], ~single, cut_apart,
+                                 len(num_keypoints))
         if conflicting.any():
             labels = _cut_unconfirmed(labels, u, v, image, conflicting, len(num_keypoints))
             single = _single_in_image(labels, image, len(num_keypoints))
@@ -110,18 +106,18 @@ def _components(num_nodes: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return connected_components(graph, directed=False)[1]
 
 
-def _far_apart(labels: np.ndarray, image: np.ndarray, xy: np.ndarray, twice: np.ndarray,
-               distance: float) -> np.ndarray:
+def _far_apart(labels: np.ndarray, image: np.ndarray, xy: np.ndarray, twice: np.ndarray, distance: float,
+               num_images: int) -> np.ndarray:
     """(components,) bool: the component holds two keypoints of one image at least ``distance``
     apart (bounding-box diagonal of its keypoints there), from the nodes' labels, images, pixels
     (n, 2) and ``twice`` (n,) (the node shares its component and image with another)."""
-    key = labels[twice] * (int(image.max()) + 1) + image[twice]
+    key = labels[twice] * num_images + image[twice]
     order = np.argsort(key, kind="stable")
     key, points = key[order], xy[twice][order]
     _, start = np.unique(key, return_index=True)
     spread = np.linalg.norm(np.maximum.reduceat(points, start) - np.minimum.reduceat(points, start), axis=1)
     far = np.zeros(labels.max() + 1, dtype=bool)
-    far[key[start][spread >= distance] // (int(image.max()) + 1)] = True
+    far[key[start][spread >= distance] // num_images] = True
     return far
 
 
@@ -144,17 +140,6 @@ def _unconfirmed(num_nodes: int, u: np.ndarray, v: np.ndarray, candidate: np.nda
     unconfirmed = np.zeros(len(u), dtype=bool)
     unconfirmed[np.flatnonzero(candidate)] = (common == 0) & confirmed_component[labels[cu]]
     return unconfirmed
-
-
-def same_location(keypoints: np.ndarray) -> np.ndarray:
-    """(K,) for each of an image's keypoints (K, 2) the index of the first keypoint at exactly
-    the same pixel (itself when alone). SIFT detects a keypoint once per dominant orientation:
-    10 % of the keypoints of ngp_fox and 14 % of strecha_fountain share their location with
-    another. Matched to one keypoint elsewhere, two of them put one image twice in a track."""
-    # As complex numbers (x + iy) the rows sort natively: 5x faster than np.unique(axis=0).
-    xy = np.ascontiguousarray(keypoints, dtype=np.float64).view(np.complex128).ravel()
-    _, first, inverse = np.unique(xy, return_index=True, return_inverse=True)
-    return first[inverse]
 
 
 def _compact(image: np.ndarray, keypoint: np.ndarray, track: np.ndarray) -> Tracks:

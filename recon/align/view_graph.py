@@ -37,7 +37,9 @@ class ViewGraph:
     image_camera: (N,) index into ``cameras`` of each image.
     cameras: C ``pycolmap.Camera`` (their ``camera_id`` is the database id).
     keypoints: N arrays (K_n, 2) float64, COLMAP pixels ((0.5, 0.5) is the top-left pixel centre).
-    pairs: (P, 2) image indices ``(i, j)``; matches: P arrays (M_p, 2) keypoint indices in i, j.
+    pairs: (P, 2) image indices ``(i, j)``; matches: P arrays (M_p, 2) keypoint indices in i, j,
+        a keypoint at the same pixel as an earlier one of its image replaced by that one
+        (:func:`same_location`: one point, so one node of a track).
     geometries: P ``pycolmap.TwoViewGeometry`` as stored.
     rotations: (P, 3, 3), translations: (P, 3) unit ``cam_j_from_cam_i`` (after
         :func:`estimate_relative_poses`); valid: (P,) bool, pairs still in use.
@@ -65,6 +67,17 @@ class ViewGraph:
         return np.array([len(m) for m in self.matches], dtype=np.int64)
 
 
+def same_location(keypoints: np.ndarray) -> np.ndarray:
+    """(K,) for each of an image's keypoints (K, 2) the index of the first keypoint at exactly
+    the same pixel (itself when alone). SIFT detects a keypoint once per dominant orientation:
+    10 % of the keypoints of ngp_fox and 14 % of strecha_fountain share their location with
+    another. Matched to one keypoint elsewhere, two of them put one image twice in a track."""
+    # As complex numbers (x + iy) the rows sort natively: 5x faster than np.unique(axis=0).
+    xy = np.ascontiguousarray(keypoints, dtype=np.float64).view(np.complex128).ravel()
+    _, first, inverse = np.unique(xy, return_index=True, return_inverse=True)
+    return first[inverse]
+
+
 def read_view_graph(database_path: str | Path, min_num_inliers: int = 15) -> ViewGraph:
     """Every image and every usable verified pair with at least ``min_num_inliers`` inliers."""
     database_path = Path(database_path)
@@ -78,6 +91,7 @@ def read_view_graph(database_path: str | Path, min_num_inliers: int = 15) -> Vie
     if len(images) < 2:
         raise ValueError(f"{database_path}: {len(images)} image(s); a reconstruction needs at least two")
     index = {image.image_id: k for k, image in enumerate(images)}
+    first = [same_location(k) for k in keypoints]
     camera_ids = sorted({image.camera_id for image in images})
     camera_index = {cid: k for k, cid in enumerate(camera_ids)}
     pairs, matches, kept = [], [], []
@@ -89,7 +103,7 @@ def read_view_graph(database_path: str | Path, min_num_inliers: int = 15) -> Vie
         if id1 not in index or id2 not in index:
             continue
         pairs.append((index[id1], index[id2]))
-        matches.append(inliers)
+        matches.append(np.stack([first[index[id1]][inliers[:, 0]], first[index[id2]][inliers[:, 1]]], 1))
         kept.append(geometry)
     if not pairs:
         raise RuntimeError(f"{database_path}: no verified image pair with >= {min_num_inliers} inliers")

@@ -200,7 +200,7 @@ def thread_plan(num_observations: int, threads: int) -> ThreadPlan:
     return ThreadPlan(threads if num_observations >= PARALLEL_OPS_MIN_OBSERVATIONS else 1, threads, threads)
 
 
-_plan = ThreadPlan(1, 1, 1)  # the running solve's (set by :func:`solve`)
+_plan = ThreadPlan(1, 1, 1)  # the running solve's (set by :func:`solve`, reset after it)
 
 
 @contextmanager
@@ -1093,6 +1093,7 @@ def solve(problem: Problem, options: BAOptions | None = None) -> tuple[Problem, 
             out.rotations, out.translations, out.camera_params, out.points = _keep_constant(prob, x)
             return out, summary
     finally:
+        _plan = ThreadPlan(1, 1, 1)  # block GEMMs called outside a solve do not split
         torch.set_num_threads(previous_threads)
 
 

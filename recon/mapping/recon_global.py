@@ -6,8 +6,8 @@ Phases (each a module of :mod:`recon.align`; a tqdm bar names the running phase)
    the fundamental matrices, relative poses, largest connected component;
 2. rotation averaging - spanning-tree start, L1 then Geman-McClure IRLS; pairs that disagree with
    the result by more than ``max_rotation_error`` degrees are dropped and the averaging redone;
-3. tracks - connected components of the matches of the remaining pairs, keypoints at one pixel
-   merged (:func:`recon.align.tracks.build_tracks`); with ``cut_unconfirmed_matches``, a component
+3. tracks - connected components of the matches of the remaining pairs (keypoints at one pixel
+   are one: :func:`recon.align.view_graph.same_location`); with ``cut_unconfirmed_matches``, a component
    holding two keypoints of an image more than ``max_reprojection_error`` px apart first loses its
    matches that no third keypoint confirms. Measured (``benchmarks/mappers.py`` scenes,
    ``mapper_scale.py`` surveys): the merge raised AUC@1 on templeSparseRing (.448 -> .463),
@@ -756,9 +756,9 @@ class State:
         inliers and poses within 0.1 deg of the truth, where their current poses reproject 0-1 of
         those correspondences. A starved image whose pose is right (two such at 44 % and 56 %)
         reprojects as many as PnP finds, and keeps its pose. A larger group can be misplaced with
-        enough points of its own that no image of it is starved (the same survey with an
-        experimental track builder that cut unconfirmed matches, not kept: ten neighbouring images
-        1.06 deg off together, 316-854 inliers each): the images outside the largest group of
+        enough points of its own that no image of it is starved (the same survey with an early
+        version of the unconfirmed-match cut of :func:`~recon.align.tracks.build_tracks`: ten
+        neighbouring images 1.06 deg off together, 316-854 inliers each): the images outside the largest group of
         images that agree pairwise (:func:`agreeing_group`) are candidates too.
         """
         per_image = torch.bincount(self.obs_image[self.inlier], minlength=len(self.images))
