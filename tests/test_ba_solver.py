@@ -10,6 +10,7 @@ from recon.ba import BAOptions, Problem, adjust, from_reconstruction, read_bal, 
 from recon.ba.cameras import get_model, project
 from recon.ba.geometry import so3_exp
 from recon.ba.problem import gauge_two_cams
+from recon.ba import solver
 from recon.ba.solver import PARALLEL_OPS_MIN_OBSERVATIONS, SERIAL_MAX_OBSERVATIONS, ThreadPlan, thread_plan
 from conftest import shared_path
 
@@ -164,6 +165,24 @@ def test_thread_plan_keeps_per_observation_ops_serial_below_a_million_observatio
     assert thread_plan(SERIAL_MAX_OBSERVATIONS, 2) == ThreadPlan(ops=1, split=2, factor=2)
     assert thread_plan(PARALLEL_OPS_MIN_OBSERVATIONS - 1, 4) == ThreadPlan(ops=1, split=4, factor=4)
     assert thread_plan(PARALLEL_OPS_MIN_OBSERVATIONS, 4) == ThreadPlan(ops=4, split=4, factor=4)
+
+
+@pytest.mark.parametrize("plan, lapack_max_rows", [(ThreadPlan(1, 1, 1), 0), (ThreadPlan(1, 2, 2), 100),
+                                                    (ThreadPlan(1, 2, 2), 0)], ids=["lapack", "lapack-small", "torch"])
+def test_dense_cholesky_solves_from_the_upper_triangle_and_rejects_indefinite(monkeypatch, plan, lapack_max_rows):
+    """Both factorisation routes (scipy's LAPACK and torch's) read only the upper triangle, solve
+    to float64 precision and return None for a matrix that is not positive definite."""
+    monkeypatch.setattr(solver, "_plan", plan)
+    monkeypatch.setattr(solver, "LAPACK_MAX_ROWS", lapack_max_rows)
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((50, 50))
+    spd = a @ a.T + 50 * np.eye(50)
+    rhs = rng.standard_normal(50)
+    upper_only = np.triu(spd) + np.tril(np.full((50, 50), np.nan), -1)
+    x = solver.dense_cholesky_solve(torch.from_numpy(upper_only), torch.from_numpy(rhs))
+    np.testing.assert_allclose(x.numpy(), np.linalg.solve(spd, rhs), rtol=1e-10, atol=1e-12)
+    indefinite = spd - 200 * np.eye(50)
+    assert solver.dense_cholesky_solve(torch.from_numpy(indefinite), torch.from_numpy(rhs)) is None
 
 
 def test_constant_blocks_stay_bit_identical():

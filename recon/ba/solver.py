@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from scipy.linalg import get_lapack_funcs
 
 from . import losses
 from .cholesky import CholeskyFactor, SymbolicCholesky
@@ -214,6 +215,20 @@ def factor_threads():
         torch.set_num_threads(_plan.ops)
 
 
+@functools.cache
+def _blas_libraries():
+    """The BLAS libraries loaded in this process (scipy's and numpy's OpenBLAS), found once."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController().select(user_api="blas")
+
+
+def blas_threads(count: int):
+    """Context manager: the BLAS libraries of scipy and numpy run on ``count`` threads inside it
+    (OpenBLAS otherwise takes every core, whatever the solve's thread plan says)."""
+    return _blas_libraries().limit(limits=count)
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
     """``auto`` -> CUDA when available, else CPU."""
     if str(device) == "auto":
@@ -222,47 +237,52 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 CHUNK = 32  # observations (or point pairs) per batched GEMM in the block accumulations
-TAIL_CHUNK = 8  # chunk size for the remainders of the point-pair blocks (see chunk_groups_tail)
+TAIL_CHUNK = 8  # chunk size for the remainders of the point-pair blocks (see chunk_groups)
 
 
-def chunk_groups(items: Tensor, keys: Tensor, size: int, pad: int) -> tuple[Tensor, Tensor]:
-    """Split ``items`` (N,) or (N, k) (rows sorted by ``keys``) into fixed-size chunks that never mix keys.
+def chunk_groups(items: tuple[Tensor, ...], keys: Tensor, size: int, pad: int,
+                 tail: int | None = None) -> list[tuple[tuple[Tensor, ...], Tensor, int]]:
+    """Lay out the rows of each group (a run of equal ``keys``, which are sorted) in fixed-size
+    chunks that never mix groups, for batched GEMMs that accumulate a block per group.
 
-    Returns (num_chunks * size, ...) item rows, padded with ``pad`` (the index of an all-zero row),
-    and the key of each chunk. Accumulating a block per key as a batched GEMM over chunks is ~10x
-    faster on CPU than a batched GEMM over single observations.
+    ``items`` are 1-D tensors indexed like ``keys`` (e.g. the two observations of each point pair).
+    Returns ``[(chunked items, key of each chunk, chunk size)]``: each chunked item is
+    (chunks * chunk size,), its slots past the end of a group hold ``pad`` (the index of an
+    all-zero row). Without ``tail`` there is one part, chunks of ``size``. With ``tail``, each group's
+    first ``size * (count // size)`` rows go into chunks of ``size`` and its remainder into chunks
+    of ``tail`` (a second part): the point-pair blocks of BAL 49-1800-shrink hold ~30 pairs on
+    average, so chunks of 32 alone were 38% padding (77k rows for 48k pairs); with tails of 8 the
+    padding is < 8 rows per block. Accumulating per chunk is ~10x faster on CPU than a batched GEMM
+    over single observations.
+
+    Each row goes to slot ``first slot of its group's chunks + its position in the group`` of its
+    part: one scatter per item, with no per-chunk index arithmetic.
     """
-    dev = items.device
-    uniq, counts = torch.unique_consecutive(keys, return_counts=True)
-    n_chunks = (counts + size - 1) // size
-    first_item = torch.cumsum(counts, 0) - counts
-    chunk_key = torch.repeat_interleave(uniq, n_chunks)
-    chunk_group = torch.repeat_interleave(torch.arange(uniq.numel(), device=dev), n_chunks)
-    chunk_in_group = torch.arange(int(n_chunks.sum()), device=dev) - torch.repeat_interleave(torch.cumsum(n_chunks, 0) - n_chunks, n_chunks)
-    pos = chunk_in_group[:, None] * size + torch.arange(size, device=dev)  # (chunks, size) position in group
-    valid = (pos < counts.index_select(0, chunk_group)[:, None]).reshape(-1)
-    src = (first_item.index_select(0, chunk_group)[:, None] + pos).reshape(-1).clamp_max(items.shape[0] - 1)
-    idx = items.index_select(0, src).masked_fill_(~valid.view(-1, *[1] * (items.dim() - 1)), pad)
-    return idx, chunk_key
-
-
-def chunk_groups_tail(items: Tensor, keys: Tensor, size: int, tail: int, pad: int) -> list[tuple[Tensor, Tensor, int]]:
-    """:func:`chunk_groups` with little padding for small groups: each group's first
-    ``size * (count // size)`` rows go into full chunks of ``size``, its remainder into chunks of
-    ``tail`` rows. Returns [(idx, chunk_key, chunk_size)] for the non-empty parts.
-
-    The point-pair blocks of BAL 49-1800-shrink hold ~30 pairs on average, so chunks of 32 alone
-    were 38% padding (77k rows for 48k pairs); with tails of 8 the padding is < 8 rows per block.
-    """
-    uniq, counts = torch.unique_consecutive(keys, return_counts=True)
-    first_item = torch.cumsum(counts, 0) - counts
-    pos = torch.arange(keys.numel(), device=keys.device) - torch.repeat_interleave(first_item, counts)
-    in_full = pos < torch.repeat_interleave(counts // size * size, counts)
+    n, dev = keys.numel(), keys.device
+    first = torch.ones(n, dtype=torch.bool, device=dev)
+    torch.ne(keys[1:], keys[:-1], out=first[1:])
+    starts = first.nonzero()[:, 0]  # first row of each group
+    counts = torch.diff(starts, append=starts.new_full((1,), n))
+    group = torch.cumsum(first, 0).sub_(1)  # group of each row
+    pos = torch.arange(n, device=dev).sub_(starts.index_select(0, group))  # position in its group
+    if tail is None:
+        layouts = [(torch.zeros_like(counts), counts, size)]
+    else:
+        full = counts // size * size
+        layouts = [(torch.zeros_like(counts), full, size), (full, counts - full, tail)]
     parts = []
-    for sel, chunk in ((in_full, size), (~in_full, tail)):
-        sel_rows = sel.nonzero()[:, 0]
-        if sel_rows.numel():
-            parts.append((*chunk_groups(items.index_select(0, sel_rows), keys.index_select(0, sel_rows), chunk, pad), chunk))
+    for offset, length, chunk in layouts:  # rows [offset, offset + length) of each group
+        num_chunks = (length + chunk - 1) // chunk
+        total = int(num_chunks.sum())
+        if not total:
+            continue
+        slot = pos + ((torch.cumsum(num_chunks, 0) - num_chunks) * chunk - offset).index_select(0, group)
+        member = (pos >= offset.index_select(0, group)) & (pos < (offset + length).index_select(0, group))
+        rows_in = member.nonzero()[:, 0]
+        dest = slot.index_select(0, rows_in)
+        chunked = tuple(torch.full((total * chunk,), pad, dtype=item.dtype, device=dev).index_copy_(
+            0, dest, item.index_select(0, rows_in)) for item in items)
+        parts.append((chunked, torch.repeat_interleave(keys.index_select(0, starts), num_chunks), chunk))
     return parts
 
 
@@ -463,7 +483,7 @@ class Structure:
         self.solver = self._choose_solver(options)
         # Per-image chunks of observation rows (contiguous): per-image diagonal blocks.
         rows_all = torch.arange(self.num_obs, device=dev)
-        self.diag_idx, self.diag_chunk_image = chunk_groups(rows_all, self.obs_img, CHUNK, self.num_obs)
+        ((self.diag_idx,), self.diag_chunk_image, _), = chunk_groups((rows_all,), self.obs_img, CHUNK, self.num_obs)
         if self.solver in ("dense", "sparse"):
             self._index_pair_blocks(by_point, track_pos, n_after)
         if self.solver == "sparse":
@@ -501,11 +521,11 @@ class Structure:
         self.same_blocks = (self.block_a == self.block_b).nonzero()[:, 0]  # two observations of one point in one image
         self.same_images = self.block_a.index_select(0, self.same_blocks)
         obs = torch.arange(self.num_obs, device=dev)
-        pairs = torch.cat([torch.stack([pair_a, pair_b], 1).index_select(0, by_block), torch.stack([obs, obs], 1)])
+        pair_a, pair_b = (torch.cat([side.index_select(0, by_block), obs]) for side in (pair_a, pair_b))
         keys = torch.cat([torch.repeat_interleave(torch.arange(self.num_blocks, device=dev), counts), self.num_blocks + self.obs_img])
-        parts = chunk_groups_tail(pairs, keys, CHUNK, TAIL_CHUNK, self.num_obs)
         # [(rows of side a, rows of side b, block of each chunk, chunk size)]
-        self.pair_chunks = [(*pairs.T.contiguous(), chunk_key, size) for pairs, chunk_key, size in parts]
+        self.pair_chunks = [(*sides, chunk_key, size) for sides, chunk_key, size in
+                            chunk_groups((pair_a, pair_b), keys, CHUNK, self.num_obs, tail=TAIL_CHUNK)]
 
     def _choose_solver(self, options: BAOptions) -> str:
         if options.linear_solver != "auto":
@@ -910,13 +930,46 @@ def solve_dense(ne: NormalEquations, lam: float) -> tuple[Tensor, Tensor, int] |
     s.diagonal().add_(lam * ne.diag_cam.index_select(0, order))
     if constant.numel():  # constant entries: zero rows and columns, unit diagonal (their step is 0)
         s.index_fill_(0, constant, 0.0).index_fill_(1, constant, 0.0).diagonal().index_fill_(0, constant, 1.0)
+    delta = dense_cholesky_solve(s, -rhs.index_select(0, order))
+    if delta is None:
+        return None
+    delta = delta * st.dense_free
+    delta_cam = torch.empty_like(delta).index_copy_(0, order, delta) if st.ext_is_full else delta
+    return delta_cam, ne.back_substitute(y, dinv, delta_cam), 0
+
+
+LAPACK_MAX_ROWS = 600  # dense systems up to this size factor on one thread even when the plan allows more
+
+
+def dense_cholesky_solve(s: Tensor, rhs: Tensor) -> Tensor | None:
+    """x with S x = rhs from the upper triangle of the symmetric S (n, n), which is overwritten;
+    None if S is not positive definite.
+
+    On CPU, when the solve's plan gives the factorisation one thread or S has at most
+    :data:`LAPACK_MAX_ROWS` rows, through LAPACK's potrf/potrs from scipy (OpenBLAS) on one
+    thread, in place on the row-major upper triangle read as the column-major lower one. torch's
+    cholesky_ex copies the matrix into column-major order, factors it with MKL and clears the
+    other triangle: for the 441 rows of BAL 49-1800-shrink and 49-7776 on this 2-core AMD EPYC,
+    factor and solve took 1.5-1.6 ms (median, inside the solves) against 1.7-2.3 ms with MKL on
+    one or two threads. OpenBLAS on two threads was slower still (2.2 ms), and its threads spin
+    after each call, slowing the numpy GEMM pieces that follow (49-7776 and 21-11315 solves 12%
+    slower). From 1,000 rows MKL on two threads is faster (9.3 against 12 ms), so larger systems
+    with a multi-threaded plan go through torch, as on the GPU.
+    """
+    if s.device.type == "cpu" and not s.requires_grad and (_plan.factor == 1 or s.shape[0] <= LAPACK_MAX_ROWS):
+        a = s.numpy().T  # column-major view: its lower triangle is S's upper one
+        potrf, potrs = get_lapack_funcs(("potrf", "potrs"), (a,))
+        with blas_threads(1):
+            factor, info = potrf(a, lower=1, overwrite_a=1, clean=0)
+            if info != 0:
+                return None
+            x, info = potrs(factor, rhs.numpy(), lower=1)
+        return torch.from_numpy(x)
     with factor_threads():
         chol, info = torch.linalg.cholesky_ex(s, upper=True)
         if int(info) != 0:
             return None
-        delta = torch.cholesky_solve(-rhs.index_select(0, order)[:, None], chol, upper=True)[:, 0] * st.dense_free
-    delta_cam = torch.empty_like(delta).index_copy_(0, order, delta) if st.ext_is_full else delta
-    return delta_cam, ne.back_substitute(y, dinv, delta_cam), 0
+        return torch.cholesky_solve(rhs[:, None], chol, upper=True)[:, 0]
 
 
 class SchurPattern:
