@@ -953,8 +953,9 @@ def dense_cholesky_solve(s: Tensor, rhs: Tensor) -> Tensor | None:
     factor and solve took 1.5-1.6 ms (median, inside the solves) against 1.7-2.3 ms with MKL on
     one or two threads. OpenBLAS on two threads was slower still (2.2 ms), and its threads spin
     after each call, slowing the numpy GEMM pieces that follow (49-7776 and 21-11315 solves 12%
-    slower). From 1,000 rows MKL on two threads is faster (9.3 against 12 ms), so larger systems
-    with a multi-threaded plan go through torch, as on the GPU.
+    slower). At 600 rows one OpenBLAS thread and MKL on two are even (3.0 against 2.7-4.1 ms), at
+    1,000 MKL is faster (9.3 against 12 ms), so larger systems with a multi-threaded plan go
+    through torch, as on the GPU.
     """
     if s.device.type == "cpu" and not s.requires_grad and (_plan.factor == 1 or s.shape[0] <= LAPACK_MAX_ROWS):
         a = s.numpy().T  # column-major view: its lower triangle is S's upper one
