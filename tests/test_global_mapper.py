@@ -469,6 +469,41 @@ def test_images_misplaced_together_fall_outside_the_agreeing_group():
     assert agreeing_group(obs_image, track, np.ones(240, dtype=bool), 6, 40, 15, 0.5).all()
 
 
+def strip_state(num_images: int = 30, span: int = 4, per_image: int = 10):
+    """A recon_global state over a strip of images: ``per_image`` tracks start at each image and
+    are seen by it and the next ``span - 1`` (every observation an inlier)."""
+    from recon.mapping.recon_global import State
+
+    starts = np.repeat(np.arange(num_images - span + 1), per_image)
+    track = np.repeat(np.arange(len(starts)), span)
+    obs_image = (starts[:, None] + np.arange(span)).reshape(-1)
+    num_obs, device = len(track), torch.device("cpu")
+    return State(graph=None, images=np.arange(num_images), obs_image=torch.as_tensor(obs_image),
+                 keypoint=torch.zeros(num_obs, dtype=torch.long), track=torch.as_tensor(track),
+                 obs_xy=torch.zeros(num_obs, 2, dtype=torch.float64), inlier=torch.ones(num_obs, dtype=torch.bool),
+                 rotations=torch.eye(3, dtype=torch.float64).repeat(num_images, 1, 1),
+                 translations=torch.zeros(num_images, 3, dtype=torch.float64),
+                 points=torch.zeros(len(starts), 3, dtype=torch.float64),
+                 camera_params=torch.zeros(1, 3, dtype=torch.float64), camera_models=["SIMPLE_PINHOLE"], device=device)
+
+
+def test_intrinsics_tests_run_on_a_neighbourhood_when_the_longest_tracks_spread_thin():
+    """The longest tracks first (here 120 observations of images 0-5, 20 per image); when they
+    hold fewer observations per image than asked, the tracks seen at least twice inside a run of
+    120 // min neighbouring images, grown over shared tracks from the best observed image (the
+    first of 3-26, which see 40 each)."""
+    state = strip_state()
+    longest = state.longest_tracks(120)
+    assert torch.unique(state.obs_image[longest]).tolist() == [0, 1, 2, 3, 4, 5]
+    assert torch.equal(state.intrinsics_test_rows(120, 20), longest)
+    region = state.neighbourhood(5)
+    assert region.nonzero()[:, 0].tolist() == [1, 2, 3, 4, 5]
+    rows = state.intrinsics_test_rows(120, 24)  # 120 < 24 x 6: 5 images
+    assert torch.unique(state.obs_image[rows]).tolist() == [1, 2, 3, 4, 5]
+    per_track = torch.bincount(state.track[rows])
+    assert 100 < int(rows.sum()) <= 120 and int(per_track[per_track > 0].min()) >= 2
+
+
 def test_a_lost_camera_does_not_drag_the_retriangulated_points(tmp_path):
     """Image 0 turned by 0.5 deg and without inliers, as the filters leave a camera that the
     positioning got slightly wrong: re-triangulation from the images of the model puts its points
