@@ -357,26 +357,33 @@ def test_focal_search_finds_a_focal_guessed_twice_too_long_or_short(tmp_path, mo
     assert far_side == pytest.approx([start * 2 ** 0.5] if guess > 1 else []), probed
 
 
-@pytest.mark.parametrize("shift,k1", [((0.0, 0.0), 0.05), ((30.0, -20.0), 0.05), ((0.0, 0.0), 0.0)])
-def test_intrinsics_are_freed_only_when_the_data_pin_them_down(tmp_path, shift, k1):
+@pytest.mark.parametrize("shift,k1,focal_scale", [((0.0, 0.0), 0.05, 1.0), ((30.0, -20.0), 0.05, 1.0),
+                                                  ((0.0, 0.0), 0.0, 1.0), ((0.0, 0.0), 0.05, 1.03)])
+def test_intrinsics_are_freed_only_when_the_data_pin_them_down(tmp_path, shift, k1, focal_scale):
     """Keypoints with 0.5 px noise of 10 images whose true camera has its principal point at the
-    image centre (512, 384) and k1 = 0.05. The database's camera has the principal point off by
-    ``shift`` and k1 = ``k1``. What is wrong is found again by the final BA (principal point
-    within 3 px, k1 within 0.02, 0.8 % of the radius at the corners) and kept by the
-    likelihood-ratio tests; what is right explains nothing beyond the noise when freed and stays
-    exactly where it was."""
+    image centre (512, 384) and k1 = 0.05. The database's camera, whose focal length is a prior,
+    has the principal point off by ``shift``, k1 = ``k1`` and the focal times ``focal_scale``.
+    What is wrong is found again by the final BA (focal within 0.5 %, principal point within
+    3 px, k1 within 0.02, 0.8 % of the radius at the corners) and kept by the likelihood-ratio
+    tests; what is right explains nothing beyond the noise when freed and stays exactly where it
+    was."""
     truth = synthetic_database(tmp_path / "database.db", num_images=10, wrong_fraction=0.0, seed=4)
+    true_focal = next(iter(truth.cameras.values())).params[0]
     noise = pycolmap.SyntheticNoiseOptions()
     noise.point2D_stddev = 0.5
     with pycolmap.Database.open(tmp_path / "database.db") as db:
         pycolmap.synthesize_noise(noise, truth, db)
         for camera in db.read_all_cameras():
-            assert camera.params[3] == 0.05  # pycolmap's synthetic SIMPLE_RADIAL camera
-            camera.params = [camera.params[0], camera.params[1] + shift[0], camera.params[2] + shift[1], k1]
+            assert camera.params[3] == 0.05 and camera.has_prior_focal_length  # pycolmap's synthetic camera
+            camera.params = [camera.params[0] * focal_scale, camera.params[1] + shift[0], camera.params[2] + shift[1], k1]
             db.update_camera(camera)
     conf = MAPPERS.conf("recon_global", {})
     model = MAPPERS.get("recon_global").function(tmp_path / "database.db", None, tmp_path, conf, torch.device("cpu"), 0)
     camera = next(iter(model.cameras.values()))
+    if focal_scale == 1.0:
+        assert camera.params[0] == true_focal
+    else:
+        assert abs(camera.params[0] / true_focal - 1.0) < 0.005
     found = np.array([camera.principal_point_x, camera.principal_point_y])
     if shift == (0.0, 0.0):
         assert np.array_equal(found, [512.0, 384.0])
