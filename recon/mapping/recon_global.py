@@ -413,6 +413,7 @@ def final_adjustment(state: "State", conf: dict[str, Any]) -> tuple[bool, bool]:
     test_focal = conf["refine_focal_length"] and bool(prior_focal.any())
     whole = bool(torch.equal(rows, state.inlier))
     start = state.snapshot()
+    start_params = state.camera_params.clone()  # the focal priors, unless an earlier pass freed one
     constrained = state.adjust(iterations, options, held=held, rows=rows)
     pp_free = False
     if test_pp:
@@ -423,9 +424,8 @@ def final_adjustment(state: "State", conf: dict[str, Any]) -> tuple[bool, bool]:
             pp_free, constrained = True, free
             options = replace(options, refine_principal_point=True)
     if test_focal:
-        prior_values = start[3]  # where the final BA started: the priors, unless an earlier pass freed one
         kept = hold_if_insignificant(state, "focal lengths", constrained, iterations, options, held, prior_focal,
-                                     prior_values, rows, int(prior_focal.sum()), significance)
+                                     start_params, rows, int(prior_focal.sum()), significance)
         if kept is not None:
             held, constrained = held | prior_focal, kept
     extra_free = False
@@ -864,8 +864,8 @@ class State:
         reprojects as many as PnP finds, and keeps its pose. A larger group can be misplaced with
         enough points of its own that no image of it is starved (the same survey with an early
         version of the unconfirmed-match cut of :func:`~recon.align.tracks.build_tracks`: ten
-        neighbouring images 1.06 deg off together, 316-854 inliers each): the images outside the largest group of
-        images that agree pairwise (:func:`agreeing_group`) are candidates too.
+        neighbouring images 1.06 deg off together, 316-854 inliers each): the images outside the
+        largest group of images that agree pairwise (:func:`agreeing_group`) are candidates too.
         """
         per_image = torch.bincount(self.obs_image[self.inlier], minlength=len(self.images))
         observations = torch.bincount(self.obs_image, minlength=len(self.images))
